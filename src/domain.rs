@@ -1,0 +1,368 @@
+//! The vocabulary every layer shares: job, item and shard states, modes, usage.
+//! Plain data only: no axum, no sqlx, no I/O.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownVariant { kind: stringify!($name), value: other.to_string() }),
+                }
+            }
+        }
+    };
+}
+
+/// A string that names no variant of the enum it was parsed as.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+string_enum!(
+    /// Where a job is in its life.
+    JobStatus {
+        Open => "open",
+        Queued => "queued",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelling => "cancelling",
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+string_enum!(
+    /// Where one image is in its life.
+    ItemStatus {
+        Pending => "pending",
+        Submitted => "submitted",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Rejected => "rejected",
+        Cancelled => "cancelled",
+    }
+);
+
+impl ItemStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Rejected | Self::Cancelled
+        )
+    }
+}
+
+string_enum!(
+    /// How a job's items are run.
+    Mode {
+        Auto => "auto",
+        Batch => "batch",
+        Individual => "individual",
+    }
+);
+
+string_enum!(
+    /// The `detail` OpenAI is asked to look at each image with.
+    Detail {
+        Low => "low",
+        High => "high",
+        Auto => "auto",
+    }
+);
+
+string_enum!(
+    /// Our side of one OpenAI batch (a shard of a job).
+    ShardStatus {
+        /// Items assigned; no file uploaded yet.
+        Planned => "planned",
+        /// Input file uploaded; the batch is about to be created (or was, and a crash
+        /// hid the answer: reconcile before creating again).
+        Creating => "creating",
+        /// The OpenAI batch exists and is being polled.
+        Submitted => "submitted",
+        /// OpenAI finished it; its files are being read into items.
+        Ingesting => "ingesting",
+        /// Every item of the shard is accounted for.
+        Done => "done",
+        /// The shard could not run (OpenAI refused it); its items were failed.
+        Failed => "failed",
+    }
+);
+
+impl ShardStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// Token usage of one request, as OpenAI reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// All input tokens, cached ones included.
+    pub input_tokens: i64,
+    /// The part of `input_tokens` served from the prompt cache.
+    pub cached_input_tokens: i64,
+    /// All output tokens, reasoning tokens included.
+    pub output_tokens: i64,
+    /// The part of `output_tokens` spent on hidden reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: i64,
+}
+
+/// The counters a dashboard reads, kept on the job row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: i64,
+    pub pending: i64,
+    pub submitted: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub rejected: i64,
+    pub cancelled: i64,
+}
+
+impl Counts {
+    pub fn terminal(&self) -> i64 {
+        self.succeeded + self.failed + self.rejected + self.cancelled
+    }
+
+    pub fn percent(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let p = self.terminal() as f64 * 100.0 / self.total as f64;
+        (p * 10.0).round() / 10.0
+    }
+
+    pub fn get(&self, status: ItemStatus) -> i64 {
+        match status {
+            ItemStatus::Pending => self.pending,
+            ItemStatus::Submitted => self.submitted,
+            ItemStatus::Succeeded => self.succeeded,
+            ItemStatus::Failed => self.failed,
+            ItemStatus::Rejected => self.rejected,
+            ItemStatus::Cancelled => self.cancelled,
+        }
+    }
+}
+
+/// Money as integer pico-dollars (1e-12 USD), so sums never drift: a token priced at
+/// P USD per 1M tokens costs exactly P×1e6 pico-dollars, an integer for every price
+/// with up to six decimals. An i64 holds up to about 9.2 million USD.
+pub type PicoUsd = i64;
+
+pub fn pico_to_usd(pico: PicoUsd) -> f64 {
+    pico as f64 / 1e12
+}
+
+/// The analyzer a job runs: a prompt and the strict JSON schema its answer must fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Analyzer {
+    pub prompt: String,
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+}
+
+/// Cost sums kept on the job row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CostSums {
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    /// What was spent, in the mode that ran each item.
+    pub actual_pico_usd: PicoUsd,
+    /// The same usage at standard (non-batch) prices.
+    pub individual_pico_usd: PicoUsd,
+    /// Items whose model has no price: their cost is unknown, not zero.
+    pub unpriced_items: i64,
+    pub batch_items: i64,
+    pub batch_pico_usd: PicoUsd,
+    pub individual_items: i64,
+    pub individual_mode_pico_usd: PicoUsd,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub model: String,
+    pub requested_mode: Mode,
+    /// The mode it runs in (`auto` resolved at submit).
+    pub mode: Mode,
+    pub mode_reason: String,
+    pub detail: Detail,
+    pub analyzer: Analyzer,
+    pub metadata: Option<serde_json::Value>,
+    pub webhook_url: Option<String>,
+    pub status: JobStatus,
+    pub counts: Counts,
+    pub cost: CostSums,
+    pub estimate_batch_pico_usd: Option<PicoUsd>,
+    pub estimate_individual_pico_usd: Option<PicoUsd>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Everything needed to create a job row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub model: String,
+    pub requested_mode: Mode,
+    pub mode: Mode,
+    pub mode_reason: String,
+    pub detail: Detail,
+    pub analyzer: Analyzer,
+    pub metadata: Option<serde_json::Value>,
+    pub webhook_url: Option<String>,
+    /// `Open` (filled in chunks) or `Queued` (work starts now).
+    pub status: JobStatus,
+    pub estimate_batch_pico_usd: Option<PicoUsd>,
+    pub estimate_individual_pico_usd: Option<PicoUsd>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One image of a job, as accepted at intake (or rejected there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    pub custom_id: String,
+    pub post_id: Option<String>,
+    /// `https://…` or `data:image/…;base64,…`; empty for a rejected item.
+    pub image: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    /// `Pending` or `Rejected`.
+    pub status: ItemStatus,
+    pub error: Option<ItemError>,
+}
+
+/// Why an item failed or was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ItemError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One image as stored, with its result once it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub job_id: Uuid,
+    /// Position in the job (0-based, in submission order): the `index` clients see.
+    pub position: i64,
+    pub custom_id: String,
+    pub post_id: Option<String>,
+    pub image: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub status: ItemStatus,
+    pub attempts: i32,
+    pub shard_id: Option<Uuid>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ItemError>,
+    pub usage: Option<Usage>,
+    /// `None` when not run yet or when the model has no price.
+    pub cost_pico_usd: Option<PicoUsd>,
+    pub individual_pico_usd: Option<PicoUsd>,
+    /// The mode that ran it (`Batch` or `Individual`).
+    pub run_mode: Option<Mode>,
+    /// The model snapshot OpenAI reported.
+    pub resolved_model: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of running one item, written back in bulk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemOutcome {
+    pub custom_id: String,
+    /// `Succeeded` or `Failed`.
+    pub status: ItemStatus,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ItemError>,
+    pub usage: Option<Usage>,
+    pub cost_pico_usd: Option<PicoUsd>,
+    pub individual_pico_usd: Option<PicoUsd>,
+    pub run_mode: Mode,
+    pub resolved_model: Option<String>,
+}
+
+/// One OpenAI batch of a job, as we track it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shard {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub model: String,
+    pub status: ShardStatus,
+    pub item_count: i64,
+    pub input_file_id: Option<String>,
+    pub openai_batch_id: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// OpenAI's status string for the batch, as last polled.
+    pub batch_status: Option<String>,
+    pub request_total: i64,
+    pub request_completed: i64,
+    pub request_failed: i64,
+    pub error: Option<ItemError>,
+    pub poll_interval_ms: i64,
+    pub next_poll_at: DateTime<Utc>,
+    pub lease_token: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A lease on a row: who holds it and the token every later write must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub token: i64,
+    pub until: DateTime<Utc>,
+}
+
+/// An entry in a job's event log (state changes and progress), for SSE and audits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}

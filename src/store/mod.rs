@@ -1,0 +1,335 @@
+//! Persistence: one `Store` trait, a PostgreSQL and a SQLite backend, chosen by URL.
+//!
+//! Workers talk to each other only through these rows. Every background step claims rows
+//! with a lease (`lease_owner`, `lease_until`, `lease_token`); every write that follows a
+//! slow call presents the token it got and changes nothing when the token moved on
+//! (fencing). Job counters and cost sums live on the job row and change in the same
+//! transaction as the items they count.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{
+    Event, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob, Shard,
+    ShardStatus, Item, PicoUsd,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist (or belongs to another tenant).
+    #[error("not found")]
+    NotFound,
+    /// The row's state forbids the change (e.g. appending to a job that is not open).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A custom_id is already used in the job.
+    #[error("custom_id {0:?} is already used in this job")]
+    DuplicateCustomId(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Cursor for job listings: newest first, ties broken by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// An item the planner still has to put in a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanItem {
+    pub position: i64,
+    /// Length of the stored image reference (URL or data URL) in bytes.
+    pub image_bytes: i64,
+}
+
+/// A shard the planner decided on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewShard {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub model: String,
+    pub positions: Vec<i64>,
+    pub next_poll_at: DateTime<Utc>,
+    pub poll_interval_ms: i64,
+}
+
+/// What one poll of an OpenAI batch learned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPoll {
+    pub batch_status: String,
+    pub request_total: i64,
+    pub request_completed: i64,
+    pub request_failed: i64,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub next_poll_at: DateTime<Utc>,
+    pub poll_interval_ms: i64,
+}
+
+/// What `idempotency_begin` found for a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyState {
+    /// The key was free and is now held by this request (status in flight).
+    Started,
+    /// Another request with this key is still being processed.
+    InFlight { request_hash: String },
+    /// A request with this key finished; its stored response is to be replayed.
+    Completed {
+        request_hash: String,
+        job_id: Uuid,
+        response: serde_json::Value,
+    },
+}
+
+/// Spend of one tenant over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CostTotals {
+    pub jobs: i64,
+    pub images: i64,
+    pub actual_pico_usd: PicoUsd,
+    pub individual_pico_usd: PicoUsd,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Closes the pool (graceful shutdown).
+    async fn close(&self);
+
+    // ---- API keys -------------------------------------------------------------------
+
+    /// Makes the `api_keys` table hold exactly these `(tenant, sha256_hex)` pairs.
+    async fn replace_api_keys(&self, keys: &[(String, String)]) -> StoreResult<()>;
+
+    /// The tenant whose key hashes to `sha256_hex`.
+    async fn tenant_for_key(&self, sha256_hex: &str) -> StoreResult<Option<String>>;
+
+    // ---- jobs -----------------------------------------------------------------------
+
+    /// Creates the job and its items (positions 0..n in the given order) in one
+    /// transaction, with counters set from the items' statuses.
+    async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job>;
+
+    /// Appends items to an `open` job of this tenant (positions continue after the last).
+    /// `Conflict` when the job is not open, `DuplicateCustomId` when a custom_id is taken,
+    /// `NotFound` for an unknown job.
+    async fn append_items(&self, tenant: &str, job_id: Uuid, items: &[NewItem])
+        -> StoreResult<Job>;
+
+    /// Closes an `open` job: status `queued`, mode and estimates set. `Conflict` when not
+    /// open. A job with no pending item goes straight to its terminal status.
+    async fn submit_open_job(
+        &self,
+        tenant: &str,
+        job_id: Uuid,
+        mode: Mode,
+        mode_reason: &str,
+        estimate_batch_pico_usd: Option<PicoUsd>,
+        estimate_individual_pico_usd: Option<PicoUsd>,
+    ) -> StoreResult<Job>;
+
+    /// A job by id; with a tenant, only that tenant's.
+    async fn get_job(&self, tenant: Option<&str>, id: Uuid) -> StoreResult<Option<Job>>;
+
+    /// The tenant's jobs, newest first, strictly after the cursor.
+    async fn list_jobs(
+        &self,
+        tenant: &str,
+        status: Option<JobStatus>,
+        after: Option<JobCursor>,
+        limit: i64,
+    ) -> StoreResult<Vec<Job>>;
+
+    /// Moves a job from one of `from` to `to`; false when it was in none of them.
+    /// Sets `completed_at` when `to` is terminal and writes a `status` event.
+    async fn transition_job(&self, id: Uuid, from: &[JobStatus], to: JobStatus)
+        -> StoreResult<bool>;
+
+    /// When no item of the job is pending or submitted and the job is queued, running or
+    /// cancelling, makes it terminal: `cancelled` if it was cancelling, else `completed`
+    /// when at least one item succeeded, else `failed`. Returns the new status if it
+    /// changed.
+    async fn finish_job_if_done(&self, id: Uuid) -> StoreResult<Option<JobStatus>>;
+
+    // ---- items ----------------------------------------------------------------------
+
+    /// Items of a job in position order, strictly after `after_position`.
+    async fn list_items(
+        &self,
+        job_id: Uuid,
+        status: Option<ItemStatus>,
+        after_position: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<Item>>;
+
+    /// Items of a job ordered by (post_id NULLS LAST, position) strictly after the cursor
+    /// `(post_id, position)`, for grouping by post.
+    async fn list_items_by_post(
+        &self,
+        job_id: Uuid,
+        after: Option<(Option<String>, i64)>,
+        limit: i64,
+    ) -> StoreResult<Vec<Item>>;
+
+    // ---- planning -------------------------------------------------------------------
+
+    /// Leases up to `limit` jobs in status queued or running, mode batch, that have
+    /// pending items with no shard, whose lease is free or expired. Returns each job with
+    /// its new lease token.
+    async fn claim_jobs_to_plan(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<(Job, i64)>>;
+
+    /// Pending items of the job with no shard, in position order.
+    async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>>;
+
+    /// Inserts the shards and assigns their items in one transaction, fenced by the job's
+    /// lease token. False (nothing written) when the token moved on.
+    async fn create_shards(
+        &self,
+        job_id: Uuid,
+        lease_token: i64,
+        shards: &[NewShard],
+    ) -> StoreResult<bool>;
+
+    /// Frees the job's lease if the token still matches.
+    async fn release_job(&self, job_id: Uuid, lease_token: i64) -> StoreResult<()>;
+
+    // ---- shards ---------------------------------------------------------------------
+
+    /// Leases up to `limit` shards in one of `statuses` with `next_poll_at <= due` and a
+    /// free or expired lease (oldest `next_poll_at` first). Each returned shard carries
+    /// its new lease token. PostgreSQL: `FOR UPDATE SKIP LOCKED`.
+    async fn claim_shards(
+        &self,
+        statuses: &[ShardStatus],
+        due: DateTime<Utc>,
+        owner: &str,
+        lease_for: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<Shard>>;
+
+    /// Extends a held lease; false when the token moved on.
+    async fn renew_shard(&self, shard_id: Uuid, token: i64, lease_for: Duration)
+        -> StoreResult<bool>;
+
+    /// Frees a held lease (the shard stays in its status).
+    async fn release_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<()>;
+
+    async fn get_shard(&self, shard_id: Uuid) -> StoreResult<Option<Shard>>;
+
+    /// All shards of a job, oldest first.
+    async fn list_shards(&self, job_id: Uuid) -> StoreResult<Vec<Shard>>;
+
+    /// Items assigned to the shard, in position order, strictly after `after_position`.
+    async fn shard_items(
+        &self,
+        shard_id: Uuid,
+        after_position: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<Item>>;
+
+    /// Records the uploaded input file and moves the shard `planned` → `creating`.
+    async fn shard_uploaded(&self, shard_id: Uuid, token: i64, input_file_id: &str)
+        -> StoreResult<bool>;
+
+    /// Records the created OpenAI batch: shard `creating` → `submitted`, its pending
+    /// items → `submitted` (attempts + 1), job counters moved, job `queued` → `running`.
+    async fn shard_submitted(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        openai_batch_id: &str,
+        next_poll_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Stores what a poll learned (status, counts, file ids, next poll).
+    async fn shard_polled(&self, shard_id: Uuid, token: i64, poll: &ShardPoll)
+        -> StoreResult<bool>;
+
+    /// Sets the shard's status (and error); no item changes.
+    async fn set_shard_status(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        status: ShardStatus,
+        error: Option<&ItemError>,
+    ) -> StoreResult<bool>;
+
+    /// Writes outcomes of the shard's items in one statement per call, fenced by the
+    /// shard's lease token. Only items of this shard still `submitted` change, so
+    /// writing the same outcomes twice changes nothing. Job counters and cost sums move
+    /// in the same transaction. Returns how many items changed.
+    async fn record_shard_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        outcomes: &[ItemOutcome],
+    ) -> StoreResult<u64>;
+
+    /// Fails every item of the shard that is still pending or submitted with `error`,
+    /// fenced, counters moved. Returns how many changed.
+    async fn fail_shard_items(&self, shard_id: Uuid, token: i64, error: &ItemError)
+        -> StoreResult<u64>;
+
+    // ---- events ---------------------------------------------------------------------
+
+    async fn append_event(&self, job_id: Uuid, kind: &str, data: &serde_json::Value)
+        -> StoreResult<()>;
+
+    /// Events of a job with id greater than `after_id`, oldest first.
+    async fn events_after(&self, job_id: Uuid, after_id: i64, limit: i64)
+        -> StoreResult<Vec<Event>>;
+
+    // ---- idempotency ----------------------------------------------------------------
+
+    /// Takes the key for this request or reports who has it. Expired keys are free.
+    async fn idempotency_begin(
+        &self,
+        tenant: &str,
+        key: &str,
+        request_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<IdempotencyState>;
+
+    /// Stores the finished request's job and response under the key.
+    async fn idempotency_complete(
+        &self,
+        tenant: &str,
+        key: &str,
+        job_id: Uuid,
+        response: &serde_json::Value,
+    ) -> StoreResult<()>;
+
+    /// Frees a key whose request failed before creating anything.
+    async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()>;
+
+    // ---- costs ----------------------------------------------------------------------
+
+    /// Sums jobs created in `[from, to)` for the tenant.
+    async fn cost_totals(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<CostTotals>;
+}
+
+pub type DynStore = Arc<dyn Store>;
