@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -120,6 +120,16 @@ string_enum!(
         Done => "done",
         /// The shard could not run (OpenAI refused it); its items were failed.
         Failed => "failed",
+    }
+);
+
+string_enum!(
+    /// How a shard's items are run.
+    ShardKind {
+        /// One OpenAI batch.
+        Batch => "batch",
+        /// One Chat Completions call per item.
+        Individual => "individual",
     }
 );
 
@@ -329,6 +339,7 @@ pub struct ItemOutcome {
 pub struct Shard {
     pub id: Uuid,
     pub job_id: Uuid,
+    pub kind: ShardKind,
     pub attempt: i32,
     pub model: String,
     pub status: ShardStatus,
