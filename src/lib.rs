@@ -1,4 +1,6 @@
 //! batchlens: turns image sets into structured vision analyses through the OpenAI Batch API.
 
+pub mod analyzer;
 pub mod domain;
+pub mod intake;
 pub mod store;
