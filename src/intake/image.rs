@@ -1,0 +1,515 @@
+//! What an inline image really is: format by magic bytes (never the declared type),
+//! dimensions from the header (no full decode), and animated-GIF detection.
+
+/// The image formats OpenAI vision accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+    Gif,
+}
+
+impl ImageFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+            Self::Gif => "image/gif",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "PNG",
+            Self::Jpeg => "JPEG",
+            Self::Webp => "WEBP",
+            Self::Gif => "GIF",
+        }
+    }
+}
+
+/// An image that passed every byte-level check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    pub mime: &'static str,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Identifies `bytes` as a still PNG, JPEG, WEBP or GIF and reads its dimensions.
+/// The error is a sentence for a person, without a field prefix.
+pub fn sniff_image(bytes: &[u8]) -> Result<ImageInfo, String> {
+    if bytes.is_empty() {
+        return Err("the image is empty (0 bytes)".to_string());
+    }
+    let format = detect_format(bytes).ok_or_else(|| not_an_image(bytes))?;
+    if format == ImageFormat::Gif {
+        match gif_frame_count(bytes)? {
+            0 => return Err("the GIF holds no image (no frame before its end)".to_string()),
+            1 => {}
+            _ => return Err("animated GIFs are not supported".to_string()),
+        }
+    }
+    let size = imagesize::blob_size(bytes).map_err(|_| {
+        format!(
+            "the {} header is truncated or corrupt: its width and height can't be read",
+            format.name()
+        )
+    })?;
+    if size.width == 0 || size.height == 0 {
+        return Err(format!(
+            "the {} image has a zero dimension ({}x{} pixels)",
+            format.name(),
+            size.width,
+            size.height
+        ));
+    }
+    // PNG allows up to 2^31-1; anything larger is a corrupt header, and the store keeps i32.
+    let (Ok(width), Ok(height)) = (i32::try_from(size.width), i32::try_from(size.height)) else {
+        return Err(format!(
+            "the {} header claims an impossible size ({}x{} pixels)",
+            format.name(),
+            size.width,
+            size.height
+        ));
+    };
+    Ok(ImageInfo {
+        format,
+        mime: format.mime(),
+        width: width as u32,
+        height: height as u32,
+    })
+}
+
+fn detect_format(b: &[u8]) -> Option<ImageFormat> {
+    if b.starts_with(b"\x89PNG\r\n\x1a\n") && b.get(12..16) == Some(b"IHDR") {
+        Some(ImageFormat::Png)
+    } else if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageFormat::Jpeg)
+    } else if b.len() >= 16 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        // The first chunk must be one of the three bitstream kinds.
+        matches!(&b[12..16], b"VP8 " | b"VP8L" | b"VP8X").then_some(ImageFormat::Webp)
+    } else if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
+        Some(ImageFormat::Gif)
+    } else {
+        None
+    }
+}
+
+fn not_an_image(b: &[u8]) -> String {
+    let first: Vec<String> = b.iter().take(4).map(|x| format!("{x:02x}")).collect();
+    let mut msg = format!(
+        "not a PNG, JPEG, WEBP or GIF image (first bytes {}",
+        first.join(" ")
+    );
+    if let Some(kind) = looks_like(b) {
+        msg.push_str(": looks like ");
+        msg.push_str(kind);
+    }
+    msg.push(')');
+    msg
+}
+
+/// A guess at what a rejected payload is, so the person can see what went wrong upstream.
+fn looks_like(b: &[u8]) -> Option<&'static str> {
+    let starts = |p: &[u8]| b.starts_with(p);
+    let ftyp_brand = (b.len() >= 12 && &b[4..8] == b"ftyp").then(|| &b[8..12]);
+    let text_head = || {
+        String::from_utf8_lossy(&b[..b.len().min(256)])
+            .trim_start()
+            .to_ascii_lowercase()
+    };
+    if starts(b"%PDF") {
+        Some("a PDF")
+    } else if starts(b"\x89PNG") {
+        Some("a damaged PNG")
+    } else if starts(b"GIF8") || starts(b"RIFF") && b.get(8..12) == Some(b"WEBP") {
+        Some("a damaged or unusual GIF/WEBP")
+    } else if starts(b"BM") {
+        Some("a BMP image")
+    } else if starts(b"II*\0") || starts(b"MM\0*") {
+        Some("a TIFF image")
+    } else if let Some(brand) = ftyp_brand {
+        match brand {
+            b"avif" | b"avis" => Some("an AVIF image"),
+            b"heic" | b"heix" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => Some("a HEIC/HEIF image"),
+            _ => Some("an MP4/QuickTime video"),
+        }
+    } else if starts(&[0xFF, 0x0A]) || starts(b"\0\0\0\x0cJXL ") {
+        Some("a JPEG XL image")
+    } else if starts(b"8BPS") {
+        Some("a Photoshop document")
+    } else if starts(&[0, 0, 1, 0]) {
+        Some("an ICO icon")
+    } else if starts(b"PK\x03\x04") {
+        Some("a ZIP archive (or an Office document)")
+    } else if starts(&[0x1F, 0x8B]) {
+        Some("gzip-compressed data")
+    } else if b
+        .iter()
+        .take(256)
+        .all(|&c| c.is_ascii_graphic() || c.is_ascii_whitespace())
+    {
+        let s = text_head();
+        if s.starts_with("<svg") || (s.starts_with("<?xml") && s.contains("<svg")) {
+            Some("an SVG image, which is not supported")
+        } else if s.starts_with("<!doctype html") || s.starts_with("<html") {
+            Some("an HTML page")
+        } else if s.starts_with('<') {
+            Some("XML")
+        } else if s.starts_with('{') || s.starts_with('[') {
+            Some("JSON")
+        } else if s.starts_with("data:") {
+            Some("a data URL; send it in data_url instead")
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            Some("a URL; send it in image_url instead")
+        } else if s.len() >= 16
+            && s.bytes().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'\n' | b'\r')
+            })
+        {
+            Some("base64 text: was the image encoded twice?")
+        } else {
+            Some("text")
+        }
+    } else {
+        None
+    }
+}
+
+/// Counts the frames (image descriptors) of a GIF by walking its block structure: a
+/// byte search would mistake a 0x2C inside pixel data or a comment for a frame.
+fn gif_frame_count(b: &[u8]) -> Result<usize, String> {
+    let corrupt = || "the GIF is truncated or corrupt".to_string();
+    let mut r = Reader { b, pos: 6 };
+    // Logical screen descriptor: width, height, packed flags, background, aspect.
+    r.skip(4).ok_or_else(corrupt)?;
+    let packed = r.byte().ok_or_else(corrupt)?;
+    r.skip(2).ok_or_else(corrupt)?;
+    if packed & 0x80 != 0 {
+        r.skip(color_table_len(packed)).ok_or_else(corrupt)?;
+    }
+    let mut frames = 0;
+    loop {
+        let Some(introducer) = r.byte() else {
+            // Some encoders omit the trailer; every block so far was complete.
+            return Ok(frames);
+        };
+        match introducer {
+            0x3B => return Ok(frames),
+            0x21 => {
+                r.skip(1).ok_or_else(corrupt)?; // extension label
+                r.skip_sub_blocks().ok_or_else(corrupt)?;
+            }
+            0x2C => {
+                frames += 1;
+                if frames > 1 {
+                    // Enough to decide; no need to walk the rest.
+                    return Ok(frames);
+                }
+                r.skip(8).ok_or_else(corrupt)?; // left, top, width, height
+                let packed = r.byte().ok_or_else(corrupt)?;
+                if packed & 0x80 != 0 {
+                    r.skip(color_table_len(packed)).ok_or_else(corrupt)?;
+                }
+                r.skip(1).ok_or_else(corrupt)?; // LZW minimum code size
+                r.skip_sub_blocks().ok_or_else(corrupt)?;
+            }
+            other => {
+                return Err(format!(
+                    "the GIF is corrupt (unexpected block 0x{other:02x} at byte {})",
+                    r.pos - 1
+                ))
+            }
+        }
+    }
+}
+
+fn color_table_len(packed: u8) -> usize {
+    3 * (1usize << ((packed & 0x07) + 1))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.pos)?;
+        self.pos += 1;
+        Some(v)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        let end = self.pos.checked_add(n)?;
+        if end > self.b.len() {
+            return None;
+        }
+        self.pos = end;
+        Some(())
+    }
+
+    /// Data sub-blocks: a length byte and that many bytes, until a zero length.
+    fn skip_sub_blocks(&mut self) -> Option<()> {
+        loop {
+            let len = self.byte()?;
+            if len == 0 {
+                return Some(());
+            }
+            self.skip(len as usize)?;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Tiny, structurally real images built in code so tests need no files.
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in data {
+            crc ^= byte as u32;
+            for _ in 0..8 {
+                let mask = (crc & 1).wrapping_neg();
+                crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+            }
+        }
+        !crc
+    }
+
+    fn adler32(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in data {
+            a = (a + x as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        (b << 16) | a
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    /// A valid 8-bit grayscale PNG of `w`×`h` (small sizes: one stored deflate block).
+    pub fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for _ in 0..h {
+            raw.push(0); // filter: none
+            raw.extend(std::iter::repeat_n(0x80, w as usize));
+        }
+        assert!(raw.len() <= 65535, "fixture too large for one stored block");
+        let mut z = vec![0x78, 0x01, 0x01];
+        z.extend_from_slice(&(raw.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(raw.len() as u16)).to_le_bytes());
+        z.extend_from_slice(&raw);
+        z.extend_from_slice(&adler32(&raw).to_be_bytes());
+
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &z);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// A baseline JPEG header (SOI, JFIF APP0, SOF0 with the size, EOI).
+    pub fn jpeg(w: u16, h: u16) -> Vec<u8> {
+        let mut out = vec![0xFF, 0xD8];
+        out.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x10]);
+        out.extend_from_slice(b"JFIF\0\x01\x01\x00\x00\x01\x00\x01\x00\x00");
+        out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 0x08]);
+        out.extend_from_slice(&h.to_be_bytes());
+        out.extend_from_slice(&w.to_be_bytes());
+        out.extend_from_slice(&[0x01, 0x01, 0x11, 0x00]);
+        out.extend_from_slice(&[0xFF, 0xD9]);
+        out
+    }
+
+    /// A lossless (VP8L) WEBP whose header encodes `w`×`h`.
+    pub fn webp(w: u32, h: u32) -> Vec<u8> {
+        let mut payload = vec![0x2F];
+        let bits = (w - 1) | ((h - 1) << 14);
+        payload.extend_from_slice(&bits.to_le_bytes());
+        payload.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x00]);
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&((4 + 8 + payload.len()) as u32).to_le_bytes());
+        out.extend_from_slice(b"WEBPVP8L");
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn gif_frame(out: &mut Vec<u8>, w: u16, h: u16) {
+        // Graphic control extension, then an image descriptor with one pixel of LZW data.
+        out.extend_from_slice(&[0x21, 0xF9, 0x04, 0x00, 0x0A, 0x00, 0x00, 0x00]);
+        out.push(0x2C);
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&w.to_le_bytes());
+        out.extend_from_slice(&h.to_le_bytes());
+        out.push(0x00);
+        out.extend_from_slice(&[0x02, 0x02, 0x44, 0x01, 0x00]);
+    }
+
+    /// A GIF89a with `frames` frames; a comment full of 0x2C bytes (the frame introducer)
+    /// comes first so only a real block walk counts frames right.
+    pub fn gif(w: u16, h: u16, frames: usize) -> Vec<u8> {
+        let mut out = b"GIF89a".to_vec();
+        out.extend_from_slice(&w.to_le_bytes());
+        out.extend_from_slice(&h.to_le_bytes());
+        out.extend_from_slice(&[0x80, 0x00, 0x00]);
+        out.extend_from_slice(&[0, 0, 0, 0xFF, 0xFF, 0xFF]);
+        out.extend_from_slice(&[0x21, 0xFE, 0x04, 0x2C, 0x2C, 0x2C, 0x2C, 0x00]);
+        for _ in 0..frames {
+            gif_frame(&mut out, w, h);
+        }
+        out.push(0x3B);
+        out
+    }
+
+    pub fn pdf() -> Vec<u8> {
+        b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n".to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn sniffs_each_supported_format_with_its_dimensions() {
+        let cases = [
+            (png(3, 2), ImageFormat::Png, "image/png", 3, 2),
+            (jpeg(640, 480), ImageFormat::Jpeg, "image/jpeg", 640, 480),
+            (webp(5, 7), ImageFormat::Webp, "image/webp", 5, 7),
+            (gif(4, 9, 1), ImageFormat::Gif, "image/gif", 4, 9),
+        ];
+        for (bytes, format, mime, w, h) in cases {
+            let info = sniff_image(&bytes).unwrap();
+            assert_eq!(
+                info,
+                ImageInfo {
+                    format,
+                    mime,
+                    width: w,
+                    height: h
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_pdf_is_named_in_the_reason() {
+        let err = sniff_image(&pdf()).unwrap_err();
+        assert_eq!(
+            err,
+            "not a PNG, JPEG, WEBP or GIF image (first bytes 25 50 44 46: looks like a PDF)"
+        );
+    }
+
+    #[test]
+    fn unknown_bytes_are_shown_without_a_guess() {
+        let err = sniff_image(&[0x00, 0x01, 0x02, 0x03, 0x04]).unwrap_err();
+        assert_eq!(
+            err,
+            "not a PNG, JPEG, WEBP or GIF image (first bytes 00 01 02 03)"
+        );
+    }
+
+    #[test]
+    fn other_image_kinds_are_recognised() {
+        assert!(sniff_image(b"BM\x3a\0\0\0\0\0\0\0")
+            .unwrap_err()
+            .contains("BMP"));
+        let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+        assert!(sniff_image(heic).unwrap_err().contains("HEIC"));
+        let svg = b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"/>";
+        assert!(sniff_image(svg).unwrap_err().contains("SVG"));
+        let twice = b"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4";
+        assert!(sniff_image(twice).unwrap_err().contains("encoded twice"));
+    }
+
+    #[test]
+    fn animated_gif_is_rejected() {
+        assert_eq!(
+            sniff_image(&gif(2, 2, 2)).unwrap_err(),
+            "animated GIFs are not supported"
+        );
+    }
+
+    #[test]
+    fn frame_introducer_bytes_inside_sub_blocks_do_not_count_as_frames() {
+        // The fixture's comment holds four 0x2C bytes; a naive search would see 5 frames.
+        let one = gif(2, 2, 1);
+        assert!(one.iter().filter(|&&b| b == 0x2C).count() > 1);
+        assert_eq!(gif_frame_count(&one).unwrap(), 1);
+    }
+
+    #[test]
+    fn gif_without_trailer_is_accepted_but_cut_inside_a_block_is_not() {
+        let mut g = gif(2, 2, 1);
+        g.pop();
+        assert_eq!(sniff_image(&g).unwrap().format, ImageFormat::Gif);
+        let cut = &g[..g.len() - 3];
+        assert_eq!(
+            sniff_image(cut).unwrap_err(),
+            "the GIF is truncated or corrupt"
+        );
+    }
+
+    #[test]
+    fn gif_with_no_frame_is_rejected() {
+        let g = gif(2, 2, 0);
+        assert!(sniff_image(&g).unwrap_err().contains("no image"));
+    }
+
+    #[test]
+    fn gif_with_a_stray_block_is_corrupt() {
+        let mut g = gif(2, 2, 1);
+        let trailer = g.len() - 1;
+        g[trailer] = 0x99;
+        assert!(sniff_image(&g)
+            .unwrap_err()
+            .contains("unexpected block 0x99"));
+    }
+
+    #[test]
+    fn zero_dimensions_are_rejected() {
+        assert!(sniff_image(&png(0, 0))
+            .unwrap_err()
+            .contains("zero dimension"));
+        assert!(sniff_image(&jpeg(0, 10)).unwrap_err().contains("0x10"));
+        assert!(sniff_image(&gif(0, 1, 1)).unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn truncated_header_is_reported() {
+        let p = png(4, 4);
+        let err = sniff_image(&p[..18]).unwrap_err();
+        assert!(err.contains("PNG header is truncated"), "{err}");
+    }
+
+    #[test]
+    fn empty_is_rejected() {
+        assert!(sniff_image(&[]).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn png_signature_without_ihdr_is_not_a_png() {
+        let mut p = png(1, 1);
+        p[12..16].copy_from_slice(b"XXXX");
+        assert!(sniff_image(&p).unwrap_err().contains("damaged PNG"));
+    }
+}
