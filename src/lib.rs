@@ -4,4 +4,5 @@ pub mod analyzer;
 pub mod cost;
 pub mod domain;
 pub mod intake;
+pub mod openai;
 pub mod store;
