@@ -13,9 +13,19 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod common;
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+pub use common::truncate_to_micros;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
 use crate::domain::{
-    Event, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob, Shard,
-    ShardStatus, Item, PicoUsd,
+    Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
+    PicoUsd, Shard, ShardStatus,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -37,6 +47,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database URL names no backend this service has.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
 }
 
 /// Cursor for job listings: newest first, ties broken by id.
@@ -97,6 +110,7 @@ pub enum IdempotencyState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CostTotals {
     pub jobs: i64,
+    /// Images accepted into those jobs (rejected ones are not counted).
     pub images: i64,
     pub actual_pico_usd: PicoUsd,
     pub individual_pico_usd: PicoUsd,
@@ -156,8 +170,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a job from one of `from` to `to`; false when it was in none of them.
     /// Sets `completed_at` when `to` is terminal and writes a `status` event.
-    async fn transition_job(&self, id: Uuid, from: &[JobStatus], to: JobStatus)
-        -> StoreResult<bool>;
+    async fn transition_job(
+        &self,
+        id: Uuid,
+        from: &[JobStatus],
+        to: JobStatus,
+    ) -> StoreResult<bool>;
 
     /// When no item of the job is pending or submitted and the job is queued, running or
     /// cancelling, makes it terminal: `cancelled` if it was cancelling, else `completed`
@@ -227,8 +245,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Shard>>;
 
     /// Extends a held lease; false when the token moved on.
-    async fn renew_shard(&self, shard_id: Uuid, token: i64, lease_for: Duration)
-        -> StoreResult<bool>;
+    async fn renew_shard(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        lease_for: Duration,
+    ) -> StoreResult<bool>;
 
     /// Frees a held lease (the shard stays in its status).
     async fn release_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<()>;
@@ -247,8 +269,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Item>>;
 
     /// Records the uploaded input file and moves the shard `planned` → `creating`.
-    async fn shard_uploaded(&self, shard_id: Uuid, token: i64, input_file_id: &str)
-        -> StoreResult<bool>;
+    async fn shard_uploaded(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        input_file_id: &str,
+    ) -> StoreResult<bool>;
 
     /// Records the created OpenAI batch: shard `creating` → `submitted`, its pending
     /// items → `submitted` (attempts + 1), job counters moved, job `queued` → `running`.
@@ -286,17 +312,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fails every item of the shard that is still pending or submitted with `error`,
     /// fenced, counters moved. Returns how many changed.
-    async fn fail_shard_items(&self, shard_id: Uuid, token: i64, error: &ItemError)
-        -> StoreResult<u64>;
+    async fn fail_shard_items(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+    ) -> StoreResult<u64>;
 
     // ---- events ---------------------------------------------------------------------
 
-    async fn append_event(&self, job_id: Uuid, kind: &str, data: &serde_json::Value)
-        -> StoreResult<()>;
+    async fn append_event(
+        &self,
+        job_id: Uuid,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> StoreResult<()>;
 
     /// Events of a job with id greater than `after_id`, oldest first.
-    async fn events_after(&self, job_id: Uuid, after_id: i64, limit: i64)
-        -> StoreResult<Vec<Event>>;
+    async fn events_after(
+        &self,
+        job_id: Uuid,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Event>>;
 
     // ---- idempotency ----------------------------------------------------------------
 
@@ -333,3 +371,19 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a URL names and brings its schema up to date: `postgres://…` or
+/// `postgresql://…` for PostgreSQL, `sqlite:…` for SQLite (the file and its folder are
+/// created when missing).
+pub async fn connect(url: &str) -> StoreResult<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
+        Err(StoreError::InvalidUrl(format!(
+            "unsupported scheme {scheme:?}: expected postgres://, postgresql:// or sqlite:"
+        )))
+    }
+}

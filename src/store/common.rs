@@ -1,0 +1,552 @@
+//! What both backends share: decoding rows into domain types, the job-row counter and
+//! cost deltas, event payloads and chunking. No SQL dialect lives here beyond column lists.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult};
+use crate::domain::{
+    Analyzer, CostSums, Counts, Event, Item, ItemError, ItemStatus, Job, JobStatus, Mode, NewItem,
+    Shard, Usage,
+};
+
+/// Rows per bulk statement.
+pub(crate) const CHUNK_ROWS: usize = 1000;
+/// Image bytes per bulk insert statement, so a chunk of large data URLs stays bounded.
+pub(crate) const CHUNK_IMAGE_BYTES: usize = 32 * 1024 * 1024;
+
+pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode, mode_reason, \
+    detail, analyzer, metadata, webhook_url, status, total, pending, submitted, succeeded, \
+    failed, rejected, cancelled, input_tokens, cached_input_tokens, output_tokens, \
+    actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
+    individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
+    estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token";
+
+pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image, width, height, \
+    status, attempts, shard_id, output, error_code, error_message, input_tokens, \
+    cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, individual_pico_usd, \
+    run_mode, resolved_model, finished_at";
+
+pub(crate) const SHARD_COLS: &str = "id, job_id, attempt, model, status, item_count, \
+    input_file_id, openai_batch_id, output_file_id, error_file_id, batch_status, \
+    request_total, request_completed, request_failed, error_code, error_message, \
+    poll_interval_ms, next_poll_at, lease_token, created_at, updated_at";
+
+pub(crate) const EVENT_COLS: &str = "id, job_id, kind, data, created_at";
+
+/// Columns of an item written by an outcome, returned to compute the job's deltas.
+pub(crate) const OUTCOME_COLS: &str = "status, input_tokens, cached_input_tokens, \
+    output_tokens, cost_pico_usd, individual_pico_usd, run_mode";
+
+/// Drops sub-microsecond precision: both databases keep microseconds, so a value is
+/// truncated before it is written and reads back equal.
+pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+pub(crate) fn duration_micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn corrupt(what: impl Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// Typed column access over either backend's row, so the mapping to domain types is
+/// written once. Each backend decides how a uuid, a timestamp and JSON are stored.
+pub(crate) trait RowGet {
+    fn text(&self, col: &str) -> StoreResult<String>;
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn int(&self, col: &str) -> StoreResult<i64>;
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+    fn int32(&self, col: &str) -> StoreResult<i32>;
+    fn opt_int32(&self, col: &str) -> StoreResult<Option<i32>>;
+    fn uuid(&self, col: &str) -> StoreResult<Uuid>;
+    fn opt_uuid(&self, col: &str) -> StoreResult<Option<Uuid>>;
+    fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>>;
+    fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>>;
+    fn opt_json(&self, col: &str) -> StoreResult<Option<Value>>;
+
+    fn json(&self, col: &str) -> StoreResult<Value> {
+        self.opt_json(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+
+    fn parsed<T>(&self, col: &str) -> StoreResult<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.text(col)?.parse().map_err(corrupt)
+    }
+
+    fn opt_parsed<T>(&self, col: &str) -> StoreResult<Option<T>>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.opt_text(col)?
+            .map(|s| s.parse().map_err(corrupt))
+            .transpose()
+    }
+}
+
+pub(crate) fn parse_uuid(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(corrupt)
+}
+
+pub(crate) fn counts_from_row<R: RowGet>(r: &R) -> StoreResult<Counts> {
+    Ok(Counts {
+        total: r.int("total")?,
+        pending: r.int("pending")?,
+        submitted: r.int("submitted")?,
+        succeeded: r.int("succeeded")?,
+        failed: r.int("failed")?,
+        rejected: r.int("rejected")?,
+        cancelled: r.int("cancelled")?,
+    })
+}
+
+pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
+    let analyzer: Analyzer = serde_json::from_value(r.json("analyzer")?).map_err(corrupt)?;
+    Ok(Job {
+        id: r.uuid("id")?,
+        tenant: r.text("tenant")?,
+        name: r.opt_text("name")?,
+        model: r.text("model")?,
+        requested_mode: r.parsed("requested_mode")?,
+        mode: r.parsed("mode")?,
+        mode_reason: r.text("mode_reason")?,
+        detail: r.parsed("detail")?,
+        analyzer,
+        metadata: r.opt_json("metadata")?,
+        webhook_url: r.opt_text("webhook_url")?,
+        status: r.parsed("status")?,
+        counts: counts_from_row(r)?,
+        cost: CostSums {
+            input_tokens: r.int("input_tokens")?,
+            cached_input_tokens: r.int("cached_input_tokens")?,
+            output_tokens: r.int("output_tokens")?,
+            actual_pico_usd: r.int("actual_pico_usd")?,
+            individual_pico_usd: r.int("individual_pico_usd")?,
+            unpriced_items: r.int("unpriced_items")?,
+            batch_items: r.int("batch_items")?,
+            batch_pico_usd: r.int("batch_pico_usd")?,
+            individual_items: r.int("individual_items")?,
+            individual_mode_pico_usd: r.int("individual_mode_pico_usd")?,
+        },
+        estimate_batch_pico_usd: r.opt_int("estimate_batch_pico_usd")?,
+        estimate_individual_pico_usd: r.opt_int("estimate_individual_pico_usd")?,
+        created_at: r.ts("created_at")?,
+        updated_at: r.ts("updated_at")?,
+        completed_at: r.opt_ts("completed_at")?,
+    })
+}
+
+fn error_from_row<R: RowGet>(r: &R) -> StoreResult<Option<ItemError>> {
+    match r.opt_text("error_code")? {
+        Some(code) => Ok(Some(ItemError {
+            code,
+            message: r.opt_text("error_message")?.unwrap_or_default(),
+        })),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn item_from_row<R: RowGet>(r: &R) -> StoreResult<Item> {
+    let usage = match r.opt_int("input_tokens")? {
+        Some(input_tokens) => Some(Usage {
+            input_tokens,
+            cached_input_tokens: r.opt_int("cached_input_tokens")?.unwrap_or(0),
+            output_tokens: r.opt_int("output_tokens")?.unwrap_or(0),
+            reasoning_tokens: r.opt_int("reasoning_tokens")?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Item {
+        job_id: r.uuid("job_id")?,
+        position: r.int("position")?,
+        custom_id: r.text("custom_id")?,
+        post_id: r.opt_text("post_id")?,
+        image: r.text("image")?,
+        width: r.opt_int32("width")?,
+        height: r.opt_int32("height")?,
+        status: r.parsed("status")?,
+        attempts: r.int32("attempts")?,
+        shard_id: r.opt_uuid("shard_id")?,
+        output: r.opt_json("output")?,
+        error: error_from_row(r)?,
+        usage,
+        cost_pico_usd: r.opt_int("cost_pico_usd")?,
+        individual_pico_usd: r.opt_int("individual_pico_usd")?,
+        run_mode: r.opt_parsed("run_mode")?,
+        resolved_model: r.opt_text("resolved_model")?,
+        finished_at: r.opt_ts("finished_at")?,
+    })
+}
+
+pub(crate) fn shard_from_row<R: RowGet>(r: &R) -> StoreResult<Shard> {
+    Ok(Shard {
+        id: r.uuid("id")?,
+        job_id: r.uuid("job_id")?,
+        attempt: r.int32("attempt")?,
+        model: r.text("model")?,
+        status: r.parsed("status")?,
+        item_count: r.int("item_count")?,
+        input_file_id: r.opt_text("input_file_id")?,
+        openai_batch_id: r.opt_text("openai_batch_id")?,
+        output_file_id: r.opt_text("output_file_id")?,
+        error_file_id: r.opt_text("error_file_id")?,
+        batch_status: r.opt_text("batch_status")?,
+        request_total: r.int("request_total")?,
+        request_completed: r.int("request_completed")?,
+        request_failed: r.int("request_failed")?,
+        error: error_from_row(r)?,
+        poll_interval_ms: r.int("poll_interval_ms")?,
+        next_poll_at: r.ts("next_poll_at")?,
+        lease_token: r.int("lease_token")?,
+        created_at: r.ts("created_at")?,
+        updated_at: r.ts("updated_at")?,
+    })
+}
+
+pub(crate) fn event_from_row<R: RowGet>(r: &R) -> StoreResult<Event> {
+    Ok(Event {
+        id: r.int("id")?,
+        job_id: r.uuid("job_id")?,
+        kind: r.text("kind")?,
+        data: r.json("data")?,
+        created_at: r.ts("created_at")?,
+    })
+}
+
+/// An item as an outcome left it (the `OUTCOME_COLS` of the RETURNING rows).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorded {
+    pub status: ItemStatus,
+    pub input_tokens: Option<i64>,
+    pub cached_input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cost_pico_usd: Option<i64>,
+    pub individual_pico_usd: Option<i64>,
+    pub run_mode: Option<Mode>,
+}
+
+pub(crate) fn recorded_from_row<R: RowGet>(r: &R) -> StoreResult<Recorded> {
+    Ok(Recorded {
+        status: r.parsed("status")?,
+        input_tokens: r.opt_int("input_tokens")?,
+        cached_input_tokens: r.opt_int("cached_input_tokens")?,
+        output_tokens: r.opt_int("output_tokens")?,
+        cost_pico_usd: r.opt_int("cost_pico_usd")?,
+        individual_pico_usd: r.opt_int("individual_pico_usd")?,
+        run_mode: r.opt_parsed("run_mode")?,
+    })
+}
+
+/// What to add to a job row's counters and cost sums; applied with one UPDATE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct JobDelta {
+    pub counts: Counts,
+    pub cost: CostSums,
+}
+
+impl JobDelta {
+    pub const COLUMNS: [&'static str; 17] = [
+        "total",
+        "pending",
+        "submitted",
+        "succeeded",
+        "failed",
+        "rejected",
+        "cancelled",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "actual_pico_usd",
+        "individual_pico_usd",
+        "unpriced_items",
+        "batch_items",
+        "batch_pico_usd",
+        "individual_items",
+        "individual_mode_pico_usd",
+    ];
+
+    pub fn values(&self) -> [i64; 17] {
+        let (c, s) = (&self.counts, &self.cost);
+        [
+            c.total,
+            c.pending,
+            c.submitted,
+            c.succeeded,
+            c.failed,
+            c.rejected,
+            c.cancelled,
+            s.input_tokens,
+            s.cached_input_tokens,
+            s.output_tokens,
+            s.actual_pico_usd,
+            s.individual_pico_usd,
+            s.unpriced_items,
+            s.batch_items,
+            s.batch_pico_usd,
+            s.individual_items,
+            s.individual_mode_pico_usd,
+        ]
+    }
+
+    /// `UPDATE jobs SET <col> = <col> + $2, …, updated_at = <now> WHERE id = $1
+    /// RETURNING <job>`; the 17 deltas bind as `$2..=$18`.
+    pub fn update_sql(now: &str) -> String {
+        let sets: Vec<String> = Self::COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = {c} + ${}", i + 2))
+            .collect();
+        format!(
+            "UPDATE jobs SET {}, updated_at = {now} WHERE id = $1 RETURNING {JOB_COLS}",
+            sets.join(", ")
+        )
+    }
+
+    pub fn add_status(&mut self, status: ItemStatus, n: i64) {
+        let c = &mut self.counts;
+        match status {
+            ItemStatus::Pending => c.pending += n,
+            ItemStatus::Submitted => c.submitted += n,
+            ItemStatus::Succeeded => c.succeeded += n,
+            ItemStatus::Failed => c.failed += n,
+            ItemStatus::Rejected => c.rejected += n,
+            ItemStatus::Cancelled => c.cancelled += n,
+        }
+    }
+
+    /// Counters for newly inserted items.
+    pub fn for_new_items(items: &[NewItem]) -> Self {
+        let mut d = Self::default();
+        d.counts.total = items.len() as i64;
+        for it in items {
+            d.add_status(it.status, 1);
+        }
+        d
+    }
+
+    /// Deltas for items that moved from `submitted` to the status an outcome gave them.
+    /// An item with usage but no cost has an unknown price: it counts in `unpriced_items`
+    /// and adds nothing to the money sums. An item with neither ran nothing billable.
+    pub fn for_outcomes(rows: &[Recorded]) -> Self {
+        let mut d = Self::default();
+        for r in rows {
+            d.add_status(ItemStatus::Submitted, -1);
+            d.add_status(r.status, 1);
+            let s = &mut d.cost;
+            s.input_tokens += r.input_tokens.unwrap_or(0);
+            s.cached_input_tokens += r.cached_input_tokens.unwrap_or(0);
+            s.output_tokens += r.output_tokens.unwrap_or(0);
+            s.individual_pico_usd += r.individual_pico_usd.unwrap_or(0);
+            match r.cost_pico_usd {
+                Some(cost) => s.actual_pico_usd += cost,
+                None if r.input_tokens.is_some() => s.unpriced_items += 1,
+                None => {}
+            }
+            let cost = r.cost_pico_usd.unwrap_or(0);
+            match r.run_mode {
+                Some(Mode::Batch) => {
+                    s.batch_items += 1;
+                    s.batch_pico_usd += cost;
+                }
+                Some(Mode::Individual) => {
+                    s.individual_items += 1;
+                    s.individual_mode_pico_usd += cost;
+                }
+                Some(Mode::Auto) | None => {}
+            }
+        }
+        d
+    }
+}
+
+/// The `progress` event payload (and the API's `progress` object).
+pub(crate) fn progress_json(c: &Counts) -> Value {
+    json!({
+        "total": c.total,
+        "pending": c.pending,
+        "submitted": c.submitted,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "rejected": c.rejected,
+        "cancelled": c.cancelled,
+        "percent": c.percent(),
+    })
+}
+
+/// The `status` event payload.
+pub(crate) fn status_json(s: JobStatus) -> Value {
+    json!({ "status": s.as_str() })
+}
+
+/// The terminal status a job in `status` with these counters moves to, if it is done.
+pub(crate) fn finished_status(status: JobStatus, c: &Counts) -> Option<JobStatus> {
+    let live = matches!(
+        status,
+        JobStatus::Queued | JobStatus::Running | JobStatus::Cancelling
+    );
+    if !live || c.pending > 0 || c.submitted > 0 {
+        return None;
+    }
+    Some(if status == JobStatus::Cancelling {
+        JobStatus::Cancelled
+    } else if c.succeeded > 0 {
+        JobStatus::Completed
+    } else {
+        JobStatus::Failed
+    })
+}
+
+/// The first custom_id used twice in `items`.
+pub(crate) fn duplicate_custom_id(items: &[NewItem]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items
+        .iter()
+        .map(|i| i.custom_id.as_str())
+        .find(|id| !seen.insert(*id))
+}
+
+/// Splits items into bulk-insert chunks bounded by rows and by image bytes.
+pub(crate) fn item_chunks(items: &[NewItem]) -> Vec<&[NewItem]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, it) in items.iter().enumerate() {
+        let full =
+            i - start == CHUNK_ROWS || (i > start && bytes + it.image.len() > CHUNK_IMAGE_BYTES);
+        if full {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += it.image.len();
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// Keeps the first outcome per custom_id, so one bulk UPDATE never sees two source rows
+/// for one item.
+pub(crate) fn dedup_outcomes(
+    outcomes: &[crate::domain::ItemOutcome],
+) -> StoreResult<Vec<&crate::domain::ItemOutcome>> {
+    let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
+    let mut out = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        if !matches!(o.status, ItemStatus::Succeeded | ItemStatus::Failed) {
+            return Err(StoreError::Conflict(format!(
+                "outcome of {:?} has status {}, expected succeeded or failed",
+                o.custom_id, o.status
+            )));
+        }
+        if seen.insert(o.custom_id.as_str()) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, bytes: usize) -> NewItem {
+        NewItem {
+            custom_id: id.into(),
+            post_id: None,
+            image: "x".repeat(bytes),
+            width: None,
+            height: None,
+            status: ItemStatus::Pending,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn chunks_split_by_rows_and_bytes() {
+        let items: Vec<_> = (0..2500).map(|i| item(&i.to_string(), 1)).collect();
+        let sizes: Vec<_> = item_chunks(&items).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![1000, 1000, 500]);
+
+        let big: Vec<_> = (0..5)
+            .map(|i| item(&i.to_string(), CHUNK_IMAGE_BYTES / 2))
+            .collect();
+        let sizes: Vec<_> = item_chunks(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        assert!(item_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn outcome_deltas_split_by_mode_and_price() {
+        let row = |status, cost, mode| Recorded {
+            status,
+            input_tokens: Some(10),
+            cached_input_tokens: Some(2),
+            output_tokens: Some(3),
+            cost_pico_usd: cost,
+            individual_pico_usd: cost.map(|c| c * 2),
+            run_mode: Some(mode),
+        };
+        let d = JobDelta::for_outcomes(&[
+            row(ItemStatus::Succeeded, Some(100), Mode::Batch),
+            row(ItemStatus::Failed, None, Mode::Batch),
+            row(ItemStatus::Succeeded, Some(7), Mode::Individual),
+        ]);
+        assert_eq!(d.counts.submitted, -3);
+        assert_eq!((d.counts.succeeded, d.counts.failed), (2, 1));
+        assert_eq!(d.cost.input_tokens, 30);
+        assert_eq!(d.cost.actual_pico_usd, 107);
+        assert_eq!(d.cost.individual_pico_usd, 214);
+        assert_eq!(d.cost.unpriced_items, 1);
+        assert_eq!((d.cost.batch_items, d.cost.batch_pico_usd), (2, 100));
+        assert_eq!(
+            (d.cost.individual_items, d.cost.individual_mode_pico_usd),
+            (1, 7)
+        );
+    }
+
+    #[test]
+    fn finished_status_rules() {
+        let done = Counts {
+            total: 2,
+            succeeded: 1,
+            failed: 1,
+            ..Counts::default()
+        };
+        assert_eq!(
+            finished_status(JobStatus::Running, &done),
+            Some(JobStatus::Completed)
+        );
+        assert_eq!(
+            finished_status(JobStatus::Cancelling, &done),
+            Some(JobStatus::Cancelled)
+        );
+        let none_ok = Counts {
+            succeeded: 0,
+            ..done
+        };
+        assert_eq!(
+            finished_status(JobStatus::Queued, &none_ok),
+            Some(JobStatus::Failed)
+        );
+        assert_eq!(finished_status(JobStatus::Open, &done), None);
+        let busy = Counts { pending: 1, ..done };
+        assert_eq!(finished_status(JobStatus::Running, &busy), None);
+    }
+}

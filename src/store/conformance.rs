@@ -1,0 +1,1759 @@
+//! One behaviour suite for every `Store` backend: each test runs against SQLite (a fresh
+//! file) and PostgreSQL (a fresh database, dropped afterwards).
+//!
+//! PostgreSQL comes from `DATABASE_URL`; without it the PostgreSQL half is skipped, except
+//! under `CI=true`, where a missing database is a failure.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor};
+use uuid::Uuid;
+
+use super::{
+    truncate_to_micros, DynStore, IdempotencyState, JobCursor, NewShard, PgStore, ShardPoll,
+    StoreError,
+};
+use crate::domain::{
+    Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
+    ShardStatus, Usage,
+};
+
+const LEASE: Duration = Duration::from_secs(300);
+
+// ---- runners ------------------------------------------------------------------------
+
+async fn run_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(DynStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A folder that does not exist yet: connect must create it.
+    let path = dir.path().join("nested").join("batchlens.db");
+    let store = super::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open sqlite");
+    store.ping().await.expect("ping");
+    test(store.clone()).await;
+    store.close().await;
+}
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    if url.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but DATABASE_URL names no PostgreSQL database");
+        }
+        eprintln!("skipping postgres test: DATABASE_URL not set");
+    }
+    url
+}
+
+/// A database of one test's own, dropped when the guard drops (also on panic).
+struct TestDatabase {
+    admin: PgConnectOptions,
+    name: String,
+}
+
+impl TestDatabase {
+    async fn create(url: &str) -> (Self, PgConnectOptions) {
+        let admin = PgConnectOptions::from_str(url).expect("DATABASE_URL");
+        let name = format!("bl_test_{}", Uuid::new_v4().simple());
+        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let opts = admin.clone().database(&name);
+        (Self { admin, name }, opts)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread
+        // with a runtime of its own.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut conn = admin.connect().await?;
+                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+async fn run_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(DynStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let (_guard, opts) = TestDatabase::create(&url).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(opts)
+        .await
+        .expect("connect to test database");
+    let store = PgStore::from_pool(pool);
+    store.migrate().await.expect("migrate");
+    let store: DynStore = std::sync::Arc::new(store);
+    store.ping().await.expect("ping");
+    test(store.clone()).await;
+    store.close().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run_sqlite(super::$name).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run_postgres(super::$name).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    jobs_create_get_list,
+    create_job_rejects_duplicates,
+    timestamps_round_trip,
+    append_and_submit_open_job,
+    submit_open_job_without_pending_items_is_terminal,
+    list_items_and_posts,
+    plan_claim_and_create_shards,
+    planning_lease_expires_and_fences,
+    claim_shards_respects_leases_and_due_time,
+    concurrent_shard_claimers_are_disjoint,
+    shard_steps_are_fenced,
+    record_outcomes_moves_counters_and_costs,
+    fail_shard_items_and_finish,
+    transition_and_finish_job,
+    events_in_order,
+    idempotency_lifecycle,
+    idempotency_concurrent_begin_starts_once,
+    cost_totals_over_period,
+    api_keys_replace,
+    bulk_outcomes,
+);
+
+// ---- fixtures -----------------------------------------------------------------------
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_795_000_000 + secs, 0).unwrap()
+}
+
+fn new_job(tenant: &str, status: JobStatus, mode: Mode, created_at: DateTime<Utc>) -> NewJob {
+    NewJob {
+        id: Uuid::new_v4(),
+        tenant: tenant.into(),
+        name: Some("spring".into()),
+        model: "gpt-4o-mini".into(),
+        requested_mode: Mode::Auto,
+        mode,
+        mode_reason: "test".into(),
+        detail: Detail::Low,
+        analyzer: Analyzer {
+            prompt: "Describe the garment.".into(),
+            schema: json!({"type": "object", "properties": {"category": {"type": "string"}}}),
+        },
+        metadata: Some(json!({"campaign": "spring", "n": 1})),
+        webhook_url: Some("https://example.com/hook".into()),
+        status,
+        estimate_batch_pico_usd: Some(10),
+        estimate_individual_pico_usd: Some(20),
+        created_at,
+    }
+}
+
+fn item(custom_id: &str, post_id: Option<&str>) -> NewItem {
+    NewItem {
+        custom_id: custom_id.into(),
+        post_id: post_id.map(Into::into),
+        image: format!("https://cdn.example.com/{custom_id}.jpg"),
+        width: Some(640),
+        height: Some(480),
+        status: ItemStatus::Pending,
+        error: None,
+    }
+}
+
+fn rejected(custom_id: &str) -> NewItem {
+    NewItem {
+        image: String::new(),
+        width: None,
+        height: None,
+        status: ItemStatus::Rejected,
+        error: Some(ItemError {
+            code: "unsupported_image".into(),
+            message: "not a PNG, JPEG, WEBP or GIF image".into(),
+        }),
+        ..item(custom_id, None)
+    }
+}
+
+fn items(n: usize) -> Vec<NewItem> {
+    (0..n).map(|i| item(&format!("item-{i}"), None)).collect()
+}
+
+fn new_shard(positions: Vec<i64>, next_poll_at: DateTime<Utc>) -> NewShard {
+    NewShard {
+        id: Uuid::new_v4(),
+        attempt: 1,
+        model: "gpt-4o-mini".into(),
+        positions,
+        next_poll_at,
+        poll_interval_ms: 30_000,
+    }
+}
+
+fn usage(input: i64) -> Usage {
+    Usage {
+        input_tokens: input,
+        cached_input_tokens: 1,
+        output_tokens: 5,
+        reasoning_tokens: 2,
+    }
+}
+
+fn succeeded(custom_id: &str, cost: Option<i64>, mode: Mode) -> ItemOutcome {
+    ItemOutcome {
+        custom_id: custom_id.into(),
+        status: ItemStatus::Succeeded,
+        output: Some(json!({"category": "dress"})),
+        error: None,
+        usage: Some(usage(100)),
+        cost_pico_usd: cost,
+        individual_pico_usd: cost.map(|c| c * 2),
+        run_mode: mode,
+        resolved_model: Some("gpt-4o-mini-2024-07-18".into()),
+    }
+}
+
+fn failed(custom_id: &str) -> ItemOutcome {
+    ItemOutcome {
+        custom_id: custom_id.into(),
+        status: ItemStatus::Failed,
+        output: None,
+        error: Some(ItemError {
+            code: "invalid_output".into(),
+            message: "not JSON".into(),
+        }),
+        usage: None,
+        cost_pico_usd: None,
+        individual_pico_usd: None,
+        run_mode: Mode::Batch,
+        resolved_model: None,
+    }
+}
+
+async fn job(s: &DynStore, id: Uuid) -> Job {
+    s.get_job(None, id).await.unwrap().expect("job exists")
+}
+
+/// A queued batch job of `n` items planned into one shard, uploaded and submitted.
+/// Returns (job id, shard id, shard lease token).
+async fn submitted_shard(s: &DynStore, tenant: &str, n: usize) -> (Uuid, Uuid, i64) {
+    let created = s
+        .create_job(
+            &new_job(tenant, JobStatus::Queued, Mode::Batch, Utc::now()),
+            &items(n),
+        )
+        .await
+        .unwrap();
+    let claimed = s.claim_jobs_to_plan("planner", LEASE, 100).await.unwrap();
+    let (_, job_token) = claimed
+        .into_iter()
+        .find(|(j, _)| j.id == created.id)
+        .expect("job claimed for planning");
+    let shard = new_shard(
+        (0..n as i64).collect(),
+        Utc::now() - chrono::Duration::seconds(1),
+    );
+    assert!(s
+        .create_shards(created.id, job_token, std::slice::from_ref(&shard))
+        .await
+        .unwrap());
+    s.release_job(created.id, job_token).await.unwrap();
+    let token = s
+        .claim_shards(&[ShardStatus::Planned], Utc::now(), "submitter", LEASE, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.id == shard.id)
+        .expect("shard claimed")
+        .lease_token;
+    assert!(s.shard_uploaded(shard.id, token, "file-in").await.unwrap());
+    assert!(s
+        .shard_submitted(shard.id, token, "batch_1", Utc::now())
+        .await
+        .unwrap());
+    (created.id, shard.id, token)
+}
+
+// ---- jobs ---------------------------------------------------------------------------
+
+async fn jobs_create_get_list(s: DynStore) {
+    let mut a = Vec::new();
+    // Two jobs share a created_at: the id breaks the tie.
+    for (i, secs) in [0, 10, 10, 20, 30].into_iter().enumerate() {
+        let status = if i == 3 {
+            JobStatus::Open
+        } else {
+            JobStatus::Queued
+        };
+        let j = s
+            .create_job(
+                &new_job("acme", status, Mode::Batch, at(secs)),
+                &[item("a", Some("p1")), item("b", None), rejected("c")],
+            )
+            .await
+            .unwrap();
+        a.push(j);
+    }
+    let other = s
+        .create_job(
+            &new_job("globex", JobStatus::Queued, Mode::Batch, at(40)),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let j = &a[0];
+    assert_eq!(j.counts.total, 3);
+    assert_eq!(j.counts.pending, 2);
+    assert_eq!(j.counts.rejected, 1);
+    assert_eq!(j.counts.terminal(), 1);
+    assert_eq!(j.cost, Default::default());
+    assert_eq!(j.status, JobStatus::Queued);
+    assert_eq!(j.metadata, Some(json!({"campaign": "spring", "n": 1})));
+    assert_eq!(j.analyzer.prompt, "Describe the garment.");
+    assert_eq!(j.completed_at, None);
+
+    assert_eq!(
+        s.get_job(Some("acme"), j.id).await.unwrap().as_ref(),
+        Some(j)
+    );
+    assert_eq!(s.get_job(None, j.id).await.unwrap().as_ref(), Some(j));
+    assert_eq!(s.get_job(Some("globex"), j.id).await.unwrap(), None);
+    assert_eq!(s.get_job(None, Uuid::new_v4()).await.unwrap(), None);
+
+    // Newest first, ties by id descending, pages strictly after the cursor.
+    let mut expected: Vec<&Job> = a.iter().collect();
+    expected.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.list_jobs("acme", None, cursor, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        let last = page.last().unwrap();
+        cursor = Some(JobCursor {
+            created_at: last.created_at,
+            id: last.id,
+        });
+        seen.extend(page);
+    }
+    assert_eq!(seen.iter().collect::<Vec<_>>(), expected);
+
+    let open = s
+        .list_jobs("acme", Some(JobStatus::Open), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, a[3].id);
+    let globex = s.list_jobs("globex", None, None, 10).await.unwrap();
+    assert_eq!(globex, vec![other]);
+    assert!(s
+        .list_jobs("nobody", None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Items kept in order with their positions; a rejected item is finished.
+    let stored = s.list_items(j.id, None, None, 10).await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|i| (i.position, i.custom_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(0, "a"), (1, "b"), (2, "c")]
+    );
+    assert_eq!(stored[0].post_id.as_deref(), Some("p1"));
+    assert_eq!(stored[0].image, "https://cdn.example.com/a.jpg");
+    assert_eq!((stored[0].width, stored[0].height), (Some(640), Some(480)));
+    assert_eq!(stored[0].attempts, 0);
+    assert_eq!(stored[0].finished_at, None);
+    assert_eq!(stored[2].status, ItemStatus::Rejected);
+    assert_eq!(stored[2].error.as_ref().unwrap().code, "unsupported_image");
+    assert!(stored[2].finished_at.is_some());
+}
+
+async fn create_job_rejects_duplicates(s: DynStore) {
+    let nj = new_job("acme", JobStatus::Queued, Mode::Batch, at(0));
+    let err = s
+        .create_job(&nj, &[item("x", None), item("y", None), item("x", None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateCustomId(ref id) if id == "x"),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.get_job(None, nj.id).await.unwrap(),
+        None,
+        "nothing written"
+    );
+
+    s.create_job(&nj, &[item("x", None)]).await.unwrap();
+    let err = s.create_job(&nj, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(job(&s, nj.id).await.counts.total, 1);
+}
+
+async fn timestamps_round_trip(s: DynStore) {
+    let precise = Utc.timestamp_opt(1_795_000_000, 123_456_789).unwrap();
+    let created = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, precise),
+            &[item("a", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.created_at, truncate_to_micros(precise));
+    assert_eq!(created.created_at.timestamp_subsec_nanos(), 123_456_000);
+    assert_eq!(job(&s, created.id).await, created);
+
+    let (token, shard_id) = {
+        let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+        let shard = new_shard(vec![0], precise);
+        assert!(s
+            .create_shards(created.id, t, std::slice::from_ref(&shard))
+            .await
+            .unwrap());
+        (t, shard.id)
+    };
+    let shard = s.get_shard(shard_id).await.unwrap().unwrap();
+    assert_eq!(shard.next_poll_at, truncate_to_micros(precise));
+    assert_eq!(
+        s.list_shards(created.id).await.unwrap(),
+        vec![shard.clone()]
+    );
+    s.release_job(created.id, token).await.unwrap();
+
+    // A cursor built from a value read back finds the row strictly after it.
+    let page = s
+        .list_jobs(
+            "acme",
+            None,
+            Some(JobCursor {
+                created_at: created.created_at,
+                id: created.id,
+            }),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+    let page = s
+        .list_jobs(
+            "acme",
+            None,
+            Some(JobCursor {
+                created_at: precise + chrono::Duration::microseconds(1),
+                id: created.id,
+            }),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page, vec![created]);
+}
+
+async fn append_and_submit_open_job(s: DynStore) {
+    let open = s
+        .create_job(
+            &new_job("acme", JobStatus::Open, Mode::Auto, at(0)),
+            &[item("a", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(open.status, JobStatus::Open);
+
+    let after = s
+        .append_items("acme", open.id, &[item("b", Some("p")), rejected("c")])
+        .await
+        .unwrap();
+    assert_eq!(after.counts.total, 3);
+    assert_eq!(after.counts.pending, 2);
+    assert_eq!(after.counts.rejected, 1);
+    let positions: Vec<_> = s
+        .list_items(open.id, None, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.position, i.custom_id))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]
+    );
+
+    let err = s
+        .append_items("acme", open.id, &[item("d", None), item("a", None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateCustomId(ref id) if id == "a"),
+        "{err:?}"
+    );
+    let err = s
+        .append_items("acme", open.id, &[item("d", None), item("d", None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateCustomId(ref id) if id == "d"),
+        "{err:?}"
+    );
+    assert_eq!(
+        job(&s, open.id).await.counts.total,
+        3,
+        "failed appends wrote nothing"
+    );
+    assert!(matches!(
+        s.append_items("globex", open.id, &[item("e", None)]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.append_items("acme", Uuid::new_v4(), &[item("e", None)])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.submit_open_job("globex", open.id, Mode::Batch, "x", None, None)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    let submitted = s
+        .submit_open_job(
+            "acme",
+            open.id,
+            Mode::Batch,
+            "large job",
+            Some(111),
+            Some(222),
+        )
+        .await
+        .unwrap();
+    assert_eq!(submitted.status, JobStatus::Queued);
+    assert_eq!(submitted.mode, Mode::Batch);
+    assert_eq!(submitted.requested_mode, Mode::Auto);
+    assert_eq!(submitted.mode_reason, "large job");
+    assert_eq!(submitted.estimate_batch_pico_usd, Some(111));
+    assert_eq!(submitted.estimate_individual_pico_usd, Some(222));
+    assert_eq!(submitted.counts, after.counts);
+    assert_eq!(job(&s, open.id).await, submitted);
+    let events = s.events_after(open.id, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "status");
+    assert_eq!(events[0].data, json!({"status": "queued"}));
+
+    assert!(matches!(
+        s.append_items("acme", open.id, &[item("z", None)]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.submit_open_job("acme", open.id, Mode::Batch, "again", None, None)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn submit_open_job_without_pending_items_is_terminal(s: DynStore) {
+    let open = s
+        .create_job(
+            &new_job("acme", JobStatus::Open, Mode::Auto, at(0)),
+            &[rejected("a")],
+        )
+        .await
+        .unwrap();
+    let done = s
+        .submit_open_job("acme", open.id, Mode::Individual, "small", None, None)
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Failed);
+    assert!(done.completed_at.is_some());
+    let events = s.events_after(open.id, 0, 10).await.unwrap();
+    assert_eq!(events.last().unwrap().data, json!({"status": "failed"}));
+}
+
+async fn list_items_and_posts(s: DynStore) {
+    let posts = [
+        Some("b"),
+        Some("a"),
+        None,
+        Some("a"),
+        Some("b"),
+        None,
+        Some("B"),
+    ];
+    let list: Vec<NewItem> = posts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| item(&format!("i{i}"), *p))
+        .collect();
+    let mut list = list;
+    list.push(rejected("r"));
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &list,
+        )
+        .await
+        .unwrap();
+
+    let page = s.list_items(j.id, None, Some(2), 3).await.unwrap();
+    assert_eq!(
+        page.iter().map(|i| i.position).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    let rejected_only = s
+        .list_items(j.id, Some(ItemStatus::Rejected), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rejected_only.len(), 1);
+    assert_eq!(rejected_only[0].position, 7);
+    assert!(s
+        .list_items(j.id, Some(ItemStatus::Succeeded), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Byte order of post_id ("B" < "a" < "b"), NULL last, then position.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_items_by_post(j.id, after.clone(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        after = Some((last.post_id.clone(), last.position));
+        seen.extend(page.into_iter().map(|i| (i.post_id, i.position)));
+    }
+    let p = |s: &str| Some(s.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            (p("B"), 6),
+            (p("a"), 1),
+            (p("a"), 3),
+            (p("b"), 0),
+            (p("b"), 4),
+            (None, 2),
+            (None, 5),
+            (None, 7),
+        ]
+    );
+}
+
+// ---- planning -----------------------------------------------------------------------
+
+async fn plan_claim_and_create_shards(s: DynStore) {
+    let batch = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[
+                item("a", None),
+                item("bb", None),
+                rejected("r"),
+                item("c", None),
+                item("d", None),
+            ],
+        )
+        .await
+        .unwrap();
+    // Not plannable: individual mode, open, terminal, no pending item.
+    for (status, mode, list) in [
+        (JobStatus::Queued, Mode::Individual, vec![item("a", None)]),
+        (JobStatus::Open, Mode::Batch, vec![item("a", None)]),
+        (JobStatus::Completed, Mode::Batch, vec![item("a", None)]),
+        (JobStatus::Queued, Mode::Batch, vec![rejected("a")]),
+    ] {
+        s.create_job(&new_job("acme", status, mode, at(1)), &list)
+            .await
+            .unwrap();
+    }
+
+    let claimed = s.claim_jobs_to_plan("planner-1", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (claimed_job, token) = claimed.into_iter().next().unwrap();
+    assert_eq!(claimed_job.id, batch.id);
+    assert!(token > 0);
+    assert!(
+        s.claim_jobs_to_plan("planner-2", LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a leased job is not claimed twice"
+    );
+
+    let plan = s.unassigned_items(batch.id).await.unwrap();
+    assert_eq!(
+        plan.iter().map(|p| p.position).collect::<Vec<_>>(),
+        vec![0, 1, 3, 4]
+    );
+    assert_eq!(
+        plan[1].image_bytes,
+        "https://cdn.example.com/bb.jpg".len() as i64
+    );
+
+    let s1 = new_shard(vec![0, 1], at(100));
+    let s2 = NewShard {
+        attempt: 2,
+        ..new_shard(vec![3, 4], at(100))
+    };
+    assert!(!s
+        .create_shards(batch.id, token + 1, &[s1.clone(), s2.clone()])
+        .await
+        .unwrap());
+    assert!(
+        s.list_shards(batch.id).await.unwrap().is_empty(),
+        "stale token wrote nothing"
+    );
+    assert_eq!(s.unassigned_items(batch.id).await.unwrap().len(), 4);
+    assert!(matches!(
+        s.create_shards(Uuid::new_v4(), token, &[]).await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert!(s
+        .create_shards(batch.id, token, &[s1.clone(), s2.clone()])
+        .await
+        .unwrap());
+    assert!(s.unassigned_items(batch.id).await.unwrap().is_empty());
+    let shards = s.list_shards(batch.id).await.unwrap();
+    assert_eq!(
+        shards.iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![s1.id, s2.id]
+    );
+    let first = &shards[0];
+    assert_eq!(first.status, ShardStatus::Planned);
+    assert_eq!(first.item_count, 2);
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.model, "gpt-4o-mini");
+    assert_eq!(first.poll_interval_ms, 30_000);
+    assert_eq!(first.lease_token, 0);
+    assert_eq!(first.openai_batch_id, None);
+    let in_s2: Vec<_> = s
+        .shard_items(s2.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.position, i.shard_id))
+        .collect();
+    assert_eq!(in_s2, vec![(3, Some(s2.id)), (4, Some(s2.id))]);
+    let page = s.shard_items(s2.id, Some(3), 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].position, 4);
+
+    // Released, but nothing is left to plan.
+    s.release_job(batch.id, token).await.unwrap();
+    assert!(s
+        .claim_jobs_to_plan("planner-2", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn planning_lease_expires_and_fences(s: DynStore) {
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Running, Mode::Batch, at(0)),
+            &[item("a", None)],
+        )
+        .await
+        .unwrap();
+    let (_, t1) = s
+        .claim_jobs_to_plan("p1", Duration::ZERO, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    // The zero-length lease is already over: another planner takes the job.
+    let (_, t2) = s
+        .claim_jobs_to_plan("p2", LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(t2 > t1);
+    assert!(!s
+        .create_shards(j.id, t1, &[new_shard(vec![0], at(0))])
+        .await
+        .unwrap());
+    // A stale release leaves the new lease in place.
+    s.release_job(j.id, t1).await.unwrap();
+    assert!(s
+        .claim_jobs_to_plan("p3", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    s.release_job(j.id, t2).await.unwrap();
+    let (_, t3) = s
+        .claim_jobs_to_plan("p3", LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(t3 > t2);
+    assert!(s
+        .create_shards(j.id, t3, &[new_shard(vec![0], at(0))])
+        .await
+        .unwrap());
+}
+
+// ---- shards -------------------------------------------------------------------------
+
+async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(3),
+        )
+        .await
+        .unwrap();
+    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let due_early = new_shard(vec![0], at(10));
+    let due_late = new_shard(vec![1], at(20));
+    let future = new_shard(vec![2], at(1000));
+    assert!(s
+        .create_shards(
+            j.id,
+            t,
+            &[future.clone(), due_late.clone(), due_early.clone()]
+        )
+        .await
+        .unwrap());
+
+    let now = at(100);
+    assert!(s
+        .claim_shards(&[ShardStatus::Submitted], now, "w", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = s
+        .claim_shards(&[ShardStatus::Planned], now, "w1", LEASE, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, due_early.id, "oldest next_poll_at first");
+    assert_eq!(first[0].lease_token, 1);
+    let rest = s
+        .claim_shards(
+            &[ShardStatus::Planned, ShardStatus::Creating],
+            now,
+            "w2",
+            LEASE,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![due_late.id],
+        "leased and not-yet-due shards are skipped"
+    );
+    assert!(s
+        .claim_shards(&[ShardStatus::Planned], now, "w3", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Renewal keeps the lease; a zero-length one lets the next claimer in.
+    assert!(s.renew_shard(due_early.id, 1, LEASE).await.unwrap());
+    assert!(!s.renew_shard(due_early.id, 7, LEASE).await.unwrap());
+    assert!(s
+        .renew_shard(due_early.id, 1, Duration::ZERO)
+        .await
+        .unwrap());
+    let again = s
+        .claim_shards(&[ShardStatus::Planned], now, "w4", LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, due_early.id);
+    assert_eq!(again[0].lease_token, 2);
+    assert!(
+        !s.renew_shard(due_early.id, 1, LEASE).await.unwrap(),
+        "old token is fenced"
+    );
+
+    // A stale release changes nothing; a current one frees the shard.
+    s.release_shard(due_early.id, 1).await.unwrap();
+    assert!(s
+        .claim_shards(&[ShardStatus::Planned], now, "w5", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    s.release_shard(due_early.id, 2).await.unwrap();
+    let freed = s
+        .claim_shards(&[ShardStatus::Planned], now, "w5", LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].lease_token, 3);
+
+    let later = s
+        .claim_shards(&[ShardStatus::Planned], at(5000), "w6", LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        later.iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![future.id]
+    );
+}
+
+async fn concurrent_shard_claimers_are_disjoint(s: DynStore) {
+    const SHARDS: usize = 24;
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(SHARDS),
+        )
+        .await
+        .unwrap();
+    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let shards: Vec<NewShard> = (0..SHARDS as i64)
+        .map(|i| new_shard(vec![i], at(i)))
+        .collect();
+    assert!(s.create_shards(j.id, t, &shards).await.unwrap());
+
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.claim_shards(
+                    &[ShardStatus::Planned],
+                    at(10_000),
+                    &format!("worker-{w}"),
+                    LEASE,
+                    (SHARDS / 4) as i64,
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    let mut total = 0;
+    for task in tasks {
+        let got = task.await.unwrap();
+        assert!(got.len() <= SHARDS / 4);
+        total += got.len();
+        for shard in got {
+            assert!(all.insert(shard.id), "shard {} claimed twice", shard.id);
+        }
+    }
+    assert_eq!(total, SHARDS, "every shard claimed exactly once");
+}
+
+async fn shard_steps_are_fenced(s: DynStore) {
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[item("a", None), item("b", None), item("c", None)],
+        )
+        .await
+        .unwrap();
+    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let shard = new_shard(vec![0, 1], at(0));
+    assert!(s
+        .create_shards(j.id, t, std::slice::from_ref(&shard))
+        .await
+        .unwrap());
+
+    let old = s
+        .claim_shards(&[ShardStatus::Planned], at(10), "w1", Duration::ZERO, 1)
+        .await
+        .unwrap()[0]
+        .lease_token;
+    let tok = s
+        .claim_shards(&[ShardStatus::Planned], at(10), "w2", LEASE, 1)
+        .await
+        .unwrap()[0]
+        .lease_token;
+    assert!(tok > old);
+    let before = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(before.lease_token, tok);
+
+    // Every step with the stale token changes nothing.
+    assert!(!s.shard_uploaded(shard.id, old, "file-old").await.unwrap());
+    assert!(!s
+        .shard_submitted(shard.id, old, "batch-old", at(50))
+        .await
+        .unwrap());
+    let poll = ShardPoll {
+        batch_status: "in_progress".into(),
+        request_total: 2,
+        request_completed: 1,
+        request_failed: 0,
+        output_file_id: Some("file-out".into()),
+        error_file_id: None,
+        next_poll_at: at(60),
+        poll_interval_ms: 60_000,
+    };
+    assert!(!s.shard_polled(shard.id, old, &poll).await.unwrap());
+    assert!(!s
+        .set_shard_status(shard.id, old, ShardStatus::Failed, None)
+        .await
+        .unwrap());
+    assert_eq!(s.get_shard(shard.id).await.unwrap().unwrap(), before);
+
+    // Submitting needs the upload first.
+    assert!(!s
+        .shard_submitted(shard.id, tok, "batch_1", at(50))
+        .await
+        .unwrap());
+    assert!(s.shard_uploaded(shard.id, tok, "file-in").await.unwrap());
+    assert!(!s.shard_uploaded(shard.id, tok, "file-again").await.unwrap());
+    let uploaded = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(uploaded.status, ShardStatus::Creating);
+    assert_eq!(uploaded.input_file_id.as_deref(), Some("file-in"));
+
+    assert!(s
+        .shard_submitted(shard.id, tok, "batch_1", at(50))
+        .await
+        .unwrap());
+    let submitted = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(submitted.status, ShardStatus::Submitted);
+    assert_eq!(submitted.openai_batch_id.as_deref(), Some("batch_1"));
+    assert_eq!(submitted.next_poll_at, at(50));
+    let items = s.shard_items(shard.id, None, 10).await.unwrap();
+    assert!(items
+        .iter()
+        .all(|i| i.status == ItemStatus::Submitted && i.attempts == 1));
+    let unsharded = s.list_items(j.id, None, Some(1), 10).await.unwrap();
+    assert_eq!(unsharded[0].status, ItemStatus::Pending);
+    let running = job(&s, j.id).await;
+    assert_eq!(running.status, JobStatus::Running);
+    assert_eq!((running.counts.pending, running.counts.submitted), (1, 2));
+    let events = s.events_after(j.id, 0, 10).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "status" && e.data == json!({"status": "running"})));
+    assert!(!s
+        .shard_submitted(shard.id, tok, "batch_2", at(50))
+        .await
+        .unwrap());
+    assert_eq!(job(&s, j.id).await.counts, running.counts, "no double move");
+
+    assert!(s.shard_polled(shard.id, tok, &poll).await.unwrap());
+    let polled = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(polled.batch_status.as_deref(), Some("in_progress"));
+    assert_eq!(
+        (
+            polled.request_total,
+            polled.request_completed,
+            polled.request_failed
+        ),
+        (2, 1, 0)
+    );
+    assert_eq!(polled.output_file_id.as_deref(), Some("file-out"));
+    assert_eq!(polled.next_poll_at, at(60));
+    assert_eq!(polled.poll_interval_ms, 60_000);
+    // A later poll that reports no file keeps the one already known.
+    let quiet = ShardPoll {
+        output_file_id: None,
+        error_file_id: Some("file-err".into()),
+        batch_status: "completed".into(),
+        ..poll.clone()
+    };
+    assert!(s.shard_polled(shard.id, tok, &quiet).await.unwrap());
+    let polled = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(polled.output_file_id.as_deref(), Some("file-out"));
+    assert_eq!(polled.error_file_id.as_deref(), Some("file-err"));
+
+    let error = ItemError {
+        code: "batch_failed".into(),
+        message: "OpenAI refused the batch".into(),
+    };
+    assert!(s
+        .set_shard_status(shard.id, tok, ShardStatus::Failed, Some(&error))
+        .await
+        .unwrap());
+    let failed = s.get_shard(shard.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, ShardStatus::Failed);
+    assert_eq!(failed.error, Some(error));
+    assert_eq!(
+        job(&s, j.id).await.counts,
+        running.counts,
+        "no item changes"
+    );
+}
+
+async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
+    let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 5).await;
+    let before_events = s.events_after(job_id, 0, 100).await.unwrap().len();
+
+    let outcomes = vec![
+        succeeded("item-0", Some(100), Mode::Batch),
+        failed("item-1"),
+        succeeded("item-2", None, Mode::Batch),
+        succeeded("item-3", Some(7), Mode::Individual),
+        succeeded("not-in-shard", Some(1_000_000), Mode::Batch),
+    ];
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok + 1, &outcomes)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        job(&s, job_id).await.counts.submitted,
+        5,
+        "stale token changes nothing"
+    );
+
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok, &outcomes)
+            .await
+            .unwrap(),
+        4
+    );
+    let j = job(&s, job_id).await;
+    assert_eq!(j.counts.total, 5);
+    assert_eq!(j.counts.submitted, 1);
+    assert_eq!(j.counts.succeeded, 3);
+    assert_eq!(j.counts.failed, 1);
+    assert_eq!(j.cost.input_tokens, 300);
+    assert_eq!(j.cost.cached_input_tokens, 3);
+    assert_eq!(j.cost.output_tokens, 15);
+    assert_eq!(j.cost.actual_pico_usd, 107);
+    assert_eq!(j.cost.individual_pico_usd, 214);
+    assert_eq!(j.cost.unpriced_items, 1, "item-2 has usage but no price");
+    assert_eq!((j.cost.batch_items, j.cost.batch_pico_usd), (3, 100));
+    assert_eq!(
+        (j.cost.individual_items, j.cost.individual_mode_pico_usd),
+        (1, 7)
+    );
+
+    let items = s.list_items(job_id, None, None, 10).await.unwrap();
+    let ok = &items[0];
+    assert_eq!(ok.status, ItemStatus::Succeeded);
+    assert_eq!(ok.output, Some(json!({"category": "dress"})));
+    assert_eq!(ok.usage, Some(usage(100)));
+    assert_eq!(ok.cost_pico_usd, Some(100));
+    assert_eq!(ok.individual_pico_usd, Some(200));
+    assert_eq!(ok.run_mode, Some(Mode::Batch));
+    assert_eq!(ok.resolved_model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    assert!(ok.finished_at.is_some());
+    assert_eq!(ok.error, None);
+    let bad = &items[1];
+    assert_eq!(bad.status, ItemStatus::Failed);
+    assert_eq!(bad.error.as_ref().unwrap().code, "invalid_output");
+    assert_eq!(
+        (bad.usage, bad.cost_pico_usd, bad.output.clone()),
+        (None, None, None)
+    );
+    assert_eq!(items[2].cost_pico_usd, None);
+    assert_eq!(items[4].status, ItemStatus::Submitted);
+
+    let events = s.events_after(job_id, 0, 100).await.unwrap();
+    assert_eq!(events.len(), before_events + 1);
+    let progress = events.last().unwrap();
+    assert_eq!(progress.kind, "progress");
+    assert_eq!(
+        progress.data,
+        json!({"total": 5, "pending": 0, "submitted": 1, "succeeded": 3, "failed": 1,
+               "rejected": 0, "cancelled": 0, "percent": 80.0})
+    );
+
+    // The same outcomes again change nothing, not even updated_at or the event log.
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok, &outcomes)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(job(&s, job_id).await, j);
+    assert_eq!(
+        s.events_after(job_id, 0, 100).await.unwrap().len(),
+        events.len()
+    );
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok, &[]).await.unwrap(),
+        0
+    );
+
+    let wrong = ItemOutcome {
+        status: ItemStatus::Pending,
+        ..failed("item-4")
+    };
+    assert!(s
+        .record_shard_outcomes(shard_id, tok, &[wrong])
+        .await
+        .is_err());
+    assert_eq!(job(&s, job_id).await, j);
+
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok, &[failed("item-4")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.finish_job_if_done(job_id).await.unwrap(),
+        Some(JobStatus::Completed)
+    );
+}
+
+async fn fail_shard_items_and_finish(s: DynStore) {
+    // Two shards: one submitted, one still planned (its items pending).
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[
+                item("a", None),
+                item("b", None),
+                item("c", None),
+                rejected("r"),
+            ],
+        )
+        .await
+        .unwrap();
+    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let sent = new_shard(vec![0, 1], at(0));
+    let planned = new_shard(vec![2], at(5));
+    assert!(s
+        .create_shards(j.id, t, &[sent.clone(), planned.clone()])
+        .await
+        .unwrap());
+    let claimed = s
+        .claim_shards(&[ShardStatus::Planned], at(10), "w", LEASE, 10)
+        .await
+        .unwrap();
+    let tok = |id: Uuid| claimed.iter().find(|x| x.id == id).unwrap().lease_token;
+    assert!(s.shard_uploaded(sent.id, tok(sent.id), "f").await.unwrap());
+    assert!(s
+        .shard_submitted(sent.id, tok(sent.id), "b", at(20))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.record_shard_outcomes(
+            sent.id,
+            tok(sent.id),
+            &[succeeded("a", Some(5), Mode::Batch)]
+        )
+        .await
+        .unwrap(),
+        1
+    );
+
+    let error = ItemError {
+        code: "batch_expired".into(),
+        message: "the batch expired".into(),
+    };
+    assert_eq!(
+        s.fail_shard_items(sent.id, tok(sent.id) + 1, &error)
+            .await
+            .unwrap(),
+        0,
+        "stale token"
+    );
+    assert_eq!(
+        s.fail_shard_items(sent.id, tok(sent.id), &error)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.fail_shard_items(sent.id, tok(sent.id), &error)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.finish_job_if_done(j.id).await.unwrap(),
+        None,
+        "c is still pending"
+    );
+    assert_eq!(
+        s.fail_shard_items(planned.id, tok(planned.id), &error)
+            .await
+            .unwrap(),
+        1
+    );
+    let done = job(&s, j.id).await;
+    assert_eq!(
+        (
+            done.counts.pending,
+            done.counts.submitted,
+            done.counts.succeeded,
+            done.counts.failed
+        ),
+        (0, 0, 1, 2)
+    );
+    let b = &s.list_items(j.id, None, Some(0), 1).await.unwrap()[0];
+    assert_eq!(
+        (b.status, b.error.clone()),
+        (ItemStatus::Failed, Some(error.clone()))
+    );
+    assert!(b.finished_at.is_some());
+    let last = s.events_after(j.id, 0, 100).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, "progress");
+    assert_eq!(last.data["failed"], json!(2));
+    assert_eq!(last.data["percent"], json!(100.0));
+
+    assert_eq!(
+        s.finish_job_if_done(j.id).await.unwrap(),
+        Some(JobStatus::Completed)
+    );
+    let finished = job(&s, j.id).await;
+    assert!(finished.completed_at.is_some());
+    assert_eq!(
+        s.finish_job_if_done(j.id).await.unwrap(),
+        None,
+        "already terminal"
+    );
+    assert!(matches!(
+        s.fail_shard_items(Uuid::new_v4(), 1, &error).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn transition_and_finish_job(s: DynStore) {
+    let all_failed = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[rejected("r")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.finish_job_if_done(all_failed.id).await.unwrap(),
+        Some(JobStatus::Failed)
+    );
+    let open_done = s
+        .create_job(&new_job("acme", JobStatus::Open, Mode::Batch, at(0)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.finish_job_if_done(open_done.id).await.unwrap(),
+        None,
+        "open jobs wait"
+    );
+
+    let busy = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Individual, at(0)),
+            &[item("a", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.finish_job_if_done(busy.id).await.unwrap(), None);
+    assert!(!s
+        .transition_job(busy.id, &[JobStatus::Running], JobStatus::Cancelling)
+        .await
+        .unwrap());
+    assert!(s
+        .transition_job(
+            busy.id,
+            &[JobStatus::Queued, JobStatus::Running],
+            JobStatus::Cancelling
+        )
+        .await
+        .unwrap());
+    let cancelling = job(&s, busy.id).await;
+    assert_eq!(cancelling.status, JobStatus::Cancelling);
+    assert_eq!(cancelling.completed_at, None);
+    assert_eq!(
+        s.finish_job_if_done(busy.id).await.unwrap(),
+        None,
+        "item still pending"
+    );
+
+    let empty = s
+        .create_job(
+            &new_job("acme", JobStatus::Running, Mode::Batch, at(0)),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(s
+        .transition_job(empty.id, &[JobStatus::Running], JobStatus::Cancelling)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.finish_job_if_done(empty.id).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    let statuses: Vec<_> = s
+        .events_after(empty.id, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.data))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("status".to_string(), json!({"status": "cancelling"})),
+            ("status".to_string(), json!({"status": "cancelled"})),
+        ]
+    );
+
+    // A terminal transition stamps completed_at.
+    assert!(s
+        .transition_job(busy.id, &[JobStatus::Cancelling], JobStatus::Failed)
+        .await
+        .unwrap());
+    let failed = job(&s, busy.id).await;
+    assert!(failed.completed_at.is_some());
+    assert!(failed.updated_at >= cancelling.updated_at);
+    assert!(!s
+        .transition_job(Uuid::new_v4(), &[JobStatus::Queued], JobStatus::Running)
+        .await
+        .unwrap());
+    assert!(matches!(
+        s.finish_job_if_done(Uuid::new_v4()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+// ---- events -------------------------------------------------------------------------
+
+async fn events_in_order(s: DynStore) {
+    let a = s
+        .create_job(&new_job("acme", JobStatus::Queued, Mode::Batch, at(0)), &[])
+        .await
+        .unwrap();
+    let b = s
+        .create_job(&new_job("acme", JobStatus::Queued, Mode::Batch, at(0)), &[])
+        .await
+        .unwrap();
+    for i in 0..3 {
+        s.append_event(a.id, "progress", &json!({"i": i}))
+            .await
+            .unwrap();
+        s.append_event(b.id, "other", &json!([i])).await.unwrap();
+    }
+    let all = s.events_after(a.id, 0, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(all.iter().all(|e| e.job_id == a.id && e.kind == "progress"));
+    assert_eq!(
+        all.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
+    );
+    let rest = s.events_after(a.id, all[0].id, 10).await.unwrap();
+    assert_eq!(rest, all[1..].to_vec());
+    assert_eq!(
+        s.events_after(a.id, all[0].id, 1).await.unwrap(),
+        all[1..2].to_vec()
+    );
+    assert!(s
+        .events_after(a.id, all[2].id, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.append_event(Uuid::new_v4(), "x", &json!({})).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+// ---- idempotency --------------------------------------------------------------------
+
+async fn idempotency_lifecycle(s: DynStore) {
+    let later = Utc::now() + chrono::Duration::hours(24);
+    let begin = |tenant: &'static str, key: &'static str, hash: &'static str| {
+        let s = s.clone();
+        async move { s.idempotency_begin(tenant, key, hash, later).await.unwrap() }
+    };
+    assert_eq!(begin("acme", "k1", "h1").await, IdempotencyState::Started);
+    assert_eq!(
+        begin("acme", "k1", "h2").await,
+        IdempotencyState::InFlight {
+            request_hash: "h1".into()
+        }
+    );
+    assert_eq!(begin("globex", "k1", "h3").await, IdempotencyState::Started);
+
+    let j = s
+        .create_job(&new_job("acme", JobStatus::Queued, Mode::Batch, at(0)), &[])
+        .await
+        .unwrap();
+    let response = json!({"id": j.id, "status": "queued"});
+    s.idempotency_complete("acme", "k1", j.id, &response)
+        .await
+        .unwrap();
+    let replay = IdempotencyState::Completed {
+        request_hash: "h1".into(),
+        job_id: j.id,
+        response: response.clone(),
+    };
+    assert_eq!(begin("acme", "k1", "h1").await, replay);
+    // Aborting only frees keys still in flight.
+    s.idempotency_abort("acme", "k1").await.unwrap();
+    assert_eq!(begin("acme", "k1", "h1").await, replay);
+
+    assert_eq!(begin("acme", "k2", "h1").await, IdempotencyState::Started);
+    s.idempotency_abort("acme", "k2").await.unwrap();
+    assert_eq!(begin("acme", "k2", "h9").await, IdempotencyState::Started);
+
+    // An expired key is free again, completed or not.
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    assert_eq!(
+        s.idempotency_begin("acme", "k3", "h1", past).await.unwrap(),
+        IdempotencyState::Started
+    );
+    assert_eq!(
+        s.idempotency_begin("acme", "k3", "h2", later)
+            .await
+            .unwrap(),
+        IdempotencyState::Started
+    );
+    assert_eq!(
+        begin("acme", "k3", "h3").await,
+        IdempotencyState::InFlight {
+            request_hash: "h2".into()
+        }
+    );
+    assert!(matches!(
+        s.idempotency_complete("acme", "missing", j.id, &response)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn idempotency_concurrent_begin_starts_once(s: DynStore) {
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let past = Utc::now() - chrono::Duration::hours(1);
+    // A fresh key, then an expired one: both must be taken by exactly one request.
+    s.idempotency_begin("acme", "expired", "old", past)
+        .await
+        .unwrap();
+    for key in ["fresh", "expired"] {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    s.idempotency_begin("acme", key, &format!("h{i}"), later)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut started = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                IdempotencyState::Started => started += 1,
+                IdempotencyState::InFlight { request_hash } => {
+                    assert!(request_hash.starts_with('h') && request_hash != "old")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 1, "key {key}");
+    }
+}
+
+// ---- costs and keys -----------------------------------------------------------------
+
+async fn cost_totals_over_period(s: DynStore) {
+    let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 3).await;
+    s.record_shard_outcomes(
+        shard_id,
+        tok,
+        &[
+            succeeded("item-0", Some(1_000), Mode::Batch),
+            succeeded("item-1", Some(500), Mode::Batch),
+        ],
+    )
+    .await
+    .unwrap();
+    let spent = job(&s, job_id).await;
+    let created = spent.created_at;
+    // Another job in the period with a rejected image, one outside it, one of another tenant.
+    s.create_job(
+        &new_job("acme", JobStatus::Queued, Mode::Batch, created),
+        &[item("a", None), rejected("r")],
+    )
+    .await
+    .unwrap();
+    s.create_job(
+        &new_job(
+            "acme",
+            JobStatus::Queued,
+            Mode::Batch,
+            created + chrono::Duration::hours(1),
+        ),
+        &[item("a", None)],
+    )
+    .await
+    .unwrap();
+    s.create_job(
+        &new_job("globex", JobStatus::Queued, Mode::Batch, created),
+        &[item("a", None)],
+    )
+    .await
+    .unwrap();
+
+    let from = created;
+    let to = created + chrono::Duration::hours(1);
+    let totals = s.cost_totals("acme", from, to).await.unwrap();
+    assert_eq!(totals.jobs, 2, "from is inclusive, to exclusive");
+    assert_eq!(totals.images, 4, "rejected images are not counted");
+    assert_eq!(totals.actual_pico_usd, 1_500);
+    assert_eq!(totals.individual_pico_usd, 3_000);
+    let empty = s
+        .cost_totals(
+            "acme",
+            to + chrono::Duration::hours(1),
+            to + chrono::Duration::hours(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(empty, Default::default());
+}
+
+async fn api_keys_replace(s: DynStore) {
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(t, k)| (t.to_string(), k.to_string()))
+            .collect()
+    };
+    s.replace_api_keys(&pairs(&[("acme", "h1"), ("globex", "h2")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tenant_for_key("h1").await.unwrap().as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        s.tenant_for_key("h2").await.unwrap().as_deref(),
+        Some("globex")
+    );
+    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
+
+    s.replace_api_keys(&pairs(&[("initech", "h1"), ("acme", "h3")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tenant_for_key("h1").await.unwrap().as_deref(),
+        Some("initech")
+    );
+    assert_eq!(s.tenant_for_key("h2").await.unwrap(), None);
+    assert_eq!(
+        s.tenant_for_key("h3").await.unwrap().as_deref(),
+        Some("acme")
+    );
+
+    s.replace_api_keys(&[]).await.unwrap();
+    assert_eq!(s.tenant_for_key("h1").await.unwrap(), None);
+    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
+}
+
+// ---- bulk ---------------------------------------------------------------------------
+
+async fn bulk_outcomes(s: DynStore) {
+    const N: usize = 5_000;
+    let (job_id, shard_id, tok) = submitted_shard(&s, "acme", N).await;
+    let shard = s.get_shard(shard_id).await.unwrap().unwrap();
+    assert_eq!(shard.item_count, N as i64);
+    assert_eq!(job(&s, job_id).await.counts.submitted, N as i64);
+
+    let outcomes: Vec<ItemOutcome> = (0..N)
+        .map(|i| succeeded(&format!("item-{i}"), Some(i as i64), Mode::Batch))
+        .collect();
+    for chunk in outcomes.chunks(1_000) {
+        assert_eq!(
+            s.record_shard_outcomes(shard_id, tok, chunk).await.unwrap(),
+            1_000
+        );
+    }
+    let j = job(&s, job_id).await;
+    assert_eq!(j.counts.submitted, 0);
+    assert_eq!(j.counts.succeeded, N as i64);
+    assert_eq!(j.cost.input_tokens, 100 * N as i64);
+    let sum: i64 = (0..N as i64).sum();
+    assert_eq!(j.cost.actual_pico_usd, sum);
+    assert_eq!(j.cost.individual_pico_usd, 2 * sum);
+    assert_eq!((j.cost.batch_items, j.cost.batch_pico_usd), (N as i64, sum));
+    assert_eq!(
+        s.record_shard_outcomes(shard_id, tok, &outcomes[..1_000])
+            .await
+            .unwrap(),
+        0
+    );
+    let progress = s.events_after(job_id, 0, 100).await.unwrap();
+    assert_eq!(
+        progress.iter().filter(|e| e.kind == "progress").count(),
+        1 + 5
+    );
+    assert_eq!(
+        s.finish_job_if_done(job_id).await.unwrap(),
+        Some(JobStatus::Completed)
+    );
+}
+
+#[tokio::test]
+async fn connect_rejects_unknown_schemes() {
+    for url in ["mysql://localhost/db", "nonsense", "http://x"] {
+        match super::connect(url).await {
+            Err(StoreError::InvalidUrl(msg)) => assert!(msg.contains("expected")),
+            Err(other) => panic!("{url}: unexpected {other:?}"),
+            Ok(_) => panic!("{url}: connected"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_opens_in_memory_sqlite() {
+    let s = super::connect("sqlite::memory:").await.unwrap();
+    let j = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(2),
+        )
+        .await
+        .unwrap();
+    // Every pooled connection must see the same in-memory database.
+    assert_eq!(job(&s, j.id).await.counts.total, 2);
+    s.close().await;
+}
