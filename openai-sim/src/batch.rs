@@ -253,9 +253,7 @@ impl Batch {
 
     /// The snapshot the lines ran on, once validation passed.
     pub fn model_snapshot(&self) -> Option<String> {
-        if self.stamps.in_progress.is_none() {
-            return None;
-        }
+        self.stamps.in_progress?;
         self.request_model.as_deref().map(crate::models::snapshot)
     }
 

@@ -80,7 +80,7 @@ impl Usage {
         self.prompt_tokens + self.completion_tokens
     }
 
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

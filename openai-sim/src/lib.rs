@@ -16,6 +16,7 @@ mod state;
 pub mod testing;
 mod tokens;
 pub mod vision;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -32,6 +33,7 @@ pub struct SimServer {
     sim: Sim,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    webhooks: JoinHandle<()>,
 }
 
 impl SimServer {
@@ -56,11 +58,13 @@ impl SimServer {
                 tracing::error!(error = %e, "openai-sim server stopped with an error");
             }
         });
+        let webhooks = tokio::spawn(webhooks::run(sim.clone()));
         Ok(SimServer {
             addr,
             sim,
             stop: Some(stop),
             task: Some(task),
+            webhooks,
         })
     }
 
@@ -79,6 +83,7 @@ impl SimServer {
 
     /// Stops accepting, lets open requests finish (for up to 5 s), then stops.
     pub async fn shutdown(mut self) {
+        self.webhooks.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -95,6 +100,7 @@ impl SimServer {
 
 impl Drop for SimServer {
     fn drop(&mut self) {
+        self.webhooks.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

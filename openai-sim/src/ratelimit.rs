@@ -179,7 +179,7 @@ pub fn format_duration(ms: u64) -> String {
     let hours = ms / 3_600_000;
     let minutes = (ms / 60_000) % 60;
     let secs_ms = ms % 60_000;
-    let secs = if secs_ms % 1_000 == 0 {
+    let secs = if secs_ms.is_multiple_of(1_000) {
         format!("{}", secs_ms / 1_000)
     } else {
         let s = format!("{}.{:03}", secs_ms / 1_000, secs_ms % 1_000);

@@ -19,12 +19,17 @@ fn custom_ids(lines: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn lifecycle_walks_every_status_with_counts_advancing() {
     let h = Harness::stepped().await;
-    let b = h.batch(&lines(50, "gpt-4o-mini"), json!({"shard": "s1"})).await;
+    let b = h
+        .batch(&lines(50, "gpt-4o-mini"), json!({"shard": "s1"}))
+        .await;
     let id = b["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("batch_"));
     assert_eq!(b["object"], "batch");
     assert_eq!(b["status"], "validating");
-    assert_eq!(b["request_counts"], json!({"total": 0, "completed": 0, "failed": 0}));
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 0, "completed": 0, "failed": 0})
+    );
     for k in [
         "in_progress_at",
         "finalizing_at",
@@ -37,7 +42,10 @@ async fn lifecycle_walks_every_status_with_counts_advancing() {
         "error_file_id",
         "errors",
     ] {
-        assert!(b.get(k).is_some_and(Value::is_null), "{k} should be an explicit null: {b}");
+        assert!(
+            b.get(k).is_some_and(Value::is_null),
+            "{k} should be an explicit null: {b}"
+        );
     }
     assert_eq!(
         b["expires_at"].as_u64().unwrap(),
@@ -57,7 +65,10 @@ async fn lifecycle_walks_every_status_with_counts_advancing() {
     let b = h.batch_status(&id).await;
     assert_eq!(b["status"], "in_progress");
     let mid = b["request_counts"]["completed"].as_u64().unwrap();
-    assert!(mid > first && mid < 50, "counts advance with time: {first} then {mid}");
+    assert!(
+        mid > first && mid < 50,
+        "counts advance with time: {first} then {mid}"
+    );
     assert!(b["usage"]["input_tokens"].as_u64().unwrap() > 0);
 
     h.advance(60_000);
@@ -65,15 +76,24 @@ async fn lifecycle_walks_every_status_with_counts_advancing() {
     assert_eq!(b["status"], "finalizing");
     assert!(b["finalizing_at"].is_u64());
     assert_eq!(b["request_counts"]["completed"], 50);
-    assert!(b["output_file_id"].is_null(), "files appear only at the end");
+    assert!(
+        b["output_file_id"].is_null(),
+        "files appear only at the end"
+    );
 
     h.advance(10_000);
     let b = h.batch_status(&id).await;
     assert_eq!(b["status"], "completed");
     assert!(b["completed_at"].is_u64());
     assert!(b["output_file_id"].is_string());
-    assert!(b["error_file_id"].is_null(), "no failed lines, no error file");
-    assert_eq!(b["request_counts"], json!({"total": 50, "completed": 50, "failed": 0}));
+    assert!(
+        b["error_file_id"].is_null(),
+        "no failed lines, no error file"
+    );
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 50, "completed": 50, "failed": 0})
+    );
 }
 
 #[tokio::test]
@@ -110,7 +130,9 @@ async fn output_covers_every_custom_id_once_shuffled_with_usage_totals() {
     assert_eq!(b["usage"]["output_tokens"], output_tokens);
     assert_eq!(b["usage"]["total_tokens"], input_tokens + output_tokens);
 
-    let (s, f) = h.get(&format!("/files/{}", b["output_file_id"].as_str().unwrap())).await;
+    let (s, f) = h
+        .get(&format!("/files/{}", b["output_file_id"].as_str().unwrap()))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(f["purpose"], "batch_output");
 }
@@ -155,7 +177,10 @@ async fn a_line_the_endpoint_rejects_fails_alone() {
     let input = vec![line("good", "gpt-5-mini", "hi"), bad];
     let b = h.batch(&input, Value::Null).await;
     let b = h.wait_for(b["id"].as_str().unwrap(), "completed").await;
-    assert_eq!(b["request_counts"], json!({"total": 2, "completed": 1, "failed": 1}));
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 2, "completed": 1, "failed": 1})
+    );
     let err = h.jsonl(b["error_file_id"].as_str().unwrap()).await;
     assert_eq!(err[0]["custom_id"], "bad");
     assert_eq!(err[0]["response"]["body"]["error"]["param"], "max_tokens");
@@ -185,7 +210,10 @@ async fn expiry_keeps_finished_lines_and_marks_the_rest() {
                    "message": "This request could not be executed before the completion window expired."})
         );
     }
-    assert!(!h.sim().expire_batch(&id), "a terminal batch cannot expire again");
+    assert!(
+        !h.sim().expire_batch(&id),
+        "a terminal batch cannot expire again"
+    );
 }
 
 #[tokio::test]
@@ -241,7 +269,9 @@ async fn cancel_keeps_partial_output_and_terminal_cancel_is_409() {
     let done_id = done["id"].as_str().unwrap();
     h.advance(200_000);
     assert_eq!(h.batch_status(done_id).await["status"], "completed");
-    let (s, e) = h.post(&format!("/batches/{done_id}/cancel"), &json!({})).await;
+    let (s, e) = h
+        .post(&format!("/batches/{done_id}/cancel"), &json!({}))
+        .await;
     assert_eq!(s, 409);
     assert_eq!(
         e["error"]["message"],
@@ -275,11 +305,36 @@ async fn asynchronous_validation_failures() {
     let mut wrong_method = line("b", "gpt-4o", "hi");
     wrong_method["method"] = json!("GET");
     let cases: Vec<(&str, Vec<u8>, &str, Option<u64>)> = vec![
-        ("invalid json", format!("{ok}\n{{nope\n").into_bytes(), "invalid_json_line", Some(2)),
-        ("duplicate", common::jsonl(&[ok.clone(), ok.clone()]), "duplicate_custom_id", Some(2)),
-        ("url", common::jsonl(&[ok.clone(), wrong_url]), "invalid_url", Some(2)),
-        ("method", common::jsonl(&[ok.clone(), wrong_method]), "invalid_method", Some(2)),
-        ("too many", common::jsonl(&lines(4, "gpt-4o")), "too_many_requests", None),
+        (
+            "invalid json",
+            format!("{ok}\n{{nope\n").into_bytes(),
+            "invalid_json_line",
+            Some(2),
+        ),
+        (
+            "duplicate",
+            common::jsonl(&[ok.clone(), ok.clone()]),
+            "duplicate_custom_id",
+            Some(2),
+        ),
+        (
+            "url",
+            common::jsonl(&[ok.clone(), wrong_url]),
+            "invalid_url",
+            Some(2),
+        ),
+        (
+            "method",
+            common::jsonl(&[ok.clone(), wrong_method]),
+            "invalid_method",
+            Some(2),
+        ),
+        (
+            "too many",
+            common::jsonl(&lines(4, "gpt-4o")),
+            "too_many_requests",
+            None,
+        ),
         (
             "mixed models",
             common::jsonl(&[ok.clone(), line("b", "gpt-4o-mini", "hi")]),
@@ -319,7 +374,9 @@ async fn asynchronous_validation_failures() {
 #[tokio::test]
 async fn create_rejects_bad_requests_with_400() {
     let h = Harness::start(SimConfig::fast()).await;
-    let (_, good) = h.upload("in.jsonl", "batch", common::jsonl(&lines(1, "gpt-4o"))).await;
+    let (_, good) = h
+        .upload("in.jsonl", "batch", common::jsonl(&lines(1, "gpt-4o")))
+        .await;
     let (_, other) = h.upload("notes.jsonl", "user_data", b"{}\n".to_vec()).await;
     let base = json!({"input_file_id": good["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
     let with = |k: &str, v: Value| {
@@ -329,24 +386,47 @@ async fn create_rejects_bad_requests_with_400() {
     };
     let many: BTreeMap<String, String> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
     let cases = vec![
-        ("missing file", with("input_file_id", json!("file-nope")), "input_file_id"),
-        ("wrong purpose", with("input_file_id", other["id"].clone()), "input_file_id"),
-        ("window", with("completion_window", json!("1h")), "completion_window"),
+        (
+            "missing file",
+            with("input_file_id", json!("file-nope")),
+            "input_file_id",
+        ),
+        (
+            "wrong purpose",
+            with("input_file_id", other["id"].clone()),
+            "input_file_id",
+        ),
+        (
+            "window",
+            with("completion_window", json!("1h")),
+            "completion_window",
+        ),
         ("endpoint", with("endpoint", json!("/v1/nope")), "endpoint"),
         ("17 pairs", with("metadata", json!(many)), "metadata"),
-        ("long key", with("metadata", json!({"k".repeat(65): "v"})), "metadata"),
-        ("long value", with("metadata", json!({"k": "v".repeat(513)})), "metadata.k"),
+        (
+            "long key",
+            with("metadata", json!({"k".repeat(65): "v"})),
+            "metadata",
+        ),
+        (
+            "long value",
+            with("metadata", json!({"k": "v".repeat(513)})),
+            "metadata.k",
+        ),
     ];
     for (name, body, param) in cases {
         let (s, v) = h.post("/batches", &body).await;
         assert_eq!(s, 400, "{name}: {v}");
         assert_eq!(envelope(&v)["param"], param, "{name}: {v}");
     }
-    let (s, v) = h.post("/batches", &json!({"endpoint": "/v1/chat/completions"})).await;
+    let (s, v) = h
+        .post("/batches", &json!({"endpoint": "/v1/chat/completions"}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(envelope(&v)["code"], "missing_required_parameter");
-    let ok_meta: BTreeMap<String, String> =
-        (0..16).map(|i| (format!("{i}{}", "k".repeat(62)), "v".repeat(512))).collect();
+    let ok_meta: BTreeMap<String, String> = (0..16)
+        .map(|i| (format!("{i}{}", "k".repeat(62)), "v".repeat(512)))
+        .collect();
     let (s, v) = h.post("/batches", &with("metadata", json!(ok_meta))).await;
     assert_eq!(s, 200, "16 pairs at the limits are fine: {v}");
     assert_eq!(h.sim().stats().batches_rejected, 8);
@@ -365,7 +445,8 @@ async fn enqueued_token_limit_fails_the_batch_that_overflows() {
 
     let limit = tokens + tokens / 2;
     let mut cfg = h.sim().config();
-    cfg.enqueued_token_limits.insert("gpt-4o-mini".into(), limit);
+    cfg.enqueued_token_limits
+        .insert("gpt-4o-mini".into(), limit);
     h.sim().set_config(cfg);
 
     let a = h.batch(&input, Value::Null).await;
@@ -407,7 +488,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -420,7 +501,9 @@ async fn list_batches_pages_newest_first() {
     let h = Harness::stepped().await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let b = h.batch(&lines(1, "gpt-4o"), json!({"n": i.to_string()})).await;
+        let b = h
+            .batch(&lines(1, "gpt-4o"), json!({"n": i.to_string()}))
+            .await;
         ids.push(b["id"].as_str().unwrap().to_string());
     }
     ids.reverse();
@@ -428,7 +511,12 @@ async fn list_batches_pages_newest_first() {
     assert_eq!(s, 200);
     assert_eq!(page["object"], "list");
     assert_eq!(page["has_more"], true);
-    let got: Vec<&str> = page["data"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[0].as_str(), ids[1].as_str()]);
     assert_eq!(page["first_id"], ids[0].as_str());
     assert_eq!(page["last_id"], ids[1].as_str());

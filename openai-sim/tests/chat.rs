@@ -16,12 +16,20 @@ fn image_request(model: &str, url: &str, detail: &str) -> Value {
 
 async fn image_tokens(h: &Harness, model: &str, w: u32, hgt: u32, detail: &str) -> u64 {
     let url = png_data_url(&png_header(w, hgt));
-    let (s, v) = h.post("/chat/completions", &image_request(model, &url, detail)).await;
+    let (s, v) = h
+        .post("/chat/completions", &image_request(model, &url, detail))
+        .await;
     assert_eq!(s, 200, "{v}");
     let usage = &v["usage"];
-    let image = usage["prompt_tokens_details"]["image_tokens"].as_u64().unwrap();
+    let image = usage["prompt_tokens_details"]["image_tokens"]
+        .as_u64()
+        .unwrap();
     // One message (3) and the reply priming (3) are the only text tokens here.
-    assert_eq!(usage["prompt_tokens"].as_u64().unwrap(), image + 6, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens"].as_u64().unwrap(),
+        image + 6,
+        "{usage}"
+    );
     image
 }
 
@@ -31,10 +39,22 @@ async fn usage_matches_openai_worked_examples() {
     assert_eq!(image_tokens(&h, "gpt-4o", 1024, 1024, "high").await, 765);
     assert_eq!(image_tokens(&h, "gpt-4o", 2048, 4096, "high").await, 1105);
     assert_eq!(image_tokens(&h, "gpt-4o", 2048, 4096, "auto").await, 1105);
-    assert_eq!(image_tokens(&h, "gpt-4o-mini", 1024, 1024, "low").await, 2833);
-    assert_eq!(image_tokens(&h, "gpt-4.1-mini", 1800, 2400, "high").await, 2353);
-    assert_eq!(image_tokens(&h, "gpt-4.1-mini", 1800, 2400, "low").await, 2353);
-    assert_eq!(image_tokens(&h, "mystery-model", 1024, 1024, "high").await, 765);
+    assert_eq!(
+        image_tokens(&h, "gpt-4o-mini", 1024, 1024, "low").await,
+        2833
+    );
+    assert_eq!(
+        image_tokens(&h, "gpt-4.1-mini", 1800, 2400, "high").await,
+        2353
+    );
+    assert_eq!(
+        image_tokens(&h, "gpt-4.1-mini", 1800, 2400, "low").await,
+        2353
+    );
+    assert_eq!(
+        image_tokens(&h, "mystery-model", 1024, 1024, "high").await,
+        765
+    );
 }
 
 #[tokio::test]
@@ -127,7 +147,10 @@ async fn reasoning_models_reject_max_tokens_and_report_reasoning() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 64);
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        64
+    );
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 64);
 }
 
@@ -330,7 +353,13 @@ async fn injected_faults_and_quota() {
         fault_429_rate: 1.0,
         ..SimConfig::default()
     });
-    let r = h.http.get(h.url("/files")).bearer_auth(KEY).send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/files"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(r.headers()["retry-after-ms"], "1000");
@@ -341,7 +370,13 @@ async fn injected_faults_and_quota() {
         insufficient_quota: true,
         ..SimConfig::default()
     });
-    let r = h.http.get(h.url("/files")).bearer_auth(KEY).send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/files"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(!r.headers().contains_key("retry-after"));
     let v: Value = r.json().await.unwrap();
@@ -379,7 +414,10 @@ async fn auth_is_required() {
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_api_key");
-    assert!(!v["error"]["message"].as_str().unwrap().contains("wrong-key"));
+    assert!(!v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("wrong-key"));
     let r = h
         .http
         .get(h.url("/files"))
@@ -388,7 +426,13 @@ async fn auth_is_required() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = h.http.get(h.url("/nope")).bearer_auth("sk-right-key-123").send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/nope"))
+        .bearer_auth("sk-right-key-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     envelope(&r.json::<Value>().await.unwrap());
     assert_eq!(h.sim().stats().unauthorized, 2);

@@ -29,7 +29,10 @@ async fn upload_retrieve_list_content_delete() {
     assert_eq!(h.content(&id).await.into_bytes(), data);
 
     let (_, other) = h.upload("notes.txt", "user_data", b"hello".to_vec()).await;
-    assert!(other.get("expires_at").is_none(), "only batch files expire by default");
+    assert!(
+        other.get("expires_at").is_none(),
+        "only batch files expire by default"
+    );
     let (s, list) = h.get("/files").await;
     assert_eq!(s, 200);
     assert_eq!(list["object"], "list");
@@ -58,7 +61,14 @@ async fn upload_retrieve_list_content_delete() {
     assert_eq!(s, 404);
     envelope(&v);
     let stats = h.sim().stats();
-    assert_eq!((stats.files_uploaded, stats.files_deleted, stats.file_downloads), (2, 1, 1));
+    assert_eq!(
+        (
+            stats.files_uploaded,
+            stats.files_deleted,
+            stats.file_downloads
+        ),
+        (2, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -108,7 +118,14 @@ async fn control_endpoints() {
     let h = Harness::start(SimConfig::fast()).await;
     let http = &h.http;
 
-    let cfg: Value = http.get(h.control("/config")).send().await.unwrap().json().await.unwrap();
+    let cfg: Value = http
+        .get(h.control("/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(cfg["rpm"], 0);
     assert_eq!(cfg["default_image_size"], "1024x1024");
     let r = http
@@ -129,9 +146,13 @@ async fn control_endpoints() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    let a = h.batch(&lines(2, "gpt-4o-mini"), json!({"shard": "A"})).await;
-    h.batch(&lines(2, "gpt-4o-mini"), json!({"shard": "B"})).await;
-    h.batch(&lines(2, "gpt-4o-mini"), json!({"shard": "A"})).await;
+    let a = h
+        .batch(&lines(2, "gpt-4o-mini"), json!({"shard": "A"}))
+        .await;
+    h.batch(&lines(2, "gpt-4o-mini"), json!({"shard": "B"}))
+        .await;
+    h.batch(&lines(2, "gpt-4o-mini"), json!({"shard": "A"}))
+        .await;
     assert_eq!(h.sim().count_batches_with_metadata("shard", "A"), 2);
     assert_eq!(h.sim().count_batches_with_metadata("shard", "C"), 0);
     let found: Value = http
@@ -143,9 +164,20 @@ async fn control_endpoints() {
         .await
         .unwrap();
     assert_eq!(found["count"], 2);
-    assert!(found["data"].as_array().unwrap().iter().all(|b| b["metadata"]["shard"] == "A"));
+    assert!(found["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["metadata"]["shard"] == "A"));
 
-    let journal: Value = http.get(h.control("/journal")).send().await.unwrap().json().await.unwrap();
+    let journal: Value = http
+        .get(h.control("/journal"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let creates: Vec<&Value> = journal["data"]
         .as_array()
         .unwrap()
@@ -173,15 +205,30 @@ async fn control_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    let r = http.post(h.control("/batches/batch_x/expire")).send().await.unwrap();
+    let r = http
+        .post(h.control("/batches/batch_x/expire"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
-    let stats: Value = http.get(h.control("/stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = http
+        .get(h.control("/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["batches_created"], 3);
     assert_eq!(stats["files_uploaded"], 3);
     assert_eq!(stats["batches_expired"], 1);
 
-    let r = http.post(h.control("/clock/advance?ms=60000")).send().await.unwrap();
+    let r = http
+        .post(h.control("/clock/advance?ms=60000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = http.post(h.control("/reset")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -196,7 +243,15 @@ async fn dropping_the_server_stops_it() {
     let h = Harness::start(SimConfig::default()).await;
     let url = h.url("/files");
     let http = reqwest::Client::new();
-    assert_eq!(http.get(&url).bearer_auth(KEY).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     drop(h);
     let fresh = reqwest::Client::new();
     assert!(fresh.get(&url).bearer_auth(KEY).send().await.is_err());

@@ -23,7 +23,12 @@ fn allow_null_for_optional(node: &mut Value) {
             let required: Vec<String> = map
                 .get("required")
                 .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default();
             if let Some(Value::Object(props)) = map.get_mut("properties") {
                 for (k, v) in props.iter_mut() {
@@ -73,7 +78,10 @@ impl Schemas {
             .iter_errors(instance)
             .map(|e| format!("{} at {}", e, e.instance_path))
             .collect();
-        assert!(errors.is_empty(), "{name} invalid: {errors:?}\n{instance:#}");
+        assert!(
+            errors.is_empty(),
+            "{name} invalid: {errors:?}\n{instance:#}"
+        );
     }
 }
 
@@ -97,8 +105,10 @@ fn the_schemas_reject_what_they_should() {
     bad["request_counts"] = json!({"total": 1});
     assert!(!batch.is_valid(&bad), "$refs are followed");
     let file = s.validator("OpenAIFile");
-    assert!(!file.is_valid(&json!({"id": "f", "object": "file", "bytes": null,
-        "created_at": 1, "filename": "a", "purpose": "batch", "status": "processed"})));
+    assert!(
+        !file.is_valid(&json!({"id": "f", "object": "file", "bytes": null,
+        "created_at": 1, "filename": "a", "purpose": "batch", "status": "processed"}))
+    );
 }
 
 #[tokio::test]
@@ -112,7 +122,13 @@ async fn responses_match_openai_schemas() {
     })
     .await;
 
-    let (_, file) = h.upload("in.jsonl", "batch", common::jsonl(&lines(10, "gpt-4o-mini"))).await;
+    let (_, file) = h
+        .upload(
+            "in.jsonl",
+            "batch",
+            common::jsonl(&lines(10, "gpt-4o-mini")),
+        )
+        .await;
     s.check("OpenAIFile", &file);
     let (_, user_file) = h.upload("notes.txt", "user_data", b"hi".to_vec()).await;
     s.check("OpenAIFile", &user_file);
@@ -127,14 +143,21 @@ async fn responses_match_openai_schemas() {
         )
         .await;
     s.check("Batch", &created);
-    let done = h.wait_for(created["id"].as_str().unwrap(), "completed").await;
+    let done = h
+        .wait_for(created["id"].as_str().unwrap(), "completed")
+        .await;
     assert!(done["output_file_id"].is_string() && done["error_file_id"].is_string());
     s.check("Batch", &done);
     let out = h.jsonl(done["output_file_id"].as_str().unwrap()).await;
     s.check("CreateChatCompletionResponse", &out[0]["response"]["body"]);
     let err = h.jsonl(done["error_file_id"].as_str().unwrap()).await;
     s.check("ErrorResponse", &err[0]["response"]["body"]);
-    let (_, out_file) = h.get(&format!("/files/{}", done["output_file_id"].as_str().unwrap())).await;
+    let (_, out_file) = h
+        .get(&format!(
+            "/files/{}",
+            done["output_file_id"].as_str().unwrap()
+        ))
+        .await;
     s.check("OpenAIFile", &out_file);
 
     let (_, bad_file) = h.upload("bad.jsonl", "batch", b"nope\n".to_vec()).await;
@@ -165,7 +188,10 @@ async fn responses_match_openai_schemas() {
         )
         .await;
     assert!(h.sim().expire_batch(expiring["id"].as_str().unwrap()));
-    s.check("Batch", &h.batch_status(expiring["id"].as_str().unwrap()).await);
+    s.check(
+        "Batch",
+        &h.batch_status(expiring["id"].as_str().unwrap()).await,
+    );
 
     let (_, batches) = h.get("/batches?limit=2").await;
     s.check("ListBatchesResponse", &batches);

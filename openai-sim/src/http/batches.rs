@@ -17,7 +17,7 @@ fn batch_note(id: Option<&str>) -> Note {
 pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let (mut st, now) = sim.advanced();
     match st.create_batch(&body, now) {
@@ -48,7 +48,7 @@ pub(super) async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> 
 pub(super) async fn list(State(sim): State<Sim>, q: Params) -> Response {
     let q = match params(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let (st, now) = sim.advanced();
     let get = |k: &str| q.get(k).map(String::as_str);

@@ -16,7 +16,7 @@ use crate::state::Sim;
 pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let model = body
         .get("model")

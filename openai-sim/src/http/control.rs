@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{json_response, params, Params};
+use super::{error_response, json_response, params, Params};
 use crate::config::{merge_patch, SimConfig};
 use crate::state::Sim;
 
@@ -67,7 +67,7 @@ async fn put_config(State(sim): State<Sim>, body: Bytes) -> Response {
 async fn journal(State(sim): State<Sim>, q: Params) -> Response {
     let q = match params(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
     let data: Vec<_> = sim
@@ -85,7 +85,7 @@ async fn stats(State(sim): State<Sim>) -> Response {
 async fn batches(State(sim): State<Sim>, q: Params) -> Response {
     let q = match params(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let key = q.get("metadata_key");
     let value = q.get("metadata_value");
@@ -126,7 +126,7 @@ async fn expire(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
 async fn advance_clock(State(sim): State<Sim>, q: Params) -> Response {
     let q = match params(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let Some(ms) = q.get("ms").and_then(|s| s.parse::<u64>().ok()) else {
         return bad("query parameter 'ms' (milliseconds, integer) is required");

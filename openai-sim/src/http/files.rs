@@ -92,7 +92,7 @@ pub(super) async fn upload(
 pub(super) async fn list(State(sim): State<Sim>, q: Params) -> Response {
     let q = match params(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let (st, now) = sim.advanced();
     let get = |k: &str| q.get(k).map(String::as_str);

@@ -147,10 +147,11 @@ fn fault_response(f: &Fault, org: &str) -> Response {
     match f {
         Fault::ServerError(status) => {
             let mut e = ApiError::server_error();
-            e.status = (500..600)
-                .contains(status)
-                .then_some(*status)
-                .unwrap_or(500);
+            e.status = if (500..600).contains(status) {
+                *status
+            } else {
+                500
+            };
             if e.status == 503 {
                 e.message = "The server is overloaded or not ready yet.".into();
             }

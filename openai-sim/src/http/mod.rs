@@ -80,20 +80,20 @@ pub(crate) fn with_note(mut resp: Response, note: Note) -> Response {
 }
 
 /// A JSON request body, or OpenAI's answer to one that is not JSON.
-pub(crate) fn parse_json(body: &Bytes) -> Result<Value, Response> {
+pub(crate) fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|_| {
-        error_response(&ApiError::invalid(
+        ApiError::invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
-        ))
+        )
     })
 }
 
 pub(crate) type Params =
     Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
-pub(crate) fn params(q: Params) -> Result<HashMap<String, String>, Response> {
+pub(crate) fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(m)| m)
-        .map_err(|e| error_response(&ApiError::invalid(format!("Invalid query string: {e}"))))
+        .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}")))
 }
 
 /// Records every non-control request and stamps the headers OpenAI sends on every answer.

@@ -52,7 +52,13 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(KEY).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
         status_json(r).await
     }
 
@@ -134,7 +140,10 @@ impl Harness {
             if b["status"] == status {
                 return b;
             }
-            assert!(Instant::now() < deadline, "batch never reached {status}: {b}");
+            assert!(
+                Instant::now() < deadline,
+                "batch never reached {status}: {b}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -164,7 +173,9 @@ pub fn line(custom_id: &str, model: &str, text: &str) -> Value {
 }
 
 pub fn lines(n: usize, model: &str) -> Vec<Value> {
-    (0..n).map(|i| line(&format!("item-{i}"), model, &format!("describe item {i}"))).collect()
+    (0..n)
+        .map(|i| line(&format!("item-{i}"), model, &format!("describe item {i}")))
+        .collect()
 }
 
 /// Asserts the OpenAI error envelope and returns its `error` object.
