@@ -14,7 +14,9 @@ import io
 import json
 import os
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 import urllib.request
 
 import openai
@@ -174,6 +176,37 @@ def main():
         check(False, "unknown batch must 404")
     except openai.NotFoundError:
         check(True, "unknown batch raises NotFoundError")
+
+    # Webhooks: a local receiver, then the SDK's own signature check (client.webhooks.unwrap).
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    secret = "whsec_" + base64.b64encode(b"sdk-smoke-secret-0123456789abcdef").decode()
+    patch = {"webhook_url": f"http://127.0.0.1:{hook.server_port}/hook", "webhook_secret": secret}
+    req = urllib.request.Request(control, data=json.dumps(patch).encode(), method="PATCH",
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req).read()
+    third = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.time() + 60
+    while not received and time.time() < deadline:
+        time.sleep(0.1)
+    check(received, "a webhook arrived")
+    headers, body = received[0]
+    event = client.webhooks.unwrap(body, headers, secret=secret)
+    check(event.type == "batch.completed" and event.data.id == third.id,
+          "client.webhooks.unwrap verifies the signature and parses batch.completed")
+    hook.shutdown()
 
     deleted = strict(FileDeleted, client.files.with_raw_response.delete(f.id).text)
     check(deleted.deleted and deleted.id == f.id, "file deleted")

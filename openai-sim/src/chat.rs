@@ -163,7 +163,7 @@ pub fn prepare(body: &Value, cfg: &SimConfig) -> Result<Prepared, ApiError> {
     let format = reply_format(obj.get("response_format"))?;
     match &format {
         ReplyFormat::JsonSchema(schema) if obj_has_schema(obj) => {
-            text_tokens += tokens::count(&serde_json::to_string(schema).unwrap_or_default());
+            text_tokens += tokens::count_memo(&serde_json::to_string(schema).unwrap_or_default());
         }
         ReplyFormat::JsonObject if !all_text.to_lowercase().contains("json") => {
             return Err(ApiError::invalid(
@@ -247,7 +247,7 @@ fn count_messages(
         text += TOKENS_PER_MESSAGE;
         match m.get("content") {
             Some(Value::String(s)) => {
-                text += tokens::count(s);
+                text += tokens::count_memo(s);
                 all_text.push_str(s);
                 all_text.push('\n');
             }
@@ -264,7 +264,7 @@ fn count_messages(
                                 .get("text")
                                 .and_then(Value::as_str)
                                 .ok_or_else(|| ApiError::missing(&format!("{pat}.text")))?;
-                            text += tokens::count(s);
+                            text += tokens::count_memo(s);
                             all_text.push_str(s);
                             all_text.push('\n');
                         }
@@ -430,6 +430,7 @@ pub fn complete<R: Rng>(
     let mut choices = Vec::with_capacity(p.n as usize);
     for index in 0..p.n {
         let mut content = reply_content(&p.format, rng);
+        let mut content_tokens = tokens::count(&content);
         let mut reasoning = reasoning_per_choice;
         let mut finish = "stop";
         if let (true, Some(max)) = (cfg.truncate_at_max_tokens, p.max_completion_tokens) {
@@ -437,13 +438,15 @@ pub fn complete<R: Rng>(
                 // Reasoning used the whole budget: OpenAI answers with empty content.
                 reasoning = max;
                 content.clear();
+                content_tokens = 0;
                 finish = "length";
-            } else if tokens::count(&content) > max - reasoning {
+            } else if content_tokens > max - reasoning {
                 content = tokens::truncate(&content, max - reasoning);
+                content_tokens = tokens::count(&content);
                 finish = "length";
             }
         }
-        usage.completion_tokens += tokens::count(&content) + reasoning;
+        usage.completion_tokens += content_tokens + reasoning;
         usage.reasoning_tokens += reasoning;
         choices.push(json!({
             "index": index,
