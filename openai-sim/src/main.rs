@@ -19,65 +19,91 @@ struct Args {
     #[arg(long)]
     config_json: Option<String>,
 
+    /// Require exactly this bearer key (default: any non-empty key)
     #[arg(long)]
     api_key: Option<String>,
+    /// Organization id quoted in limit messages [default: org-sim]
     #[arg(long)]
     organization: Option<String>,
+    /// Time in `validating` [default: 1000]
     #[arg(long)]
     validating_ms: Option<u64>,
+    /// Time `in_progress` takes to run every line [default: 5000]
     #[arg(long)]
     in_progress_ms: Option<u64>,
+    /// Time in `finalizing` [default: 1000]
     #[arg(long)]
     finalizing_ms: Option<u64>,
+    /// Time in `cancelling` [default: 1000]
     #[arg(long)]
     cancel_ms: Option<u64>,
+    /// Completion window [default: 86400000, 24 h]
     #[arg(long)]
     expire_after_ms: Option<u64>,
+    /// Most lines per batch input [default: 50000]
     #[arg(long)]
     max_lines: Option<usize>,
+    /// Largest batch input file [default: 200000000]
     #[arg(long)]
     max_file_bytes: Option<u64>,
+    /// Largest upload [default: 512000000]
     #[arg(long)]
     max_upload_bytes: Option<u64>,
     /// Enqueued-token limit, MODEL=TOKENS; repeatable.
     #[arg(long = "token-limit", value_parser = parse_limit)]
     token_limits: Vec<(String, u64)>,
+    /// Seed for shuffles, injected line failures, generated content [default: 0]
     #[arg(long)]
     seed: Option<u64>,
+    /// Probability a batch line fails [default: 0]
     #[arg(long)]
     line_failure_rate: Option<f64>,
+    /// Status of injected failed lines [default: 400]
     #[arg(long)]
     line_failure_status: Option<u16>,
     /// WIDTHxHEIGHT assumed for https image URLs.
     #[arg(long)]
     default_image_size: Option<ImageSize>,
+    /// Reasoning tokens per reply of gpt-5*/o* models [default: 0]
     #[arg(long)]
     reasoning_tokens: Option<u64>,
+    /// Share of prompt tokens reported as cached [default: 0]
     #[arg(long)]
     cached_tokens_fraction: Option<f64>,
+    /// Cut replies at max_completion_tokens [default: true]
     #[arg(long)]
     truncate_at_max_tokens: Option<bool>,
+    /// Chat requests per minute per model, 0 = unlimited [default: 0]
     #[arg(long)]
     rpm: Option<u64>,
+    /// Chat tokens per minute per model, 0 = unlimited [default: 0]
     #[arg(long)]
     tpm: Option<u64>,
+    /// Delay before each chat answer [default: 0]
     #[arg(long)]
     chat_latency_ms: Option<u64>,
+    /// Delay before every /v1 answer [default: 0]
     #[arg(long)]
     latency_ms: Option<u64>,
+    /// Probability of a 500 on any /v1 request [default: 0]
     #[arg(long)]
     fault_5xx_rate: Option<f64>,
+    /// Probability of a 429 on any /v1 request [default: 0]
     #[arg(long)]
     fault_429_rate: Option<f64>,
+    /// Answer every /v1 request with 429 insufficient_quota [default: false]
     #[arg(long)]
     insufficient_quota: Option<bool>,
     /// A fault rule as JSON, e.g. '{"path_prefix":"/v1/batches","fault_5xx_rate":0.5}'; repeatable.
     #[arg(long = "fault-rule", value_parser = parse_rule)]
     faults: Vec<FaultRule>,
+    /// Journal entries kept [default: 100000]
     #[arg(long)]
     journal_limit: Option<usize>,
+    /// POST batch events here
     #[arg(long)]
     webhook_url: Option<String>,
+    /// whsec_… secret signing webhooks
     #[arg(long)]
     webhook_secret: Option<String>,
 }
