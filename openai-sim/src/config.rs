@@ -1,0 +1,276 @@
+//! Every knob of the simulator: one serde struct, patched as JSON by the control endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// All behaviour knobs. Every field has a default, so a JSON patch may name any subset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// When set, `Authorization: Bearer <this>` is required exactly; otherwise any non-empty key.
+    pub api_key: Option<String>,
+    /// Organization id quoted in rate-limit and token-limit messages.
+    pub organization: String,
+
+    /// Time a new batch spends in `validating`.
+    pub validating_ms: u64,
+    /// Time `in_progress` takes to run every line; request counts advance linearly over it.
+    pub in_progress_ms: u64,
+    /// Time a batch spends in `finalizing`.
+    pub finalizing_ms: u64,
+    /// Time a batch spends in `cancelling` before it becomes `cancelled`.
+    pub cancel_ms: u64,
+    /// The completion window: a batch not done this long after creation expires.
+    pub expire_after_ms: u64,
+
+    /// Most lines a batch input file may have.
+    pub max_lines: usize,
+    /// Largest batch input file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest upload accepted by `POST /v1/files`, in bytes.
+    pub max_upload_bytes: u64,
+    /// Enqueued-token limit per model name (as written in the request, e.g. `gpt-4o-mini`).
+    pub enqueued_token_limits: BTreeMap<String, u64>,
+
+    /// Seed for shuffling output lines, injected line failures and generated content.
+    pub seed: u64,
+    /// Probability that a valid batch line fails with `line_failure_status`.
+    pub line_failure_rate: f64,
+    /// HTTP status written into injected failed lines.
+    pub line_failure_status: u16,
+
+    /// Size assumed for images given by `http(s)` URL, which the simulator never fetches.
+    pub default_image_size: ImageSize,
+    /// Hidden reasoning tokens added to each reply of a reasoning model (gpt-5*, o*).
+    pub reasoning_tokens: u64,
+    /// Share of prompt tokens reported as `cached_tokens` (0.0 to 1.0).
+    pub cached_tokens_fraction: f64,
+    /// Cut replies at `max_completion_tokens` with `finish_reason: "length"`, as OpenAI does.
+    pub truncate_at_max_tokens: bool,
+
+    /// Requests per minute per model on chat completions (0 = unlimited).
+    pub rpm: u64,
+    /// Tokens per minute per model on chat completions (0 = unlimited).
+    pub tpm: u64,
+    /// Extra delay before every chat completion answer.
+    pub chat_latency_ms: u64,
+
+    /// Delay added to every `/v1` request.
+    pub latency_ms: u64,
+    /// Probability that a `/v1` request is answered with a 500.
+    pub fault_5xx_rate: f64,
+    /// Probability that a `/v1` request is answered with a 429 `rate_limit_exceeded`.
+    pub fault_429_rate: f64,
+    /// Answer every `/v1` request with 429 `insufficient_quota`.
+    pub insufficient_quota: bool,
+    /// Faults limited to a path prefix (and optionally a method or a number of firings).
+    pub faults: Vec<FaultRule>,
+
+    /// Journal entries kept (oldest dropped first).
+    pub journal_limit: usize,
+
+    /// Where batch webhooks are POSTed (`batch.completed`, …); none when unset.
+    pub webhook_url: Option<String>,
+    /// `whsec_…` secret signing webhooks the Standard Webhooks way.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            api_key: None,
+            organization: "org-sim".into(),
+            validating_ms: 1_000,
+            in_progress_ms: 5_000,
+            finalizing_ms: 1_000,
+            cancel_ms: 1_000,
+            expire_after_ms: 24 * 60 * 60 * 1_000,
+            max_lines: 50_000,
+            max_file_bytes: 200_000_000,
+            max_upload_bytes: 512_000_000,
+            enqueued_token_limits: BTreeMap::new(),
+            seed: 0,
+            line_failure_rate: 0.0,
+            line_failure_status: 400,
+            default_image_size: ImageSize {
+                width: 1024,
+                height: 1024,
+            },
+            reasoning_tokens: 0,
+            cached_tokens_fraction: 0.0,
+            truncate_at_max_tokens: true,
+            rpm: 0,
+            tpm: 0,
+            chat_latency_ms: 0,
+            latency_ms: 0,
+            fault_5xx_rate: 0.0,
+            fault_429_rate: 0.0,
+            insufficient_quota: false,
+            faults: Vec::new(),
+            journal_limit: 100_000,
+            webhook_url: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// A config whose batches run through every state within a few tens of milliseconds.
+    pub fn fast() -> Self {
+        SimConfig {
+            validating_ms: 20,
+            in_progress_ms: 60,
+            finalizing_ms: 20,
+            cancel_ms: 20,
+            ..SimConfig::default()
+        }
+    }
+}
+
+/// A fault limited to requests whose path starts with `path_prefix`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultRule {
+    /// e.g. `/v1/batches`; matched against the request path.
+    pub path_prefix: String,
+    /// Only this HTTP method (e.g. `POST`) when set.
+    pub method: Option<String>,
+    /// Probability of a 5xx answer.
+    pub fault_5xx_rate: f64,
+    /// Status of the 5xx answer (500, 502, 503…).
+    pub status_5xx: u16,
+    /// Probability of a 429 `rate_limit_exceeded` answer.
+    pub fault_429_rate: f64,
+    /// `retry-after-ms` of injected 429s (`retry-after` is its ceiling in seconds, at least 1).
+    pub retry_after_ms: u64,
+    /// Answer with 429 `insufficient_quota`.
+    pub insufficient_quota: bool,
+    /// Delay before the request is handled.
+    pub latency_ms: u64,
+    /// Fire (inject a fault) at most this many more times; decremented on each firing.
+    pub remaining: Option<u64>,
+}
+
+impl Default for FaultRule {
+    fn default() -> Self {
+        FaultRule {
+            path_prefix: "/v1/".into(),
+            method: None,
+            fault_5xx_rate: 0.0,
+            status_5xx: 500,
+            fault_429_rate: 0.0,
+            retry_after_ms: 1_000,
+            insufficient_quota: false,
+            latency_ms: 0,
+            remaining: None,
+        }
+    }
+}
+
+/// Image dimensions, written `WIDTHxHEIGHT` in JSON and on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl fmt::Display for ImageSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+impl FromStr for ImageSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (w, h) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("expected WIDTHxHEIGHT, got {s:?}"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("expected WIDTHxHEIGHT with positive integers, got {s:?}"))
+        };
+        Ok(ImageSize {
+            width: parse(w)?,
+            height: parse(h)?,
+        })
+    }
+}
+
+impl TryFrom<String> for ImageSize {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ImageSize> for String {
+    fn from(s: ImageSize) -> String {
+        s.to_string()
+    }
+}
+
+/// RFC 7396 JSON merge patch, applied to the serialized config by `PATCH /_sim/config`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let t = target.as_object_mut().expect("made an object above");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_keeps_other_knobs_and_null_restores_default() {
+        let mut cfg = SimConfig {
+            rpm: 7,
+            api_key: Some("k".into()),
+            ..SimConfig::default()
+        };
+        let mut v = serde_json::to_value(&cfg).unwrap();
+        merge_patch(
+            &mut v,
+            &serde_json::json!({"tpm": 100, "api_key": null, "default_image_size": "10x20"}),
+        );
+        cfg = serde_json::from_value(v).unwrap();
+        assert_eq!(cfg.rpm, 7);
+        assert_eq!(cfg.tpm, 100);
+        assert_eq!(cfg.api_key, None);
+        assert_eq!(
+            cfg.default_image_size,
+            ImageSize {
+                width: 10,
+                height: 20
+            }
+        );
+    }
+
+    #[test]
+    fn image_size_rejects_garbage() {
+        assert!("10".parse::<ImageSize>().is_err());
+        assert!("0x5".parse::<ImageSize>().is_err());
+        assert_eq!("3X4".parse::<ImageSize>().unwrap().to_string(), "3x4");
+    }
+}

@@ -1,0 +1,111 @@
+//! `POST /v1/chat/completions`: validation, RPM/TPM limits, the answer and its headers.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+
+use super::gate::{add_rate_headers, rate_limited_response};
+use super::{error_response, json_response, parse_json, with_note, Note};
+use crate::chat;
+use crate::error::ApiError;
+use crate::ratelimit::{format_duration, Refusal};
+use crate::state::Sim;
+
+pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
+    let body = match parse_json(&body) {
+        Ok(v) => v,
+        Err(e) => return error_response(&e),
+    };
+    let model = body
+        .get("model")
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
+    let note = Note {
+        model: model.clone(),
+        ..Note::default()
+    };
+    let (resp, latency) = {
+        let mut guard = sim.lock();
+        let st = &mut *guard;
+        let now = st.now_ms();
+        let cfg = st.config.clone();
+        match chat::prepare(&body, &cfg) {
+            Err(e) => {
+                st.stats.chat_rejected += 1;
+                (error_response(&e), 0)
+            }
+            Ok(p) => {
+                let (outcome, snap) =
+                    st.limiter
+                        .check(&p.model, cfg.rpm, cfg.tpm, p.rate_limit_cost(), now);
+                match outcome {
+                    Err(refusal) => {
+                        st.stats.rate_limited += 1;
+                        let (e, retry) = refusal_error(&refusal, &p.model, &cfg.organization);
+                        let resp = rate_limited_response(&e, &snap, retry);
+                        let note = Note {
+                            fault: Some("rate_limit".into()),
+                            ..note.clone()
+                        };
+                        return with_note(resp, note);
+                    }
+                    Ok(()) => {
+                        let (answer, usage) = chat::complete(&p, &cfg, &mut st.rng, now / 1000);
+                        st.stats.chat_calls += 1;
+                        st.stats.prompt_tokens += usage.prompt_tokens;
+                        st.stats.completion_tokens += usage.completion_tokens;
+                        let mut resp = json_response(200, &answer);
+                        add_rate_headers(&mut resp, &snap);
+                        (resp, cfg.chat_latency_ms)
+                    }
+                }
+            }
+        }
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    with_note(resp, note)
+}
+
+/// OpenAI's 429 body for a limit, and how long to wait when waiting helps.
+fn refusal_error(r: &Refusal, model: &str, org: &str) -> (ApiError, Option<u64>) {
+    match r {
+        Refusal::Wait {
+            what,
+            limit,
+            used,
+            requested,
+            retry_after_ms,
+        } => {
+            let unit = if *what == "requests" {
+                "requests per min (RPM)"
+            } else {
+                "tokens per min (TPM)"
+            };
+            let e = ApiError::new(
+                429,
+                what,
+                format!(
+                    "Rate limit reached for {model} in organization {org} on {unit}: Limit {limit}, Used {used}, Requested {requested}. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.",
+                    format_duration(*retry_after_ms)
+                ),
+            )
+            .code("rate_limit_exceeded");
+            (e, Some(*retry_after_ms))
+        }
+        Refusal::TooLarge { limit, requested } => {
+            let e = ApiError::new(
+                429,
+                "tokens",
+                format!(
+                    "Request too large for {model} in organization {org} on tokens per min (TPM): Limit {limit}, Requested {requested}. The input or output tokens must be reduced in order to run successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
+                ),
+            )
+            .code("rate_limit_exceeded");
+            (e, None)
+        }
+    }
+}
