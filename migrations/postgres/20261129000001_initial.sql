@@ -54,6 +54,7 @@ CREATE INDEX jobs_status_idx ON jobs (status);
 CREATE TABLE shards (
     id                UUID PRIMARY KEY,
     job_id            UUID NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    kind              TEXT NOT NULL DEFAULT 'batch',
     attempt           INT NOT NULL,
     model             TEXT NOT NULL,
     status            TEXT NOT NULL,
@@ -76,7 +77,7 @@ CREATE TABLE shards (
     created_at        TIMESTAMPTZ NOT NULL,
     updated_at        TIMESTAMPTZ NOT NULL
 );
-CREATE INDEX shards_status_next_poll_idx ON shards (status, next_poll_at);
+CREATE INDEX shards_status_next_poll_idx ON shards (kind, status, next_poll_at);
 CREATE INDEX shards_job_idx ON shards (job_id);
 
 CREATE TABLE items (

@@ -56,6 +56,7 @@ CREATE INDEX jobs_status_idx ON jobs (status);
 CREATE TABLE shards (
     id                TEXT PRIMARY KEY,
     job_id            TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    kind              TEXT NOT NULL DEFAULT 'batch',
     attempt           INTEGER NOT NULL,
     model             TEXT NOT NULL,
     status            TEXT NOT NULL,
@@ -78,7 +79,7 @@ CREATE TABLE shards (
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX shards_status_next_poll_idx ON shards (status, next_poll_at);
+CREATE INDEX shards_status_next_poll_idx ON shards (kind, status, next_poll_at);
 CREATE INDEX shards_job_idx ON shards (job_id);
 
 CREATE TABLE items (

@@ -32,7 +32,7 @@ pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image,
     cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, individual_pico_usd, \
     run_mode, resolved_model, finished_at";
 
-pub(crate) const SHARD_COLS: &str = "id, job_id, attempt, model, status, item_count, \
+pub(crate) const SHARD_COLS: &str = "id, job_id, kind, attempt, model, status, item_count, \
     input_file_id, openai_batch_id, output_file_id, error_file_id, batch_status, \
     request_total, request_completed, request_failed, error_code, error_message, \
     poll_interval_ms, next_poll_at, lease_token, created_at, updated_at";
@@ -194,6 +194,7 @@ pub(crate) fn shard_from_row<R: RowGet>(r: &R) -> StoreResult<Shard> {
     Ok(Shard {
         id: r.uuid("id")?,
         job_id: r.uuid("job_id")?,
+        kind: r.parsed("kind")?,
         attempt: r.int32("attempt")?,
         model: r.text("model")?,
         status: r.parsed("status")?,
@@ -460,6 +461,14 @@ pub(crate) fn dedup_outcomes(
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Stored width and height as dimensions, when both are known and positive.
+pub(crate) fn dims((w, h): (Option<i32>, Option<i32>)) -> Option<(u32, u32)> {
+    match (w, h) {
+        (Some(w), Some(h)) if w > 0 && h > 0 => Some((w as u32, h as u32)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::domain::{
     Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    ShardStatus, Usage,
+    ShardKind, ShardStatus, Usage,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -165,6 +165,7 @@ conformance!(
     cost_totals_over_period,
     api_keys_replace,
     bulk_outcomes,
+    individual_shards_round_robin_and_start,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -228,6 +229,7 @@ fn items(n: usize) -> Vec<NewItem> {
 
 fn new_shard(positions: Vec<i64>, next_poll_at: DateTime<Utc>) -> NewShard {
     NewShard {
+        kind: ShardKind::Batch,
         id: Uuid::new_v4(),
         attempt: 1,
         model: "gpt-4o-mini".into(),
@@ -306,7 +308,14 @@ async fn submitted_shard(s: &DynStore, tenant: &str, n: usize) -> (Uuid, Uuid, i
         .unwrap());
     s.release_job(created.id, job_token).await.unwrap();
     let token = s
-        .claim_shards(&[ShardStatus::Planned], Utc::now(), "submitter", LEASE, 100)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            Utc::now(),
+            "submitter",
+            LEASE,
+            100,
+        )
         .await
         .unwrap()
         .into_iter()
@@ -706,9 +715,8 @@ async fn plan_claim_and_create_shards(s: DynStore) {
         )
         .await
         .unwrap();
-    // Not plannable: individual mode, open, terminal, no pending item.
+    // Not plannable: open, terminal, no pending item.
     for (status, mode, list) in [
-        (JobStatus::Queued, Mode::Individual, vec![item("a", None)]),
         (JobStatus::Open, Mode::Batch, vec![item("a", None)]),
         (JobStatus::Completed, Mode::Batch, vec![item("a", None)]),
         (JobStatus::Queued, Mode::Batch, vec![rejected("a")]),
@@ -743,6 +751,7 @@ async fn plan_claim_and_create_shards(s: DynStore) {
 
     let s1 = new_shard(vec![0, 1], at(100));
     let s2 = NewShard {
+        kind: ShardKind::Batch,
         attempt: 2,
         ..new_shard(vec![3, 4], at(100))
     };
@@ -868,12 +877,26 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
 
     let now = at(100);
     assert!(s
-        .claim_shards(&[ShardStatus::Submitted], now, "w", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Submitted],
+            now,
+            "w",
+            LEASE,
+            10
+        )
         .await
         .unwrap()
         .is_empty());
     let first = s
-        .claim_shards(&[ShardStatus::Planned], now, "w1", LEASE, 1)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            now,
+            "w1",
+            LEASE,
+            1,
+        )
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
@@ -881,6 +904,7 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
     assert_eq!(first[0].lease_token, 1);
     let rest = s
         .claim_shards(
+            ShardKind::Batch,
             &[ShardStatus::Planned, ShardStatus::Creating],
             now,
             "w2",
@@ -895,7 +919,14 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
         "leased and not-yet-due shards are skipped"
     );
     assert!(s
-        .claim_shards(&[ShardStatus::Planned], now, "w3", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            now,
+            "w3",
+            LEASE,
+            10
+        )
         .await
         .unwrap()
         .is_empty());
@@ -908,7 +939,14 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
         .await
         .unwrap());
     let again = s
-        .claim_shards(&[ShardStatus::Planned], now, "w4", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            now,
+            "w4",
+            LEASE,
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -922,20 +960,41 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
     // A stale release changes nothing; a current one frees the shard.
     s.release_shard(due_early.id, 1).await.unwrap();
     assert!(s
-        .claim_shards(&[ShardStatus::Planned], now, "w5", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            now,
+            "w5",
+            LEASE,
+            10
+        )
         .await
         .unwrap()
         .is_empty());
     s.release_shard(due_early.id, 2).await.unwrap();
     let freed = s
-        .claim_shards(&[ShardStatus::Planned], now, "w5", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            now,
+            "w5",
+            LEASE,
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(freed.len(), 1);
     assert_eq!(freed[0].lease_token, 3);
 
     let later = s
-        .claim_shards(&[ShardStatus::Planned], at(5000), "w6", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(5000),
+            "w6",
+            LEASE,
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -966,6 +1025,7 @@ async fn concurrent_shard_claimers_are_disjoint(s: DynStore) {
             tokio::spawn(async move {
                 barrier.wait().await;
                 s.claim_shards(
+                    ShardKind::Batch,
                     &[ShardStatus::Planned],
                     at(10_000),
                     &format!("worker-{w}"),
@@ -1006,12 +1066,26 @@ async fn shard_steps_are_fenced(s: DynStore) {
         .unwrap());
 
     let old = s
-        .claim_shards(&[ShardStatus::Planned], at(10), "w1", Duration::ZERO, 1)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(10),
+            "w1",
+            Duration::ZERO,
+            1,
+        )
         .await
         .unwrap()[0]
         .lease_token;
     let tok = s
-        .claim_shards(&[ShardStatus::Planned], at(10), "w2", LEASE, 1)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(10),
+            "w2",
+            LEASE,
+            1,
+        )
         .await
         .unwrap()[0]
         .lease_token;
@@ -1262,7 +1336,14 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         .await
         .unwrap());
     let claimed = s
-        .claim_shards(&[ShardStatus::Planned], at(10), "w", LEASE, 10)
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(10),
+            "w",
+            LEASE,
+            10,
+        )
         .await
         .unwrap();
     let tok = |id: Uuid| claimed.iter().find(|x| x.id == id).unwrap().lease_token;
@@ -1756,4 +1837,106 @@ async fn connect_opens_in_memory_sqlite() {
     // Every pooled connection must see the same in-memory database.
     assert_eq!(job(&s, j.id).await.counts.total, 2);
     s.close().await;
+}
+
+async fn individual_shards_round_robin_and_start(s: DynStore) {
+    // A big job planned first, a small one after: the small one's shard is claimed in the
+    // first round, not after every shard of the big one.
+    let big = new_job("acme", JobStatus::Queued, Mode::Individual, at(1));
+    let small = new_job("acme", JobStatus::Queued, Mode::Individual, at(2));
+    let big_items: Vec<NewItem> = (0..12).map(|i| item(&format!("b{i}"), None)).collect();
+    s.create_job(&big, &big_items).await.unwrap();
+    s.create_job(&small, &[item("s0", None), item("s1", None)])
+        .await
+        .unwrap();
+    let mut big_shards = Vec::new();
+    for (job, chunks) in [
+        (
+            &big,
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10, 11]],
+        ),
+        (&small, vec![vec![0, 1]]),
+    ] {
+        let claimed = s.claim_jobs_to_plan("p", LEASE, 10).await.unwrap();
+        let token = claimed.iter().find(|(j, _)| j.id == job.id).unwrap().1;
+        let shards: Vec<NewShard> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(k, positions)| NewShard {
+                kind: ShardKind::Individual,
+                ..new_shard(positions, at(10 + k as i64))
+            })
+            .collect();
+        if job.id == big.id {
+            big_shards = shards.iter().map(|s| s.id).collect();
+        }
+        assert!(s.create_shards(job.id, token, &shards).await.unwrap());
+        for (j, t) in claimed {
+            s.release_job(j.id, t).await.unwrap();
+        }
+    }
+    // Batch claimers do not see individual shards.
+    let batch = s
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(100_000),
+            "b",
+            LEASE,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(batch.is_empty());
+
+    let first = s.claim_individual_shards("x", LEASE, 2).await.unwrap();
+    let jobs: std::collections::HashSet<Uuid> = first.iter().map(|sh| sh.job_id).collect();
+    assert_eq!(jobs.len(), 2, "one shard of each job first");
+    assert!(first.iter().all(|sh| sh.kind == ShardKind::Individual));
+    let big_first = first.iter().find(|sh| sh.job_id == big.id).unwrap();
+    assert_eq!(big_first.id, big_shards[0]);
+
+    // Starting moves the shard's items and the job.
+    let small_shard = first.iter().find(|sh| sh.job_id == small.id).unwrap();
+    assert!(!s
+        .start_individual_shard(small_shard.id, small_shard.lease_token + 1)
+        .await
+        .unwrap());
+    assert!(s
+        .start_individual_shard(small_shard.id, small_shard.lease_token)
+        .await
+        .unwrap());
+    let job = s.get_job(None, small.id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Running);
+    assert_eq!((job.counts.pending, job.counts.submitted), (0, 2));
+    let items = s.shard_items(small_shard.id, None, 10).await.unwrap();
+    assert!(items
+        .iter()
+        .all(|i| i.status == ItemStatus::Submitted && i.attempts == 1));
+    // Started twice: refused (it is no longer planned).
+    assert!(!s
+        .start_individual_shard(small_shard.id, small_shard.lease_token)
+        .await
+        .unwrap());
+
+    // Held shards are not claimed again; the rest of the big job is.
+    let next = s.claim_individual_shards("y", LEASE, 10).await.unwrap();
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|sh| sh.job_id == big.id));
+
+    // Dimensions of pending items, in position order.
+    let mut sized = item("w", None);
+    sized.width = Some(640);
+    sized.height = Some(480);
+    let mut url = item("u", None);
+    url.width = None;
+    url.height = None;
+    let job = new_job("acme", JobStatus::Open, Mode::Batch, at(3));
+    s.create_job(&job, &[sized, url, rejected("r")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.pending_item_dims(job.id).await.unwrap(),
+        vec![Some((640, 480)), None]
+    );
 }

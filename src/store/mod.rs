@@ -25,7 +25,7 @@ pub use sqlite::SqliteStore;
 
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -71,6 +71,7 @@ pub struct PlanItem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewShard {
     pub id: Uuid,
+    pub kind: ShardKind,
     pub attempt: i32,
     pub model: String,
     pub positions: Vec<i64>,
@@ -205,7 +206,7 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- planning -------------------------------------------------------------------
 
-    /// Leases up to `limit` jobs in status queued or running, mode batch, that have
+    /// Leases up to `limit` jobs in status queued or running (mode batch or individual) that have
     /// pending items with no shard, whose lease is free or expired. Returns each job with
     /// its new lease token.
     async fn claim_jobs_to_plan(
@@ -232,17 +233,35 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- shards ---------------------------------------------------------------------
 
-    /// Leases up to `limit` shards in one of `statuses` with `next_poll_at <= due` and a
+    /// Leases up to `limit` shards of this kind in one of `statuses` with `next_poll_at <= due` and a
     /// free or expired lease (oldest `next_poll_at` first). Each returned shard carries
     /// its new lease token. PostgreSQL: `FOR UPDATE SKIP LOCKED`.
     async fn claim_shards(
         &self,
+        kind: ShardKind,
         statuses: &[ShardStatus],
         due: DateTime<Utc>,
         owner: &str,
         lease_for: Duration,
         limit: i64,
     ) -> StoreResult<Vec<Shard>>;
+
+    /// Leases up to `limit` individual shards (planned, or submitted by a replica whose
+    /// lease expired) of queued or running jobs, taking jobs round-robin (each job's
+    /// oldest shard first) so a large job cannot starve a small one.
+    async fn claim_individual_shards(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<Shard>>;
+
+    /// Starts an individual shard: `planned` → `submitted`, its pending items →
+    /// `submitted` (attempts + 1), counters moved, job `queued` → `running`. Fenced.
+    async fn start_individual_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<bool>;
+
+    /// Width and height of every pending item of the job (None for URLs), in position order.
+    async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
 
     /// Extends a held lease; false when the token moved on.
     async fn renew_shard(

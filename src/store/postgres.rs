@@ -25,7 +25,7 @@ use super::{
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
 const POOL_SIZE: u32 = 10;
@@ -65,6 +65,55 @@ impl PgStore {
             .run(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Shard `from` → `submitted` (with the batch id, if any), its pending items →
+    /// submitted, counters moved, job queued → running: one fenced transaction.
+    async fn move_shard_to_submitted(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        openai_batch_id: Option<&str>,
+        from: &str,
+        next_poll_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let job_id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE shards SET status = 'submitted', openai_batch_id = $3, next_poll_at = $4, \
+             updated_at = now() WHERE id = $1 AND lease_token = $2 AND status = $5 \
+             RETURNING job_id",
+        )
+        .bind(shard_id)
+        .bind(token)
+        .bind(openai_batch_id)
+        .bind(truncate_to_micros(next_poll_at))
+        .bind(from)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job_id) = job_id else {
+            return Ok(false);
+        };
+        let job = lock_job(&mut tx, None, job_id).await?;
+        let moved = sqlx::query(
+            "UPDATE items SET status = 'submitted', attempts = attempts + 1, updated_at = now() \
+             WHERE shard_id = $1 AND status = 'pending'",
+        )
+        .bind(shard_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        if moved > 0 {
+            let mut delta = JobDelta::default();
+            delta.add_status(ItemStatus::Pending, -moved);
+            delta.add_status(ItemStatus::Submitted, moved);
+            let job = apply_delta(&mut tx, job_id, &delta).await?;
+            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        }
+        if job.status == JobStatus::Queued {
+            set_job_status(&mut tx, job_id, JobStatus::Running).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -557,7 +606,7 @@ impl Store for PgStore {
              lease_until = now() + $2::bigint * interval '1 microsecond', \
              lease_token = lease_token + 1 \
              WHERE id IN (SELECT j.id FROM jobs j \
-               WHERE j.status IN ('queued', 'running') AND j.mode = 'batch' \
+               WHERE j.status IN ('queued', 'running') AND j.mode IN ('batch', 'individual') \
                AND (j.lease_until IS NULL OR j.lease_until <= now()) \
                AND EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id \
                  AND i.status = 'pending' AND i.shard_id IS NULL) \
@@ -615,6 +664,7 @@ impl Store for PgStore {
         }
         for chunk in shards.chunks(common::CHUNK_ROWS) {
             let ids: Vec<Uuid> = chunk.iter().map(|s| s.id).collect();
+            let kinds: Vec<&str> = chunk.iter().map(|s| s.kind.as_str()).collect();
             let attempts: Vec<i32> = chunk.iter().map(|s| s.attempt).collect();
             let models: Vec<&str> = chunk.iter().map(|s| s.model.as_str()).collect();
             let counts: Vec<i64> = chunk.iter().map(|s| s.positions.len() as i64).collect();
@@ -624,12 +674,13 @@ impl Store for PgStore {
                 .collect();
             let intervals: Vec<i64> = chunk.iter().map(|s| s.poll_interval_ms).collect();
             sqlx::query(
-                "INSERT INTO shards (id, job_id, attempt, model, status, item_count, \
+                "INSERT INTO shards (id, job_id, kind, attempt, model, status, item_count, \
                  poll_interval_ms, next_poll_at, created_at, updated_at) \
-                 SELECT u.id, $1, u.attempt, u.model, 'planned', u.item_count, u.poll_interval_ms, \
-                 u.next_poll_at, now(), now() \
+                 SELECT u.id, $1, u.kind, u.attempt, u.model, 'planned', u.item_count, \
+                 u.poll_interval_ms, u.next_poll_at, now(), now() \
                  FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::bigint[], $6::timestamptz[], \
-                 $7::bigint[]) AS u(id, attempt, model, item_count, next_poll_at, poll_interval_ms)",
+                 $7::bigint[], $8::text[]) \
+                 AS u(id, attempt, model, item_count, next_poll_at, poll_interval_ms, kind)",
             )
             .bind(job_id)
             .bind(&ids)
@@ -638,6 +689,7 @@ impl Store for PgStore {
             .bind(&counts)
             .bind(&next)
             .bind(&intervals)
+            .bind(&kinds)
             .execute(&mut *tx)
             .await?;
         }
@@ -679,6 +731,7 @@ impl Store for PgStore {
 
     async fn claim_shards(
         &self,
+        kind: ShardKind,
         statuses: &[ShardStatus],
         due: DateTime<Utc>,
         owner: &str,
@@ -689,7 +742,7 @@ impl Store for PgStore {
             "UPDATE shards SET lease_owner = $1, \
              lease_until = now() + $2::bigint * interval '1 microsecond', \
              lease_token = lease_token + 1 \
-             WHERE id IN (SELECT id FROM shards WHERE status = ANY($3::text[]) \
+             WHERE id IN (SELECT id FROM shards WHERE kind = $6 AND status = ANY($3::text[]) \
                AND next_poll_at <= $4 AND (lease_until IS NULL OR lease_until <= now()) \
                ORDER BY next_poll_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
              RETURNING {SHARD_COLS}"
@@ -700,6 +753,7 @@ impl Store for PgStore {
             .bind(status_texts(statuses, ShardStatus::as_str))
             .bind(truncate_to_micros(due))
             .bind(limit)
+            .bind(kind.as_str())
             .fetch_all(&self.pool)
             .await?;
         let mut out = rows
@@ -708,6 +762,56 @@ impl Store for PgStore {
             .collect::<StoreResult<Vec<_>>>()?;
         out.sort_by_key(|s| (s.next_poll_at, s.id));
         Ok(out)
+    }
+
+    async fn claim_individual_shards(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<Shard>> {
+        // Rank each job's claimable shards oldest first, then take rank 1 of every job
+        // before rank 2 of any: round-robin between jobs.
+        let sql = format!(
+            "WITH ranked AS ( \
+               SELECT s.id, row_number() OVER (PARTITION BY s.job_id \
+                 ORDER BY s.next_poll_at, s.id) AS rank, s.next_poll_at \
+               FROM shards s JOIN jobs j ON j.id = s.job_id \
+               WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
+                 AND j.status IN ('queued', 'running') \
+                 AND (s.lease_until IS NULL OR s.lease_until <= now())), \
+             picked AS ( \
+               SELECT s.id FROM shards s JOIN ranked r ON r.id = s.id \
+               ORDER BY r.rank, r.next_poll_at, s.id LIMIT $3 FOR UPDATE OF s SKIP LOCKED) \
+             UPDATE shards SET lease_owner = $1, \
+               lease_until = now() + $2::bigint * interval '1 microsecond', \
+               lease_token = lease_token + 1 \
+             WHERE id IN (SELECT id FROM picked) \
+             RETURNING {SHARD_COLS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(duration_micros(lease_for))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(shard_from_row).collect()
+    }
+
+    async fn start_individual_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<bool> {
+        self.move_shard_to_submitted(shard_id, token, None, "planned", Utc::now())
+            .await
+    }
+
+    async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
+        let rows: Vec<(Option<i32>, Option<i32>)> = sqlx::query_as(
+            "SELECT width, height FROM items WHERE job_id = $1 AND status = 'pending' \
+             ORDER BY position",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(common::dims).collect())
     }
 
     async fn renew_shard(
@@ -802,42 +906,14 @@ impl Store for PgStore {
         openai_batch_id: &str,
         next_poll_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let job_id: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE shards SET status = 'submitted', openai_batch_id = $3, next_poll_at = $4, \
-             updated_at = now() WHERE id = $1 AND lease_token = $2 AND status = 'creating' \
-             RETURNING job_id",
+        self.move_shard_to_submitted(
+            shard_id,
+            token,
+            Some(openai_batch_id),
+            "creating",
+            next_poll_at,
         )
-        .bind(shard_id)
-        .bind(token)
-        .bind(openai_batch_id)
-        .bind(truncate_to_micros(next_poll_at))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(job_id) = job_id else {
-            return Ok(false);
-        };
-        let job = lock_job(&mut tx, None, job_id).await?;
-        let moved = sqlx::query(
-            "UPDATE items SET status = 'submitted', attempts = attempts + 1, updated_at = now() \
-             WHERE shard_id = $1 AND status = 'pending'",
-        )
-        .bind(shard_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected() as i64;
-        if moved > 0 {
-            let mut delta = JobDelta::default();
-            delta.add_status(ItemStatus::Pending, -moved);
-            delta.add_status(ItemStatus::Submitted, moved);
-            let job = apply_delta(&mut tx, job_id, &delta).await?;
-            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
-        }
-        if job.status == JobStatus::Queued {
-            set_job_status(&mut tx, job_id, JobStatus::Running).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     async fn shard_polled(

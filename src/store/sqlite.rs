@@ -30,7 +30,7 @@ use super::{
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
 const POOL_SIZE: u32 = 4;
@@ -144,6 +144,59 @@ impl SqliteStore {
         let n = q.execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// Shard `from` → `submitted` (with the batch id, if any), its pending items →
+    /// submitted, counters moved, job queued → running: one fenced transaction.
+    async fn move_shard_to_submitted(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        openai_batch_id: Option<&str>,
+        from: &str,
+        next_poll_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let at = now();
+        let mut tx = self.write().await?;
+        let job_id: Option<String> = sqlx::query_scalar(
+            "UPDATE shards SET status = 'submitted', openai_batch_id = $3, next_poll_at = $4, \
+             updated_at = $5 WHERE id = $1 AND lease_token = $2 AND status = $6 \
+             RETURNING job_id",
+        )
+        .bind(id(shard_id))
+        .bind(token)
+        .bind(openai_batch_id)
+        .bind(micros(next_poll_at))
+        .bind(at)
+        .bind(from)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job_id) = job_id else {
+            return Ok(false);
+        };
+        let job_id = parse_uuid(&job_id)?;
+        let job = find_job(&mut tx, None, job_id).await?;
+        let moved = sqlx::query(
+            "UPDATE items SET status = 'submitted', attempts = attempts + 1, updated_at = $2 \
+             WHERE shard_id = $1 AND status = 'pending'",
+        )
+        .bind(id(shard_id))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        if moved > 0 {
+            let mut delta = JobDelta::default();
+            delta.add_status(ItemStatus::Pending, -moved);
+            delta.add_status(ItemStatus::Submitted, moved);
+            let job = apply_delta(&mut tx, job_id, &delta, at).await?;
+            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        }
+        if job.status == JobStatus::Queued {
+            set_job_status(&mut tx, job_id, JobStatus::Running, at).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -596,7 +649,7 @@ impl Store for SqliteStore {
             "UPDATE jobs SET lease_owner = $1, lease_until = $2 + $3, \
              lease_token = lease_token + 1 \
              WHERE id IN (SELECT j.id FROM jobs j \
-               WHERE j.status IN ('queued', 'running') AND j.mode = 'batch' \
+               WHERE j.status IN ('queued', 'running') AND j.mode IN ('batch', 'individual') \
                AND (j.lease_until IS NULL OR j.lease_until <= $2) \
                AND EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id \
                  AND i.status = 'pending' AND i.shard_id IS NULL) \
@@ -658,12 +711,13 @@ impl Store for SqliteStore {
         }
         for chunk in shards.chunks(common::CHUNK_ROWS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO shards (id, job_id, attempt, model, status, item_count, \
+                "INSERT INTO shards (id, job_id, kind, attempt, model, status, item_count, \
                  poll_interval_ms, next_poll_at, created_at, updated_at) ",
             );
             qb.push_values(chunk, |mut b, s| {
                 b.push_bind(id(s.id))
                     .push_bind(job.as_str())
+                    .push_bind(s.kind.as_str())
                     .push_bind(s.attempt)
                     .push_bind(s.model.as_str())
                     .push_bind(ShardStatus::Planned.as_str())
@@ -716,6 +770,7 @@ impl Store for SqliteStore {
 
     async fn claim_shards(
         &self,
+        kind: ShardKind,
         statuses: &[ShardStatus],
         due: DateTime<Utc>,
         owner: &str,
@@ -727,7 +782,7 @@ impl Store for SqliteStore {
             "UPDATE shards SET lease_owner = $1, lease_until = $2 + $3, \
              lease_token = lease_token + 1 \
              WHERE id IN (SELECT id FROM shards \
-               WHERE status IN (SELECT value FROM json_each($4)) \
+               WHERE kind = $7 AND status IN (SELECT value FROM json_each($4)) \
                AND next_poll_at <= $5 AND (lease_until IS NULL OR lease_until <= $2) \
                ORDER BY next_poll_at, id LIMIT $6) \
              RETURNING {SHARD_COLS}"
@@ -740,6 +795,7 @@ impl Store for SqliteStore {
             .bind(json_array(statuses.iter().map(|s| s.as_str())))
             .bind(micros(due))
             .bind(limit)
+            .bind(kind.as_str())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -749,6 +805,56 @@ impl Store for SqliteStore {
             .collect::<StoreResult<Vec<_>>>()?;
         out.sort_by_key(|s| (s.next_poll_at, s.id));
         Ok(out)
+    }
+
+    async fn claim_individual_shards(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<Shard>> {
+        let at = now();
+        // Each job's claimable shards ranked oldest first; rank 1 of every job before
+        // rank 2 of any: round-robin between jobs.
+        let sql = format!(
+            "UPDATE shards SET lease_owner = $1, lease_until = $2 + $3, \
+             lease_token = lease_token + 1 \
+             WHERE id IN (SELECT id FROM ( \
+               SELECT s.id, s.next_poll_at, row_number() OVER (PARTITION BY s.job_id \
+                 ORDER BY s.next_poll_at, s.id) AS rank \
+               FROM shards s JOIN jobs j ON j.id = s.job_id \
+               WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
+                 AND j.status IN ('queued', 'running') \
+                 AND (s.lease_until IS NULL OR s.lease_until <= $2)) \
+               ORDER BY rank, next_poll_at, id LIMIT $4) \
+             RETURNING {SHARD_COLS}"
+        );
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(at)
+            .bind(duration_micros(lease_for))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(shard_from_row).collect()
+    }
+
+    async fn start_individual_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<bool> {
+        self.move_shard_to_submitted(shard_id, token, None, "planned", Utc::now())
+            .await
+    }
+
+    async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
+        let rows: Vec<(Option<i32>, Option<i32>)> = sqlx::query_as(
+            "SELECT width, height FROM items WHERE job_id = $1 AND status = 'pending' \
+             ORDER BY position",
+        )
+        .bind(id(job_id))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(common::dims).collect())
     }
 
     async fn renew_shard(
@@ -851,46 +957,14 @@ impl Store for SqliteStore {
         openai_batch_id: &str,
         next_poll_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let at = now();
-        let mut tx = self.write().await?;
-        let job_id: Option<String> = sqlx::query_scalar(
-            "UPDATE shards SET status = 'submitted', openai_batch_id = $3, next_poll_at = $4, \
-             updated_at = $5 WHERE id = $1 AND lease_token = $2 AND status = 'creating' \
-             RETURNING job_id",
+        self.move_shard_to_submitted(
+            shard_id,
+            token,
+            Some(openai_batch_id),
+            "creating",
+            next_poll_at,
         )
-        .bind(id(shard_id))
-        .bind(token)
-        .bind(openai_batch_id)
-        .bind(micros(next_poll_at))
-        .bind(at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(job_id) = job_id else {
-            return Ok(false);
-        };
-        let job_id = parse_uuid(&job_id)?;
-        let job = find_job(&mut tx, None, job_id).await?;
-        let moved = sqlx::query(
-            "UPDATE items SET status = 'submitted', attempts = attempts + 1, updated_at = $2 \
-             WHERE shard_id = $1 AND status = 'pending'",
-        )
-        .bind(id(shard_id))
-        .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected() as i64;
-        if moved > 0 {
-            let mut delta = JobDelta::default();
-            delta.add_status(ItemStatus::Pending, -moved);
-            delta.add_status(ItemStatus::Submitted, moved);
-            let job = apply_delta(&mut tx, job_id, &delta, at).await?;
-            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
-        }
-        if job.status == JobStatus::Queued {
-            set_job_status(&mut tx, job_id, JobStatus::Running, at).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     async fn shard_polled(
