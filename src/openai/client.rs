@@ -102,25 +102,24 @@ impl fmt::Debug for OpenAiClient {
 impl OpenAiClient {
     pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiError> {
         let base = parse_base_url(&config.base_url)?;
-        if config.api_key.expose_secret().trim().is_empty() {
-            return Err(OpenAiError::Config(
-                "the OpenAI API key (openai.api_key / OPENAI_API_KEY) is empty".into(),
-            ));
-        }
         if config.request_timeout.is_zero() || config.transfer_timeout.is_zero() {
             return Err(OpenAiError::Config(
                 "request_timeout and transfer_timeout must be positive".into(),
             ));
         }
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key.expose_secret()))
-            .map_err(|_| {
+        let mut headers = HeaderMap::new();
+        // Without a key the service still starts (a laptop trying the API); OpenAI then
+        // answers 401 and the items fail saying so.
+        let key = config.api_key.expose_secret().trim();
+        if !key.is_empty() {
+            let mut auth = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
                 OpenAiError::Config(
                     "the OpenAI API key contains characters not allowed in an HTTP header".into(),
                 )
             })?;
-        auth.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, auth);
+            auth.set_sensitive(true);
+            headers.insert(AUTHORIZATION, auth);
+        }
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("batchlens/", env!("CARGO_PKG_VERSION")))

@@ -705,7 +705,8 @@ fn bad_configuration_is_refused() {
         matches!(OpenAiClient::new(config), Err(OpenAiError::Config(_)))
     };
     assert!(!bad(|_| {}));
-    assert!(bad(|c| c.api_key = SecretString::from("")));
+    // An empty key is allowed: the service starts without one and OpenAI answers 401.
+    assert!(!bad(|c| c.api_key = SecretString::from("")));
     assert!(bad(|c| c.api_key = SecretString::from("sk-with\nnewline")));
     assert!(bad(|c| c.base_url = "api.openai.com/v1".into()));
     assert!(bad(|c| c.base_url = "ftp://api.openai.com/v1".into()));

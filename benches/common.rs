@@ -1,0 +1,117 @@
+//! Shared by the benchmarks: peak memory readings and a store with one big shard.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use batchlens::domain::{
+    Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob, ShardKind,
+};
+use batchlens::store::{DynStore, NewShard};
+use chrono::Utc;
+use uuid::Uuid;
+
+/// Resets the kernel's peak-RSS mark for this process (Linux), so the next reading
+/// covers only what follows.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, in MiB (VmHWM).
+pub fn peak_rss_mib() -> f64 {
+    read_status("VmHWM:")
+}
+
+pub fn rss_mib() -> f64 {
+    read_status("VmRSS:")
+}
+
+fn read_status(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn new_job(model: &str) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        tenant: "bench".into(),
+        name: Some("bench".into()),
+        model: model.into(),
+        requested_mode: Mode::Batch,
+        mode: Mode::Batch,
+        mode_reason: "bench".into(),
+        detail: Detail::Low,
+        analyzer: batchlens::analyzer::fashion(),
+        metadata: None,
+        webhook_url: None,
+        status: JobStatus::Open,
+        estimate_batch_pico_usd: None,
+        estimate_individual_pico_usd: None,
+        created_at: Utc::now(),
+    }
+}
+
+pub fn item(i: usize, image: String) -> NewItem {
+    NewItem {
+        custom_id: format!("img-{i}"),
+        post_id: Some(format!("post-{}", i / 4)),
+        image,
+        width: Some(512),
+        height: Some(512),
+        status: ItemStatus::Pending,
+        error: None,
+    }
+}
+
+/// Creates an open job, fills it in chunks (so filling does not hold everything in
+/// memory), submits it and plans it as one batch shard. Returns the job and shard ids.
+pub async fn job_with_one_shard(
+    store: &DynStore,
+    n: usize,
+    image: impl Fn(usize) -> String,
+) -> (Uuid, Uuid) {
+    let job = new_job("gpt-4o-mini");
+    store.create_job(&job, &[]).await.unwrap();
+    let mut start = 0;
+    while start < n {
+        let end = (start + 1000).min(n);
+        let chunk: Vec<NewItem> = (start..end).map(|i| item(i, image(i))).collect();
+        store.append_items("bench", job.id, &chunk).await.unwrap();
+        start = end;
+    }
+    store
+        .submit_open_job("bench", job.id, Mode::Batch, "bench", None, None)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_jobs_to_plan("bench", Duration::from_secs(600), 10)
+        .await
+        .unwrap();
+    let (_, token) = claimed.into_iter().find(|(j, _)| j.id == job.id).unwrap();
+    let shard = NewShard {
+        id: Uuid::now_v7(),
+        kind: ShardKind::Batch,
+        attempt: 1,
+        model: job.model.clone(),
+        positions: (0..n as i64).collect(),
+        next_poll_at: Utc::now(),
+        poll_interval_ms: 1000,
+    };
+    assert!(store
+        .create_shards(job.id, token, std::slice::from_ref(&shard))
+        .await
+        .unwrap());
+    store.release_job(job.id, token).await.unwrap();
+    (job.id, shard.id)
+}
+
+pub fn analyzer() -> Analyzer {
+    batchlens::analyzer::fashion()
+}

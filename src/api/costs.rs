@@ -1,0 +1,327 @@
+//! Money endpoints: a job's cost, estimates before submitting, savings over a period, the
+//! price table in force.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::auth::Tenant;
+use super::dto::JobRequest;
+use super::jobs::load_job;
+use super::problem::{ApiError, ApiJson, Problem};
+use super::AppState;
+use crate::domain::{pico_to_usd, ItemStatus};
+use crate::submit;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(job_cost))
+        .routes(routes!(create_estimate))
+        .routes(routes!(cost_totals))
+        .routes(routes!(pricing))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenTotals {
+    pub input: i64,
+    pub cached_input: i64,
+    pub output: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModeCost {
+    pub items: i64,
+    pub usd: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModeCosts {
+    pub batch: ModeCost,
+    pub individual: ModeCost,
+}
+
+/// What a job spent, what individual calls would have cost, and the estimate made at submit.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"model": "gpt-4o-mini", "currency": "USD",
+    "tokens": {"input": 290000, "cached_input": 0, "output": 6100},
+    "actual_usd": 0.0236, "individual_usd": 0.0472, "savings_usd": 0.0236, "savings_percent": 50.0,
+    "estimate_usd": 0.0240, "per_image_usd": 0.000236, "unpriced_items": 0,
+    "by_mode": {"batch": {"items": 100, "usd": 0.0236}, "individual": {"items": 0, "usd": 0.0}}}))]
+pub struct JobCost {
+    pub model: String,
+    pub currency: &'static str,
+    pub tokens: TokenTotals,
+    pub actual_usd: f64,
+    pub individual_usd: f64,
+    pub savings_usd: f64,
+    pub savings_percent: f64,
+    /// The estimate for the job's mode, made when it was submitted.
+    pub estimate_usd: Option<f64>,
+    pub estimate_batch_usd: Option<f64>,
+    pub estimate_individual_usd: Option<f64>,
+    /// Actual cost per succeeded image.
+    pub per_image_usd: Option<f64>,
+    /// Items whose model has no price: their cost is unknown, not in the sums.
+    pub unpriced_items: i64,
+    pub by_mode: ModeCosts,
+}
+
+/// A job's tokens, actual cost, individual-call equivalent and savings.
+#[utoipa::path(get, path = "/v1/jobs/{id}/cost", tag = "cost",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = JobCost),
+              (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn job_cost(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobCost>, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    let c = job.cost;
+    let savings = c.individual_pico_usd - c.actual_pico_usd;
+    let estimate = match job.mode {
+        crate::domain::Mode::Individual => job.estimate_individual_pico_usd,
+        _ => job.estimate_batch_pico_usd,
+    };
+    let priced = c.batch_items + c.individual_items;
+    Ok(Json(JobCost {
+        model: job.model.clone(),
+        currency: "USD",
+        tokens: TokenTotals {
+            input: c.input_tokens,
+            cached_input: c.cached_input_tokens,
+            output: c.output_tokens,
+        },
+        actual_usd: pico_to_usd(c.actual_pico_usd),
+        individual_usd: pico_to_usd(c.individual_pico_usd),
+        savings_usd: pico_to_usd(savings),
+        savings_percent: if c.individual_pico_usd > 0 {
+            (savings as f64 * 1000.0 / c.individual_pico_usd as f64).round() / 10.0
+        } else {
+            0.0
+        },
+        estimate_usd: estimate.map(pico_to_usd),
+        estimate_batch_usd: job.estimate_batch_pico_usd.map(pico_to_usd),
+        estimate_individual_usd: job.estimate_individual_pico_usd.map(pico_to_usd),
+        per_image_usd: (priced > 0).then(|| pico_to_usd(c.actual_pico_usd) / priced as f64),
+        unpriced_items: c.unpriced_items,
+        by_mode: ModeCosts {
+            batch: ModeCost {
+                items: c.batch_items,
+                usd: pico_to_usd(c.batch_pico_usd),
+            },
+            individual: ModeCost {
+                items: c.individual_items,
+                usd: pico_to_usd(c.individual_mode_pico_usd),
+            },
+        },
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateTokens {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// One model's price for the same images.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelEstimate {
+    pub model: String,
+    pub batch_usd: Option<f64>,
+    pub individual_usd: Option<f64>,
+    pub per_image_batch_usd: Option<f64>,
+    pub per_image_individual_usd: Option<f64>,
+}
+
+/// What a job would cost, by mode and by model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateResponse {
+    pub items: usize,
+    pub rejected: usize,
+    pub model: String,
+    /// The mode `auto` (or the requested mode) would pick.
+    pub mode: crate::domain::Mode,
+    pub tokens: EstimateTokens,
+    /// null when the model has no price.
+    pub batch_usd: Option<f64>,
+    pub individual_usd: Option<f64>,
+    pub savings_usd: Option<f64>,
+    pub per_image_batch_usd: Option<f64>,
+    pub per_image_individual_usd: Option<f64>,
+    /// Output tokens per image assumed.
+    pub output_tokens_per_item: u32,
+    /// Every priced model, cheapest batch cost first.
+    pub models: Vec<ModelEstimate>,
+    pub rejections: Vec<crate::intake::Rejection>,
+}
+
+fn per_image(total: Option<i64>, items: usize) -> Option<f64> {
+    total
+        .filter(|_| items > 0)
+        .map(|t| pico_to_usd(t) / items as f64)
+}
+
+/// Estimate a job without submitting it: same body as `POST /v1/jobs`, nothing stored or sent.
+#[utoipa::path(post, path = "/v1/estimates", tag = "cost", request_body = JobRequest,
+    responses((status = 200, body = EstimateResponse),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn create_estimate(
+    State(state): State<AppState>,
+    _tenant: Tenant,
+    ApiJson(req): ApiJson<JobRequest>,
+) -> Result<Json<EstimateResponse>, ApiError> {
+    let output_tokens = state.expected_output_tokens();
+    let spec = submit::check_spec(&state.settings, &req)?;
+    let prepared = submit::prepare(
+        &state.settings,
+        &state.prices,
+        "estimate",
+        req,
+        output_tokens,
+    )?;
+    let accepted = prepared.intake.accepted;
+    let dims = submit::item_dims(&state.settings, &prepared.intake.items);
+    let models =
+        submit::compare_models(&state.settings, &state.prices, &spec, &dims, output_tokens)
+            .into_iter()
+            .map(|e| ModelEstimate {
+                per_image_batch_usd: per_image(e.batch, accepted),
+                per_image_individual_usd: per_image(e.individual, accepted),
+                batch_usd: e.batch.map(pico_to_usd),
+                individual_usd: e.individual.map(pico_to_usd),
+                model: e.model,
+            })
+            .collect();
+    let e = prepared.estimate;
+    let (mode, _) = submit::resolve_mode(
+        spec.requested_mode,
+        accepted,
+        state.settings.individual.max_items,
+    );
+    let rejected = prepared
+        .intake
+        .items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Rejected)
+        .count();
+    Ok(Json(EstimateResponse {
+        items: accepted,
+        rejected,
+        model: spec.model,
+        mode,
+        tokens: EstimateTokens {
+            input: e.input_tokens,
+            output: e.output_tokens,
+        },
+        batch_usd: e.batch.map(pico_to_usd),
+        individual_usd: e.individual.map(pico_to_usd),
+        savings_usd: e.batch.zip(e.individual).map(|(b, i)| pico_to_usd(i - b)),
+        per_image_batch_usd: per_image(e.batch, accepted),
+        per_image_individual_usd: per_image(e.individual, accepted),
+        output_tokens_per_item: output_tokens,
+        models,
+        rejections: prepared.intake.rejected,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CostQuery {
+    /// Start of the period (RFC 3339), inclusive; default 30 days ago.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the period (RFC 3339), exclusive; default now.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Spend and savings of the caller's jobs created in a period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CostTotalsView {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub jobs: i64,
+    pub images: i64,
+    pub actual_usd: f64,
+    pub individual_usd: f64,
+    pub savings_usd: f64,
+}
+
+/// Savings over a period, all jobs of the tenant.
+#[utoipa::path(get, path = "/v1/costs", tag = "cost", params(CostQuery),
+    responses((status = 200, body = CostTotalsView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn cost_totals(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(q): Query<CostQuery>,
+) -> Result<Json<CostTotalsView>, ApiError> {
+    let to = q.to.unwrap_or_else(Utc::now);
+    let from = q.from.unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(ApiError::field("from", "must be before `to`"));
+    }
+    let t = state.store.cost_totals(&tenant.0, from, to).await?;
+    Ok(Json(CostTotalsView {
+        from,
+        to,
+        jobs: t.jobs,
+        images: t.images,
+        actual_usd: pico_to_usd(t.actual_pico_usd),
+        individual_usd: pico_to_usd(t.individual_pico_usd),
+        savings_usd: pico_to_usd(t.individual_pico_usd - t.actual_pico_usd),
+    }))
+}
+
+/// Prices of one model, USD per 1M tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PriceView {
+    pub model: String,
+    pub input: f64,
+    pub cached_input: f64,
+    pub output: f64,
+    pub batch_input: f64,
+    pub batch_cached_input: f64,
+    pub batch_output: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"as_of": "2026-11-01", "models": [{"model": "gpt-4o-mini", "input": 0.15,
+    "cached_input": 0.075, "output": 0.60, "batch_input": 0.075, "batch_cached_input": 0.0375, "batch_output": 0.30}]}))]
+pub struct PricingView {
+    pub as_of: String,
+    pub currency: &'static str,
+    pub models: Vec<PriceView>,
+}
+
+/// The price table in force (built-in dated defaults plus `[pricing]` overrides).
+#[utoipa::path(get, path = "/v1/pricing", tag = "cost",
+    responses((status = 200, body = PricingView)))]
+pub async fn pricing(State(state): State<AppState>) -> Json<PricingView> {
+    Json(PricingView {
+        as_of: state.prices.as_of().to_string(),
+        currency: "USD",
+        models: state
+            .prices
+            .models()
+            .map(|(model, p)| PriceView {
+                model: model.to_string(),
+                input: p.input,
+                cached_input: p.cached_input,
+                output: p.output,
+                batch_input: p.batch_input,
+                batch_cached_input: p.batch_cached_input,
+                batch_output: p.batch_output,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,338 @@
+//! Request and response bodies of the HTTP API, with their OpenAPI schemas.
+//! Field names are fixed by ../shared/API.md.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::domain::{
+    pico_to_usd, Analyzer, Counts, Detail, Item, ItemError, ItemStatus, Job, JobStatus, Mode,
+    Shard, Usage,
+};
+use crate::intake::{ItemInput, Rejection};
+
+/// A job: an image set to analyse.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "spring-lookbook", "model": "gpt-4o-mini", "mode": "auto", "detail": "low",
+    "metadata": {"campaign": "spring"},
+    "items": [
+        {"custom_id": "p1-0", "post_id": "p1", "image_url": "https://cdn.example.com/a.jpg"},
+        {"post_id": "p2", "data_url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}
+    ]}))]
+pub struct JobRequest {
+    /// A label for people.
+    pub name: Option<String>,
+    /// The OpenAI model; default from `openai.default_model`.
+    pub model: Option<String>,
+    /// `auto` (default): individual calls below `individual.max_items` items, else batch.
+    pub mode: Option<Mode>,
+    /// How closely OpenAI looks at each image: `low` (default), `high`, `auto`.
+    pub detail: Option<Detail>,
+    /// Your own prompt and strict JSON schema; default the built-in fashion analyzer.
+    pub analyzer: Option<Analyzer>,
+    /// Free-form labels kept with the job.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// Called when the job finishes (https).
+    pub webhook_url: Option<String>,
+    /// Create the job in status `open` and add items with `POST /v1/jobs/{id}/items`.
+    #[serde(default)]
+    pub open: bool,
+    /// The images. May be empty only for an open job.
+    #[serde(default)]
+    pub items: Vec<ItemInput>,
+}
+
+/// Items appended to an open job.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsRequest {
+    pub items: Vec<ItemInput>,
+}
+
+/// How far a job has got. `percent` = terminal items / total × 100.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Progress {
+    pub total: i64,
+    pub pending: i64,
+    pub submitted: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub rejected: i64,
+    pub cancelled: i64,
+    #[schema(example = 33.3)]
+    pub percent: f64,
+}
+
+impl From<Counts> for Progress {
+    fn from(c: Counts) -> Self {
+        Progress {
+            total: c.total,
+            pending: c.pending,
+            submitted: c.submitted,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            rejected: c.rejected,
+            cancelled: c.cancelled,
+            percent: c.percent(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EstimateSummary {
+    pub batch_usd: Option<f64>,
+    pub individual_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CostSummary {
+    pub actual_usd: f64,
+    pub individual_usd: f64,
+    pub savings_usd: f64,
+    /// Items whose model has no price: their cost is unknown and not in the sums.
+    pub unpriced_items: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobLinks {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub results: String,
+    pub posts: String,
+    pub cost: String,
+    pub events: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RequestCountsView {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// One OpenAI batch of the job.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchView {
+    pub id: Uuid,
+    pub openai_batch_id: Option<String>,
+    /// OpenAI's status once the batch exists, else ours (`planned`, `creating`).
+    pub status: String,
+    pub attempt: i32,
+    pub items: i64,
+    pub request_counts: RequestCountsView,
+    pub error: Option<ItemError>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Shard> for BatchView {
+    fn from(s: &Shard) -> Self {
+        BatchView {
+            id: s.id,
+            openai_batch_id: s.openai_batch_id.clone(),
+            status: s
+                .batch_status
+                .clone()
+                .unwrap_or_else(|| s.status.as_str().to_string()),
+            attempt: s.attempt,
+            items: s.item_count,
+            request_counts: RequestCountsView {
+                total: s.request_total,
+                completed: s.request_completed,
+                failed: s.request_failed,
+            },
+            error: s.error.clone(),
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub status: JobStatus,
+    pub mode: Mode,
+    /// Why the job runs in its mode.
+    pub mode_reason: String,
+    pub model: String,
+    pub detail: Detail,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub progress: Progress,
+    /// Items refused at intake, with the reason (this request's on POST; the job's first
+    /// 100 on GET).
+    pub rejected: Vec<Rejection>,
+    pub estimate: EstimateSummary,
+    pub cost: CostSummary,
+    pub batches: Vec<BatchView>,
+    pub links: JobLinks,
+}
+
+impl JobView {
+    pub fn new(job: &Job, rejected: Vec<Rejection>, shards: &[Shard]) -> Self {
+        let base = format!("/v1/jobs/{}", job.id);
+        let actual = pico_to_usd(job.cost.actual_pico_usd);
+        let individual = pico_to_usd(job.cost.individual_pico_usd);
+        JobView {
+            id: job.id,
+            name: job.name.clone(),
+            status: job.status,
+            mode: job.mode,
+            mode_reason: job.mode_reason.clone(),
+            model: job.model.clone(),
+            detail: job.detail,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            completed_at: job.completed_at,
+            metadata: job.metadata.clone(),
+            progress: job.counts.into(),
+            rejected,
+            estimate: EstimateSummary {
+                batch_usd: job.estimate_batch_pico_usd.map(pico_to_usd),
+                individual_usd: job.estimate_individual_pico_usd.map(pico_to_usd),
+            },
+            cost: CostSummary {
+                actual_usd: actual,
+                individual_usd: individual,
+                savings_usd: pico_to_usd(job.cost.individual_pico_usd - job.cost.actual_pico_usd),
+                unpriced_items: job.cost.unpriced_items,
+            },
+            batches: shards.iter().map(BatchView::from).collect(),
+            links: JobLinks {
+                results: format!("{base}/results"),
+                posts: format!("{base}/posts"),
+                cost: format!("{base}/cost"),
+                events: format!("{base}/events"),
+                self_: base,
+            },
+        }
+    }
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobPage {
+    pub data: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobListQuery {
+    pub status: Option<JobStatus>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResultsQuery {
+    pub status: Option<ItemStatus>,
+    /// 1 to 1000, default 100.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageView {
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+}
+
+impl From<Usage> for UsageView {
+    fn from(u: Usage) -> Self {
+        UsageView {
+            input_tokens: u.input_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            output_tokens: u.output_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
+    }
+}
+
+/// One image's result.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"custom_id": "p1-0", "post_id": "p1", "index": 0, "status": "succeeded",
+    "output": {"category": "dress"}, "error": null,
+    "usage": {"input_tokens": 2900, "cached_input_tokens": 0, "output_tokens": 61, "reasoning_tokens": 0},
+    "cost_usd": 0.000236, "attempts": 1, "mode": "batch", "model": "gpt-4o-mini-2024-07-18",
+    "finished_at": "2026-11-29T12:30:00Z"}))]
+pub struct ResultView {
+    pub custom_id: String,
+    pub post_id: Option<String>,
+    pub index: i64,
+    pub status: ItemStatus,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ItemError>,
+    pub usage: Option<UsageView>,
+    /// What this image cost; null when not run yet or the model has no price.
+    pub cost_usd: Option<f64>,
+    /// The same usage at standard (individual-call) prices.
+    pub individual_usd: Option<f64>,
+    pub attempts: i32,
+    /// The mode that ran it.
+    pub mode: Option<Mode>,
+    /// The model snapshot OpenAI reported.
+    pub model: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Item> for ResultView {
+    fn from(i: &Item) -> Self {
+        ResultView {
+            custom_id: i.custom_id.clone(),
+            post_id: i.post_id.clone(),
+            index: i.position,
+            status: i.status,
+            output: i.output.clone(),
+            error: i.error.clone(),
+            usage: i.usage.map(UsageView::from),
+            cost_usd: i.cost_pico_usd.map(pico_to_usd),
+            individual_usd: i.individual_pico_usd.map(pico_to_usd),
+            attempts: i.attempts,
+            mode: i.run_mode,
+            model: i.resolved_model.clone(),
+            finished_at: i.finished_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResultPage {
+    pub data: Vec<ResultView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The results of one post.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PostView {
+    /// null groups the items that had no post_id.
+    pub post_id: Option<String>,
+    pub items: Vec<ResultView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PostPage {
+    pub data: Vec<PostView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PostsQuery {
+    /// Posts per page, 1 to 500, default 100.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}

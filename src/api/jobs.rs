@@ -1,0 +1,591 @@
+//! `/v1/jobs`: submit, fill in chunks, read status, results, posts; the routes and their
+//! handlers.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::auth::Tenant;
+use super::dto::{
+    ItemsRequest, JobListQuery, JobPage, JobRequest, JobView, PostPage, PostView, PostsQuery,
+    Progress, ResultPage, ResultView, ResultsQuery,
+};
+use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
+use super::AppState;
+use crate::domain::{ItemStatus, Job, JobStatus};
+use crate::intake::Rejection;
+use crate::store::{IdempotencyState, JobCursor};
+use crate::submit;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(append_items))
+        .routes(routes!(submit_job))
+        .routes(routes!(list_results))
+        .routes(routes!(list_posts))
+        .routes(routes!(job_events))
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Loads the caller's job or answers 404.
+pub async fn load_job(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Job, ApiError> {
+    state
+        .store
+        .get_job(Some(&tenant.0), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// The job as clients see it, read from its row, its shards and its first rejections.
+pub async fn job_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
+    let shards = state.store.list_shards(job.id).await?;
+    let rejected = if job.counts.rejected > 0 {
+        state
+            .store
+            .list_items(job.id, Some(ItemStatus::Rejected), None, 100)
+            .await?
+            .iter()
+            .map(rejection_of)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(JobView::new(job, rejected, &shards))
+}
+
+fn rejection_of(item: &crate::domain::Item) -> Rejection {
+    Rejection {
+        index: item.position,
+        custom_id: item.custom_id.clone(),
+        reason: item
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn accepted(view: &JobView) -> Response {
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&view.links.self_) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Submit an image set.
+///
+/// Each item is checked on its own: a bad one is listed in `rejected` with a reason and
+/// the rest go on; a body with no usable item is a 422. With `"open": true` the job waits
+/// for more items (`POST /v1/jobs/{id}/items`) until `POST /v1/jobs/{id}/submit`.
+/// Accepted means stored. `Idempotency-Key` makes retries safe: the same key and body
+/// return the first answer (200), another body is a 422, a retry while the first request
+/// is still running is a 409.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (at most 255 characters)")),
+    responses(
+        (status = 202, description = "Stored; work starts", body = JobView,
+         headers(("Location" = String, description = "/v1/jobs/{id}"))),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = JobView),
+        (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No usable item, a broken rule, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    body: ApiBody,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let req: JobRequest = parse_json(&body.0)?;
+    let Some(key) = key else {
+        let view = create(&state, &tenant, req).await?;
+        return Ok(accepted(&view));
+    };
+    let hash = hex::encode(Sha256::digest(&body.0));
+    let expires = Utc::now() + chrono::Duration::hours(24);
+    match state
+        .store
+        .idempotency_begin(&tenant.0, &key, &hash, expires)
+        .await?
+    {
+        IdempotencyState::Started => {}
+        IdempotencyState::InFlight { .. } => {
+            return Err(ApiError::Conflict(format!(
+                "a request with Idempotency-Key {key:?} is still being processed"
+            )))
+        }
+        IdempotencyState::Completed {
+            request_hash,
+            response,
+            ..
+        } => {
+            if request_hash != hash {
+                return Err(ApiError::field(
+                    "Idempotency-Key",
+                    "was already used with a different request body",
+                ));
+            }
+            return Ok((StatusCode::OK, axum::Json(response)).into_response());
+        }
+    }
+    match create(&state, &tenant, req).await {
+        Ok(view) => {
+            let stored = serde_json::to_value(&view).map_err(ApiError::internal)?;
+            state
+                .store
+                .idempotency_complete(&tenant.0, &key, view.id, &stored)
+                .await?;
+            Ok(accepted(&view))
+        }
+        Err(err) => {
+            state.store.idempotency_abort(&tenant.0, &key).await?;
+            Err(err)
+        }
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(key))
+}
+
+async fn create(state: &AppState, tenant: &Tenant, req: JobRequest) -> Result<JobView, ApiError> {
+    let output_tokens = state.expected_output_tokens();
+    let prepared = submit::prepare(
+        &state.settings,
+        &state.prices,
+        &tenant.0,
+        req,
+        output_tokens,
+    )?;
+    let job = state
+        .store
+        .create_job(&prepared.job, &prepared.intake.items)
+        .await?;
+    tracing::info!(
+        job = %job.id, tenant = %job.tenant, status = %job.status, mode = %job.mode,
+        items = job.counts.total, rejected = job.counts.rejected,
+        "job accepted"
+    );
+    let mut view = JobView::new(&job, prepared.intake.rejected, &[]);
+    view.rejected.truncate(1000);
+    Ok(view)
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListQuery),
+    responses((status = 200, body = JobPage),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(q): Query<JobListQuery>,
+) -> Result<axum::Json<JobPage>, ApiError> {
+    let limit = clamp_limit(q.limit, 50, 200)?;
+    let after = q.cursor.as_deref().map(decode_job_cursor).transpose()?;
+    let jobs = state
+        .store
+        .list_jobs(&tenant.0, q.status, after, limit + 1)
+        .await?;
+    let more = jobs.len() as i64 > limit;
+    let jobs = &jobs[..jobs.len().min(limit as usize)];
+    let mut data = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        data.push(job_view(&state, job).await?);
+    }
+    let next_cursor = more
+        .then(|| jobs.last())
+        .flatten()
+        .map(|j| encode_cursor(&format!("{}|{}", j.created_at.to_rfc3339(), j.id)));
+    Ok(axum::Json(JobPage { data, next_cursor }))
+}
+
+/// A job's status, progress, batches and cost summary.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = JobView),
+              (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    Ok(axum::Json(job_view(&state, &job).await?))
+}
+
+/// Append items to an open job.
+///
+/// Same item schema and per-item checks as `POST /v1/jobs`; answers the job with its
+/// running `progress` and this chunk's `rejected`. 409 when the job is not open.
+#[utoipa::path(post, path = "/v1/jobs/{id}/items", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    request_body = ItemsRequest,
+    responses((status = 200, body = JobView),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The job is not open", body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn append_items(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+    ApiJson(req): ApiJson<ItemsRequest>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    if job.status != JobStatus::Open {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}, items can only be added while it is open",
+            job.status
+        )));
+    }
+    let taken = taken_custom_ids(&state, id).await?;
+    let intake = submit::take_items(&state.settings, req.items, job.counts.total, &taken, false)?;
+    let job = state
+        .store
+        .append_items(&tenant.0, id, &intake.items)
+        .await?;
+    tracing::info!(job = %id, added = intake.items.len(), total = job.counts.total, "items appended");
+    let mut view = job_view(&state, &job).await?;
+    view.rejected = intake.rejected;
+    Ok(axum::Json(view))
+}
+
+async fn taken_custom_ids(state: &AppState, job_id: Uuid) -> Result<HashSet<String>, ApiError> {
+    let mut taken = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = state.store.list_items(job_id, None, after, 5000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        taken.extend(page.into_iter().map(|i| i.custom_id));
+    }
+    Ok(taken)
+}
+
+/// Close an open job and start it.
+#[utoipa::path(post, path = "/v1/jobs/{id}/submit", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 202, body = JobView),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The job is not open", body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The job has no usable item", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    if job.status != JobStatus::Open {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}, only an open job can be submitted",
+            job.status
+        )));
+    }
+    if job.counts.pending == 0 {
+        return Err(ApiError::field(
+            "items",
+            "the job has no usable image to run",
+        ));
+    }
+    let (mode, reason) = submit::resolve_mode(
+        job.requested_mode,
+        job.counts.pending as usize,
+        state.settings.individual.max_items,
+    );
+    let estimate = state.estimate_stored_job(&job).await?;
+    let job = state
+        .store
+        .submit_open_job(
+            &tenant.0,
+            id,
+            mode,
+            &reason,
+            estimate.batch,
+            estimate.individual,
+        )
+        .await?;
+    tracing::info!(job = %id, mode = %job.mode, items = job.counts.pending, "open job submitted");
+    Ok(accepted(&job_view(&state, &job).await?))
+}
+
+/// Per-image results in item order.
+///
+/// With `Accept: application/x-ndjson` every result is streamed, one JSON object per line,
+/// in item order (the `cursor` and `limit` are then ignored; `status` still filters).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "results",
+    params(("id" = Uuid, Path, description = "Job id"), ResultsQuery),
+    responses((status = 200, body = ResultPage,
+               content((ResultPage = "application/json"), (ResultView = "application/x-ndjson"))),
+              (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list_results(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+    Query(q): Query<ResultsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    if wants_ndjson(&headers) {
+        return Ok(ndjson_results(state, job.id, q.status));
+    }
+    let limit = clamp_limit(q.limit, 100, 1000)?;
+    let after = q.cursor.as_deref().map(decode_position).transpose()?;
+    let items = state
+        .store
+        .list_items(job.id, q.status, after, limit + 1)
+        .await?;
+    let more = items.len() as i64 > limit;
+    let items = &items[..items.len().min(limit as usize)];
+    let next_cursor = more
+        .then(|| items.last())
+        .flatten()
+        .map(|i| encode_cursor(&i.position.to_string()));
+    Ok(axum::Json(ResultPage {
+        data: items.iter().map(ResultView::from).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/x-ndjson"))
+}
+
+fn ndjson_results(state: AppState, job_id: Uuid, status: Option<ItemStatus>) -> Response {
+    const PAGE: i64 = 1000;
+    let pages = futures::stream::unfold(Some(None), move |cursor: Option<Option<i64>>| {
+        let state = state.clone();
+        async move {
+            let after = cursor?;
+            match state.store.list_items(job_id, status, after, PAGE).await {
+                Err(err) => {
+                    tracing::error!(job = %job_id, error = %err, "results stream failed");
+                    Some((Err(std::io::Error::other("results stream failed")), None))
+                }
+                Ok(items) if items.is_empty() => None,
+                Ok(items) => {
+                    let next =
+                        (items.len() as i64 == PAGE).then(|| items.last().map(|i| i.position));
+                    let mut buf = Vec::with_capacity(items.len() * 256);
+                    for item in &items {
+                        if serde_json::to_writer(&mut buf, &ResultView::from(item)).is_ok() {
+                            buf.push(b'\n');
+                        }
+                    }
+                    Some((Ok(Bytes::from(buf)), next))
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(pages))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Results grouped by `post_id` (items without one come under `post_id: null`, last).
+#[utoipa::path(get, path = "/v1/jobs/{id}/posts", tag = "results",
+    params(("id" = Uuid, Path, description = "Job id"), PostsQuery),
+    responses((status = 200, body = PostPage),
+              (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list_posts(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PostsQuery>,
+) -> Result<axum::Json<PostPage>, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    let limit = clamp_limit(q.limit, 100, 500)?;
+    // The cursor is the last post of the previous page: resume after all its items.
+    let mut after: Option<(Option<String>, i64)> = match q.cursor.as_deref() {
+        Some(c) => {
+            let post: Option<String> = serde_json::from_str(&decode_cursor(c)?)
+                .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))?;
+            Some((post, i64::MAX))
+        }
+        None => None,
+    };
+    let mut posts: Vec<PostView> = Vec::new();
+    let mut more = false;
+    'pages: loop {
+        let items = state
+            .store
+            .list_items_by_post(job.id, after.clone(), 1000)
+            .await?;
+        let Some(last) = items.last() else { break };
+        after = Some((last.post_id.clone(), last.position));
+        for item in &items {
+            match posts.last_mut() {
+                Some(p) if p.post_id == item.post_id => p.items.push(ResultView::from(item)),
+                _ => {
+                    if posts.len() as i64 == limit {
+                        more = true;
+                        break 'pages;
+                    }
+                    posts.push(PostView {
+                        post_id: item.post_id.clone(),
+                        items: vec![ResultView::from(item)],
+                    });
+                }
+            }
+        }
+        if items.len() < 1000 {
+            break;
+        }
+    }
+    let next_cursor = if more {
+        posts
+            .last()
+            .map(|p| encode_cursor(&serde_json::to_string(&p.post_id).unwrap_or_default()))
+    } else {
+        None
+    };
+    Ok(axum::Json(PostPage {
+        data: posts,
+        next_cursor,
+    }))
+}
+
+/// Progress and state changes as Server-Sent Events.
+///
+/// Events `progress` (data: the progress object) and `status` (data: `{"status": …}`);
+/// the stream ends after the terminal status.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "text/event-stream of progress and status events", content_type = "text/event-stream", body = String),
+              (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn job_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let job = load_job(&state, &tenant, id).await?;
+    let first = vec![
+        sse("status", &serde_json::json!({"status": job.status})),
+        sse("progress", &Progress::from(job.counts)),
+    ];
+    let done = job.status.is_terminal();
+    let tail = futures::stream::unfold(
+        (state, (job.status, job.counts), done),
+        move |(state, last, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let job = match state.store.get_job(None, id).await {
+                Ok(Some(job)) => job,
+                _ => return None,
+            };
+            let mut events = Vec::new();
+            if job.counts != last.1 {
+                events.push(sse("progress", &Progress::from(job.counts)));
+            }
+            if job.status != last.0 {
+                events.push(sse("status", &serde_json::json!({"status": job.status})));
+            }
+            let done = job.status.is_terminal();
+            Some((
+                futures::stream::iter(events),
+                (state, (job.status, job.counts), done),
+            ))
+        },
+    )
+    .flatten();
+    let stream = futures::stream::iter(first).chain(tail).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn sse<T: serde::Serialize>(kind: &str, data: &T) -> SseEvent {
+    SseEvent::default()
+        .event(kind)
+        .data(serde_json::to_string(data).unwrap_or_default())
+}
+
+pub fn clamp_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::field(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
+    }
+}
+
+fn encode_cursor(raw: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::field("cursor", "not a cursor this API gave out"))
+}
+
+fn decode_position(cursor: &str) -> Result<i64, ApiError> {
+    decode_cursor(cursor)?
+        .parse()
+        .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))
+}
+
+fn decode_job_cursor(cursor: &str) -> Result<JobCursor, ApiError> {
+    let raw = decode_cursor(cursor)?;
+    let bad = || ApiError::field("cursor", "not a cursor this API gave out");
+    let (at, id) = raw.split_once('|').ok_or_else(bad)?;
+    Ok(JobCursor {
+        created_at: DateTime::parse_from_rfc3339(at)
+            .map_err(|_| bad())?
+            .with_timezone(&Utc),
+        id: id.parse().map_err(|_| bad())?,
+    })
+}

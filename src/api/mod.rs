@@ -1,0 +1,148 @@
+//! The HTTP API: shared state, the router built from every resource's routes, the
+//! OpenAPI document generated from the same handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Settings;
+use crate::cost::estimate::Estimate;
+use crate::cost::pricing::PriceTable;
+use crate::domain::Job;
+use crate::store::DynStore;
+
+pub mod auth;
+pub mod costs;
+pub mod dto;
+pub mod jobs;
+pub mod ops;
+pub mod problem;
+
+use problem::ApiError;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub settings: Arc<Settings>,
+    pub prices: Arc<PriceTable>,
+    /// sha256(key) → tenant, from the configuration.
+    pub keys: Arc<HashMap<String, String>>,
+    pub openai: crate::openai::OpenAiClient,
+}
+
+impl AppState {
+    /// Output tokens per image to assume for estimates.
+    pub fn expected_output_tokens(&self) -> u32 {
+        self.settings.estimate.default_output_tokens
+    }
+
+    /// The estimate of a stored job's pending items (an open job being submitted).
+    pub async fn estimate_stored_job(&self, job: &Job) -> Result<Estimate, ApiError> {
+        let dims: Vec<(u32, u32)> = self
+            .store
+            .pending_item_dims(job.id)
+            .await?
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or((
+                    self.settings.intake.default_image_width,
+                    self.settings.intake.default_image_height,
+                ))
+            })
+            .collect();
+        let spec = crate::submit::JobSpec {
+            name: job.name.clone(),
+            model: job.model.clone(),
+            requested_mode: job.requested_mode,
+            detail: job.detail,
+            analyzer: job.analyzer.clone(),
+            metadata: None,
+            webhook_url: None,
+        };
+        Ok(crate::cost::estimate::estimate(
+            &self.prices,
+            &crate::submit::estimate_input(
+                &self.settings,
+                &spec,
+                &dims,
+                self.expected_output_tokens(),
+            ),
+        ))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "batchlens",
+        description = "Turns image sets into structured vision analyses at the lowest cost: \
+            submit images, batchlens packs them into OpenAI Batch API jobs (half the price of \
+            one call per image) or individual calls for small sets, and reports every image's \
+            result, tokens and cost.\n\nErrors are `application/problem+json` (RFC 9457).",
+        license(name = "MIT")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Submit image sets and follow them"),
+        (name = "results", description = "Per-image analyses"),
+        (name = "cost", description = "Spend, savings and estimates"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(jobs::router())
+        .merge(costs::router())
+        .merge(ops::router())
+}
+
+/// The OpenAPI document, exactly as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.server.max_body_bytes;
+    let (routes, doc) = api_router().split_for_parts();
+    routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("this route does not answer that method".into())
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The document as committed: pretty JSON with a final newline.
+pub fn openapi_json() -> String {
+    let mut text = openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}

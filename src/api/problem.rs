@@ -1,0 +1,268 @@
+//! The one API error type and its `application/problem+json` form (RFC 9457).
+//! A 500 logs its cause and shows none of it.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+const TYPE_BASE: &str = "https://batchlens.dev/problems/";
+
+/// A problem with one field of the request.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Path of the field, e.g. `items[3].image_url`.
+    #[schema(example = "items[3].image_url")]
+    pub field: String,
+    #[schema(example = "scheme must be https")]
+    pub message: String,
+}
+
+/// The body of every 4xx and 5xx answer (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "https://batchlens.dev/problems/validation", "title": "Invalid request",
+    "status": 422, "detail": "items[3].image_url: scheme must be https",
+    "errors": [{"field": "items[3].image_url", "message": "scheme must be https"}]}))]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON or has the wrong types.
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// 401: missing or unknown key.
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the state of the job forbids the action, or the idempotency key is in flight.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is over the server.max_body_bytes limit; fill large jobs in chunks (\"open\": true, then POST /v1/jobs/{{id}}/items)")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: valid JSON that breaks a rule.
+    #[error("{detail}")]
+    Validation {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("{0}")]
+    NotReady(String),
+    /// 500: logged with its cause, answered bare.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 about one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        ApiError::Validation {
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError { field, message }],
+        }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Validation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let (detail, errors) = match self {
+            ApiError::BadRequest { detail, errors } | ApiError::Validation { detail, errors } => {
+                (detail.clone(), errors.clone())
+            }
+            ApiError::Internal(_) => (
+                "the server failed to answer; the error was logged".to_string(),
+                Vec::new(),
+            ),
+            other => (other.to_string(), Vec::new()),
+        };
+        Problem {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let problem = self.to_problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::NotFound("no such job".into()),
+            StoreError::Conflict(why) => ApiError::Conflict(why),
+            StoreError::DuplicateCustomId(id) => ApiError::Validation {
+                detail: format!("custom_id {id:?} is already used in this job"),
+                errors: vec![FieldError {
+                    field: "items[].custom_id".into(),
+                    message: format!("{id:?} is already used in this job"),
+                }],
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// JSON body extractor whose every failure is a problem naming the field
+/// (`items[3].detail: unknown variant ...`).
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiBody(bytes) = ApiBody::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The raw bytes of a JSON body, its content type and size limit checked (for handlers
+/// that also need the exact bytes, as idempotency does).
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == mime::APPLICATION
+                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a body with Content-Type: application/json".into(),
+            ));
+        }
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(body_rejection)
+    }
+}
+
+/// Parses JSON, naming the path of the first field that does not fit.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest {
+                detail: format!("malformed JSON: {message}"),
+                errors: Vec::new(),
+            }
+        } else {
+            let path = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::BadRequest {
+                detail: format!("{path}: {message}"),
+                errors: vec![FieldError {
+                    field: path,
+                    message,
+                }],
+            }
+        }
+    })
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::BadRequest {
+            detail: format!("could not read the body: {rejection}"),
+            errors: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Ingestion: downloads a finished batch's output and error files (streamed to disk),
+//! matches every line to its item by `custom_id`, validates the model's JSON against the
+//! analyzer's schema, prices the usage, and writes results in bulk. Items in neither file
+//! fail with `not_executed`. Running it twice changes nothing: only items still
+//! `submitted` are written.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{jsonl, BatchContext, StepError};
+use crate::analyzer::{parse_model_content, OutputValidator};
+use crate::cost::pricing::PriceTable;
+use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
+use crate::openai::{Batch, BatchOutputLine, ChatCompletion};
+
+/// Outcomes written per statement.
+pub const CHUNK: usize = 1000;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestReport {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub not_executed: u64,
+}
+
+pub async fn ingest(
+    ctx: &BatchContext,
+    shard: &Shard,
+    batch: &Batch,
+) -> Result<IngestReport, StepError> {
+    let job = ctx.job(shard.job_id).await?;
+    let validator = OutputValidator::new(&job.analyzer.schema).map_err(StepError::Invalid)?;
+    let dir = jsonl::shard_dir(&ctx.settings.data_dir, shard.job_id);
+    let mut report = IngestReport::default();
+    let files = [
+        (batch.output_file_id.as_deref(), "output"),
+        (batch.error_file_id.as_deref(), "errors"),
+    ];
+    for (file_id, kind) in files {
+        let Some(file_id) = file_id else { continue };
+        let path = dir.join(format!("{}.{kind}.jsonl", shard.id));
+        download(ctx, file_id, &path).await?;
+        let counts = ingest_file(ctx, shard, &path, &job.model, &validator).await?;
+        report.succeeded += counts.succeeded;
+        report.failed += counts.failed;
+    }
+    let missing = ItemError {
+        code: "not_executed".into(),
+        message: "OpenAI returned no result for this request".into(),
+    };
+    report.not_executed = ctx
+        .store
+        .fail_shard_items(shard.id, shard.lease_token, &missing)
+        .await?;
+    if ctx.settings.batch.delete_remote_files {
+        let ids = [
+            shard.input_file_id.as_deref(),
+            batch.output_file_id.as_deref(),
+            batch.error_file_id.as_deref(),
+        ];
+        for id in ids.into_iter().flatten() {
+            if let Err(err) = ctx.openai.delete_file(id).await {
+                tracing::warn!(shard = %shard.id, file = id, error = %err, "could not delete the file at OpenAI");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Downloads unless a complete copy is already on disk (a re-run after a crash).
+async fn download(ctx: &BatchContext, file_id: &str, path: &Path) -> Result<(), StepError> {
+    if tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let bytes = ctx.openai.download_file(file_id, path).await?;
+    tracing::debug!(file = file_id, bytes, path = %path.display(), "batch file downloaded");
+    Ok(())
+}
+
+async fn ingest_file(
+    ctx: &BatchContext,
+    shard: &Shard,
+    path: &PathBuf,
+    job_model: &str,
+    validator: &OutputValidator,
+) -> Result<IngestReport, StepError> {
+    let mut lines = BufReader::with_capacity(1 << 20, tokio::fs::File::open(path).await?).lines();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut report = IngestReport::default();
+    let mut number = 0usize;
+    while let Some(line) = lines.next_line().await? {
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: BatchOutputLine = match serde_json::from_str(&line) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::warn!(shard = %shard.id, line = number, error = %err, "unreadable line in a batch file");
+                continue;
+            }
+        };
+        let outcome = outcome_of(&ctx.prices, parsed, job_model, validator);
+        match outcome.status {
+            ItemStatus::Succeeded => report.succeeded += 1,
+            _ => report.failed += 1,
+        }
+        chunk.push(outcome);
+        if chunk.len() == CHUNK {
+            write(ctx, shard, &chunk).await?;
+            chunk.clear();
+        }
+    }
+    write(ctx, shard, &chunk).await?;
+    Ok(report)
+}
+
+async fn write(ctx: &BatchContext, shard: &Shard, chunk: &[ItemOutcome]) -> Result<(), StepError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    ctx.store
+        .record_shard_outcomes(shard.id, shard.lease_token, chunk)
+        .await?;
+    Ok(())
+}
+
+/// One line of an output or error file as the result of its item.
+pub fn outcome_of(
+    prices: &PriceTable,
+    line: BatchOutputLine,
+    job_model: &str,
+    validator: &OutputValidator,
+) -> ItemOutcome {
+    let mut outcome = ItemOutcome {
+        custom_id: line.custom_id,
+        status: ItemStatus::Failed,
+        output: None,
+        error: None,
+        usage: None,
+        cost_pico_usd: None,
+        individual_pico_usd: None,
+        run_mode: Mode::Batch,
+        resolved_model: None,
+    };
+    let Some(response) = line.response else {
+        let error = line.error.unwrap_or_default();
+        outcome.error = Some(ItemError {
+            code: error.code.unwrap_or_else(|| "batch_line_failed".into()),
+            message: error
+                .message
+                .unwrap_or_else(|| "OpenAI could not run this request".into()),
+        });
+        return outcome;
+    };
+    if response.status_code != 200 {
+        outcome.error = Some(api_error(response.status_code, &response.body));
+        return outcome;
+    }
+    let completion: ChatCompletion = match serde_json::from_value(response.body) {
+        Ok(c) => c,
+        Err(err) => {
+            outcome.error = Some(ItemError {
+                code: "invalid_response".into(),
+                message: format!("OpenAI's answer could not be read: {err}"),
+            });
+            return outcome;
+        }
+    };
+    apply_completion(prices, &mut outcome, &completion, job_model, validator);
+    outcome
+}
+
+/// Fills an outcome from a chat completion: usage and cost always (the tokens were
+/// billed), output when it parses and fits the schema.
+pub fn apply_completion(
+    prices: &PriceTable,
+    outcome: &mut ItemOutcome,
+    completion: &ChatCompletion,
+    job_model: &str,
+    validator: &OutputValidator,
+) {
+    let model = if completion.model.is_empty() {
+        job_model.to_string()
+    } else {
+        completion.model.clone()
+    };
+    if let Some(usage) = completion.usage.as_ref().map(|u| u.to_usage()) {
+        if let Some(cost) = prices
+            .cost(&model, &usage, outcome.run_mode)
+            .or_else(|| prices.cost(job_model, &usage, outcome.run_mode))
+        {
+            outcome.cost_pico_usd = Some(cost.actual);
+            outcome.individual_pico_usd = Some(cost.individual);
+        }
+        outcome.usage = Some(usage);
+    }
+    outcome.resolved_model = Some(model);
+    let message = completion.choices.first().map(|c| &c.message);
+    let parsed = parse_model_content(
+        message.and_then(|m| m.content.as_deref()),
+        message.and_then(|m| m.refusal.as_deref()),
+    );
+    match parsed {
+        Err(error) => outcome.error = Some(error),
+        Ok(value) => match validator.validate(&value) {
+            Ok(()) => {
+                outcome.status = ItemStatus::Succeeded;
+                outcome.output = Some(value);
+            }
+            Err(why) => {
+                outcome.error = Some(ItemError {
+                    code: "invalid_output".into(),
+                    message: format!("the answer does not fit the analyzer's schema: {why}"),
+                })
+            }
+        },
+    }
+}
+
+/// The item error for a non-200 answer, from OpenAI's error envelope when there is one.
+pub fn api_error(status: u16, body: &serde_json::Value) -> ItemError {
+    let error = &body["error"];
+    ItemError {
+        code: error["code"]
+            .as_str()
+            .or_else(|| error["type"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("http_{status}")),
+        message: error["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("OpenAI answered HTTP {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyzer::fashion;
+
+    fn validator() -> OutputValidator {
+        OutputValidator::new(&fashion().schema).unwrap()
+    }
+
+    fn sample_output() -> serde_json::Value {
+        let schema = fashion().schema;
+        let mut out = serde_json::Map::new();
+        for (name, prop) in schema["properties"].as_object().unwrap() {
+            let value = if let Some(choices) = prop["enum"].as_array() {
+                choices[0].clone()
+            } else if prop["type"] == "array" {
+                serde_json::json!(["black"])
+            } else {
+                serde_json::json!("text")
+            };
+            out.insert(name.clone(), value);
+        }
+        serde_json::Value::Object(out)
+    }
+
+    fn success_line(custom_id: &str, content: &str) -> BatchOutputLine {
+        serde_json::from_value(serde_json::json!({
+            "id": "batch_req_1", "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": "req_1", "body": {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
+                "usage": {"prompt_tokens": 2900, "completion_tokens": 61, "total_tokens": 2961,
+                          "prompt_tokens_details": {"cached_tokens": 0}}}},
+            "error": null}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_answer_succeeds_with_usage_and_batch_cost() {
+        let prices = PriceTable::defaults();
+        let line = success_line("p1-0", &sample_output().to_string());
+        let o = outcome_of(&prices, line, "gpt-4o-mini", &validator());
+        assert_eq!(o.status, ItemStatus::Succeeded, "{:?}", o.error);
+        assert_eq!(o.custom_id, "p1-0");
+        assert_eq!(o.resolved_model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(o.usage.unwrap().input_tokens, 2900);
+        // 2900 × 0.075 + 61 × 0.30 USD per 1M, in pico-dollars.
+        assert_eq!(o.cost_pico_usd, Some(2900 * 75_000 + 61 * 300_000));
+        assert_eq!(
+            o.individual_pico_usd,
+            Some(2 * (2900 * 75_000 + 61 * 300_000))
+        );
+    }
+
+    #[test]
+    fn an_answer_that_breaks_the_schema_is_invalid_output_but_still_costs() {
+        let prices = PriceTable::defaults();
+        let line = success_line("p1-1", r#"{"category": "dress"}"#);
+        let o = outcome_of(&prices, line, "gpt-4o-mini", &validator());
+        assert_eq!(o.status, ItemStatus::Failed);
+        assert_eq!(o.error.unwrap().code, "invalid_output");
+        assert!(o.cost_pico_usd.is_some());
+    }
+
+    #[test]
+    fn error_lines_keep_openai_codes() {
+        let prices = PriceTable::defaults();
+        let expired: BatchOutputLine = serde_json::from_value(serde_json::json!({
+            "id": "batch_req_2", "custom_id": "a", "response": null,
+            "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}))
+        .unwrap();
+        let o = outcome_of(&prices, expired, "gpt-4o-mini", &validator());
+        assert_eq!(o.status, ItemStatus::Failed);
+        assert_eq!(o.error.unwrap().code, "batch_expired");
+
+        let rejected: BatchOutputLine = serde_json::from_value(serde_json::json!({
+            "id": "batch_req_3", "custom_id": "b",
+            "response": {"status_code": 400, "request_id": "req_3",
+                "body": {"error": {"message": "Invalid image.", "type": "invalid_request_error", "param": null, "code": "invalid_image"}}},
+            "error": null}))
+        .unwrap();
+        let o = outcome_of(&prices, rejected, "gpt-4o-mini", &validator());
+        assert_eq!(
+            o.error,
+            Some(ItemError {
+                code: "invalid_image".into(),
+                message: "Invalid image.".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Polling: claims in-flight shards whose next poll is due, asks OpenAI how each batch is
+//! doing with an interval that doubles from `poll_min_ms` to `poll_max_ms`, stores status
+//! and request counts, and hands finished batches to the ingester. One failing batch never
+//! stalls the others: each shard runs in its own task.
+
+use chrono::{Duration as ChronoDuration, Utc};
+
+use super::{ingest, BatchContext, StepError};
+use crate::domain::{ItemError, Shard, ShardKind, ShardStatus};
+use crate::openai::{Batch, BatchStatus};
+use crate::store::ShardPoll;
+
+/// Shards polled at once by one replica.
+const CLAIM: i64 = 16;
+
+pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
+    let shards = ctx
+        .store
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Submitted, ShardStatus::Ingesting],
+            Utc::now(),
+            &ctx.replica,
+            ctx.lease(),
+            CLAIM,
+        )
+        .await?;
+    let n = shards.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for shard in shards {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let (id, token) = (shard.id, shard.lease_token);
+            if let Err(err) = poll(&ctx, shard).await {
+                tracing::warn!(shard = %id, error = %err, "poll failed; will poll again");
+                ctx.retry_later(id, token).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(n)
+}
+
+fn next_interval(ctx: &BatchContext, shard: &Shard) -> i64 {
+    let min = ctx.settings.batch.poll_min_ms as i64;
+    let max = ctx.settings.batch.poll_max_ms as i64;
+    (shard.poll_interval_ms.max(min) * 2).min(max)
+}
+
+async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
+    let token = shard.lease_token;
+    let batch_id = shard
+        .openai_batch_id
+        .clone()
+        .ok_or_else(|| StepError::Invalid(format!("shard {} has no batch id", shard.id)))?;
+    let batch = ctx.openai.retrieve_batch(&batch_id).await?;
+    let counts = batch.request_counts.unwrap_or_default();
+    let interval = next_interval(ctx, &shard);
+    let poll = ShardPoll {
+        batch_status: batch.status.as_str().to_string(),
+        request_total: counts.total,
+        request_completed: counts.completed,
+        request_failed: counts.failed,
+        output_file_id: batch.output_file_id.clone(),
+        error_file_id: batch.error_file_id.clone(),
+        next_poll_at: Utc::now() + ChronoDuration::milliseconds(interval),
+        poll_interval_ms: interval,
+    };
+    if !ctx.store.shard_polled(shard.id, token, &poll).await? {
+        return Err(StepError::LeaseLost);
+    }
+    if shard.batch_status.as_deref() != Some(batch.status.as_str()) {
+        tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
+            status = batch.status.as_str(), "batch status changed");
+    }
+    tracing::info!(job = %shard.job_id, shard = %shard.id,
+        "{}: Completed: {}/{} (failed {})", batch.status.as_str(),
+        group(counts.completed), group(counts.total), group(counts.failed));
+    match batch.status {
+        BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled => {
+            finish(ctx, &shard, &batch).await?;
+        }
+        BatchStatus::Failed => {
+            let error = batch_error(&batch);
+            tracing::warn!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
+                code = %error.code, message = %error.message, "batch failed");
+            ctx.store.fail_shard_items(shard.id, token, &error).await?;
+            ctx.store
+                .set_shard_status(shard.id, token, ShardStatus::Failed, Some(&error))
+                .await?;
+            ctx.finish_job(shard.job_id).await?;
+        }
+        _ => {}
+    }
+    ctx.store.release_shard(shard.id, token).await?;
+    Ok(())
+}
+
+async fn finish(ctx: &BatchContext, shard: &Shard, batch: &Batch) -> Result<(), StepError> {
+    let token = shard.lease_token;
+    if shard.status != ShardStatus::Ingesting
+        && !ctx
+            .store
+            .set_shard_status(shard.id, token, ShardStatus::Ingesting, None)
+            .await?
+    {
+        return Err(StepError::LeaseLost);
+    }
+    let report = ingest::ingest(ctx, shard, batch).await?;
+    tracing::info!(job = %shard.job_id, shard = %shard.id, succeeded = report.succeeded,
+        failed = report.failed, not_executed = report.not_executed, "batch ingested");
+    if !ctx
+        .store
+        .set_shard_status(shard.id, token, ShardStatus::Done, None)
+        .await?
+    {
+        return Err(StepError::LeaseLost);
+    }
+    ctx.finish_job(shard.job_id).await?;
+    Ok(())
+}
+
+/// The error a failed batch reports for all its items.
+fn batch_error(batch: &Batch) -> ItemError {
+    batch
+        .errors
+        .as_ref()
+        .and_then(|e| e.data.first())
+        .map(|e| ItemError {
+            code: e.code.clone().unwrap_or_else(|| "batch_failed".into()),
+            message: e
+                .message
+                .clone()
+                .unwrap_or_else(|| "OpenAI failed the batch".into()),
+        })
+        .unwrap_or_else(|| ItemError {
+            code: "batch_failed".into(),
+            message: "OpenAI failed the batch without saying why".into(),
+        })
+}
+
+/// 7988 → "7,988", as the seed pipeline logged progress.
+pub fn group(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1250), "1,250");
+        assert_eq!(group(7988), "7,988");
+        assert_eq!(group(1_000_000), "1,000,000");
+    }
+}

@@ -1,0 +1,453 @@
+//! Settings: the embedded defaults (`batchlens.example.toml`) < `batchlens.toml` or the
+//! file in `BATCHLENS_CONFIG` < `DATABASE_URL`, `OPENAI_API_KEY`, `OPENAI_BASE_URL` <
+//! `BATCHLENS__SECTION__KEY`. Checked once at start; errors name the setting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::cost::pricing::ModelPrice;
+
+/// The embedded defaults: the documented example file itself, so the two cannot drift.
+pub const DEFAULTS_TOML: &str = include_str!("../batchlens.example.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub openai: OpenAiSettings,
+    pub batch: BatchSettings,
+    pub individual: IndividualSettings,
+    pub intake: IntakeSettings,
+    pub estimate: EstimateSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub pricing: BTreeMap<String, ModelPrice>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// Holds a password for PostgreSQL, hence secret.
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiSettings {
+    pub base_url: String,
+    pub api_key: SecretString,
+    pub default_model: String,
+    pub max_completion_tokens: u32,
+    pub request_timeout_secs: u64,
+    pub transfer_timeout_secs: u64,
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchSettings {
+    pub poll_min_ms: u64,
+    pub poll_max_ms: u64,
+    pub max_file_bytes: u64,
+    pub max_lines: u64,
+    pub max_attempts: u32,
+    pub retention_hours: u64,
+    pub delete_remote_files: bool,
+    pub lease_secs: u64,
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IndividualSettings {
+    pub max_items: usize,
+    pub rpm: u32,
+    pub tpm: u32,
+    pub concurrency: usize,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntakeSettings {
+    pub max_image_bytes: usize,
+    pub default_image_width: u32,
+    pub default_image_height: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EstimateSettings {
+    pub default_output_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub keys: Vec<ApiKeySetting>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeySetting {
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the key; the key itself is never configured or stored.
+    pub sha256: String,
+}
+
+/// A setting that is missing, malformed or out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {setting}: {problem}")]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// Loads from the process: the config file and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let (file, required) = match env.get("BATCHLENS_CONFIG") {
+            Some(path) => (PathBuf::from(path), true),
+            None => (PathBuf::from("batchlens.toml"), false),
+        };
+        Self::load_from(Some((&file, required)), &env)
+    }
+
+    /// Loads from an optional file and an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<(&Path, bool)>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some((path, required)) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(required),
+            );
+        }
+        for (var, key) in [
+            ("DATABASE_URL", "database.url"),
+            ("OPENAI_API_KEY", "openai.api_key"),
+            ("OPENAI_BASE_URL", "openai.base_url"),
+        ] {
+            builder = builder.set_override_option(key, env.get(var).cloned())?;
+        }
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("BATCHLENS__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("BATCHLENS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(prefixed)),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.normalize();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn normalize(&mut self) {
+        if self.database.url.expose_secret().trim().is_empty() {
+            let path = self.data_dir.join("batchlens.db");
+            self.database.url = format!("sqlite://{}", path.display()).into();
+        }
+        let trimmed = self.openai.base_url.trim_end_matches('/').to_string();
+        self.openai.base_url = trimmed;
+        for key in &mut self.auth.keys {
+            key.sha256 = key.sha256.trim().to_ascii_lowercase();
+        }
+    }
+
+    /// Every rule a value must meet, each error naming its setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let host: IpAddr = self
+            .server
+            .host
+            .parse()
+            .map_err(|_| invalid("server.host", "must be an IP address such as 127.0.0.1"))?;
+        if self.auth.keys.is_empty() && !host.is_loopback() {
+            return Err(invalid(
+                "server.host",
+                format!(
+                    "{host} is not a loopback address: with no [[auth.keys]] configured the \
+                     service is open and only listens on 127.0.0.1 or ::1"
+                ),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        let db = self.database.url.expose_secret();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        let base = url::Url::parse(&self.openai.base_url)
+            .map_err(|e| invalid("openai.base_url", format!("not a URL: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("openai.base_url", "must be http:// or https://"));
+        }
+        if self.openai.default_model.trim().is_empty() {
+            return Err(invalid("openai.default_model", "must not be empty"));
+        }
+        if self.openai.max_completion_tokens == 0 {
+            return Err(invalid(
+                "openai.max_completion_tokens",
+                "must be at least 1",
+            ));
+        }
+        if self.openai.request_timeout_secs == 0 || self.openai.transfer_timeout_secs == 0 {
+            return Err(invalid(
+                "openai.request_timeout_secs",
+                "timeouts must be at least 1 second",
+            ));
+        }
+        let b = &self.batch;
+        if b.poll_min_ms == 0 || b.poll_max_ms < b.poll_min_ms {
+            return Err(invalid(
+                "batch.poll_max_ms",
+                "needs 0 < batch.poll_min_ms <= batch.poll_max_ms",
+            ));
+        }
+        if b.max_file_bytes < 1024 || b.max_file_bytes > 200_000_000 {
+            return Err(invalid(
+                "batch.max_file_bytes",
+                "must be between 1024 and 200000000 (OpenAI's 200 MB limit)",
+            ));
+        }
+        if b.max_lines == 0 || b.max_lines > 50_000 {
+            return Err(invalid(
+                "batch.max_lines",
+                "must be between 1 and 50000 (OpenAI's limit)",
+            ));
+        }
+        if b.max_attempts == 0 {
+            return Err(invalid("batch.max_attempts", "must be at least 1"));
+        }
+        if b.lease_secs < 5 {
+            return Err(invalid("batch.lease_secs", "must be at least 5"));
+        }
+        if b.tick_ms == 0 {
+            return Err(invalid("batch.tick_ms", "must be at least 1"));
+        }
+        let i = &self.individual;
+        if i.rpm == 0 || i.tpm == 0 || i.concurrency == 0 {
+            return Err(invalid(
+                "individual.rpm",
+                "individual.rpm, individual.tpm and individual.concurrency must be at least 1",
+            ));
+        }
+        if self.intake.max_image_bytes == 0 {
+            return Err(invalid("intake.max_image_bytes", "must be at least 1"));
+        }
+        if self.intake.default_image_width == 0 || self.intake.default_image_height == 0 {
+            return Err(invalid(
+                "intake.default_image_width",
+                "default image sizes must be at least 1 pixel",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("not a tracing filter: {e}")))?;
+        for key in &self.auth.keys {
+            if key.tenant.trim().is_empty() {
+                return Err(invalid("auth.keys.tenant", "must not be empty"));
+            }
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "auth.keys.sha256",
+                    format!(
+                        "tenant {:?}: must be 64 hex characters (printf %s \"$KEY\" | sha256sum)",
+                        key.tenant
+                    ),
+                ));
+            }
+        }
+        crate::cost::pricing::PriceTable::defaults()
+            .with_overrides(&self.pricing)
+            .validate()
+            .map_err(|e| invalid("pricing", e))?;
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.auth.keys.is_empty()
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.batch.lease_secs)
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.batch.tick_ms)
+    }
+
+    pub fn batches_dir(&self) -> PathBuf {
+        self.data_dir.join("batches")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_point_sqlite_into_the_data_dir() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert_eq!(s.batch.poll_max_ms, 30_000);
+        assert_eq!(s.batch.max_file_bytes, 190_000_000);
+        assert_eq!(s.individual.max_items, 50);
+        assert_eq!(s.database_url(), "sqlite://./data/batchlens.db");
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn file_then_conventional_then_prefixed_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "[server]\nport = 9000\n[openai]\ndefault_model = \"gpt-4o\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some((&file, true)),
+            &env(&[
+                ("DATABASE_URL", "postgres://u:p@localhost/db"),
+                ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"),
+                ("BATCHLENS__OPENAI__DEFAULT_MODEL", "gpt-4.1"),
+                ("BATCHLENS__BATCH__MAX_LINES", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.openai.default_model, "gpt-4.1");
+        assert_eq!(s.batch.max_lines, 10);
+        assert_eq!(s.database_url(), "postgres://u:p@localhost/db");
+        assert_eq!(s.openai.base_url, "http://127.0.0.1:9/v1");
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let cases = [
+            ("BATCHLENS__SERVER__HOST", "0.0.0.0", "server.host"),
+            ("BATCHLENS__SERVER__HOST", "localhost-ish", "server.host"),
+            ("BATCHLENS__BATCH__MAX_LINES", "60000", "batch.max_lines"),
+            ("BATCHLENS__BATCH__POLL_MIN_MS", "0", "batch.poll_max_ms"),
+            ("DATABASE_URL", "mysql://x", "database.url"),
+            ("BATCHLENS__LOG__FORMAT", "xml", "format"),
+            ("BATCHLENS__SERVER__PORT", "eighty", "port"),
+        ];
+        for (var, value, setting) in cases {
+            let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains(setting),
+                "{var}={value}: {err} should name {setting}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("OPENAI_API_KEY", "sk-very-secret"),
+                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("sk-very-secret"));
+        assert!(!shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_allow_any_host_and_must_be_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "[server]\nhost = \"0.0.0.0\"\n[[auth.keys]]\ntenant = \"acme\"\nsha256 = \"9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some((&file, true)), &env(&[])).unwrap();
+        assert_eq!(
+            s.auth.keys[0].sha256,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        std::fs::write(
+            &file,
+            "[[auth.keys]]\ntenant = \"acme\"\nsha256 = \"plain-key\"\n",
+        )
+        .unwrap();
+        let err = Settings::load_from(Some((&file, true)), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("auth.keys.sha256"), "{err}");
+    }
+}

@@ -1,0 +1,265 @@
+//! The RPM/TPM governor: one pair of token buckets (requests, tokens) per model, shared by
+//! every job on this replica. A request waits until both buckets hold enough; the buckets
+//! refill continuously at the configured per-minute rates, are pulled down to what
+//! OpenAI's `x-ratelimit-remaining-*` headers report, and a 429 pauses the whole model
+//! until its `retry-after` has passed, so waiting callers do not stampede.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::openai::RateLimitHeaders;
+
+/// Limits of one model, per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: u32,
+    pub tpm: u32,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    level: f64,
+    per_sec: f64,
+}
+
+impl Bucket {
+    fn new(per_minute: u32) -> Self {
+        let capacity = per_minute.max(1) as f64;
+        Bucket {
+            capacity,
+            // Start at a fraction of a minute's budget, as a fresh account window would
+            // allow a burst, but not the whole minute at once.
+            level: capacity / 6.0,
+            per_sec: capacity / 60.0,
+        }
+    }
+
+    fn refill(&mut self, elapsed: Duration) {
+        self.level = (self.level + elapsed.as_secs_f64() * self.per_sec).min(self.capacity);
+    }
+
+    /// How long until `amount` is available (zero when it is now).
+    fn wait_for(&self, amount: f64) -> Duration {
+        let amount = amount.min(self.capacity);
+        if self.level >= amount {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((amount - self.level) / self.per_sec)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ModelState {
+    requests: Bucket,
+    tokens: Bucket,
+    updated: Instant,
+    paused_until: Option<Instant>,
+}
+
+impl ModelState {
+    fn new(limits: Limits) -> Self {
+        ModelState {
+            requests: Bucket::new(limits.rpm),
+            tokens: Bucket::new(limits.tpm),
+            updated: Instant::now(),
+            paused_until: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated);
+        self.requests.refill(elapsed);
+        self.tokens.refill(elapsed);
+        self.updated = now;
+    }
+}
+
+/// Shared by every executor task of a replica.
+#[derive(Clone)]
+pub struct Governor {
+    enabled: bool,
+    default: Limits,
+    per_model: Arc<HashMap<String, Limits>>,
+    models: Arc<Mutex<HashMap<String, ModelState>>>,
+}
+
+impl Governor {
+    pub fn new(default: Limits, per_model: HashMap<String, Limits>) -> Self {
+        Governor {
+            enabled: true,
+            default,
+            per_model: Arc::new(per_model),
+            models: Arc::default(),
+        }
+    }
+
+    /// A governor that lets everything through (the benchmark's baseline).
+    pub fn disabled() -> Self {
+        Governor {
+            enabled: false,
+            ..Governor::new(Limits { rpm: 1, tpm: 1 }, HashMap::new())
+        }
+    }
+
+    pub fn limits(&self, model: &str) -> Limits {
+        self.per_model.get(model).copied().unwrap_or(self.default)
+    }
+
+    /// Waits until one request costing `tokens` may be sent to `model`, and takes it.
+    pub async fn acquire(&self, model: &str, tokens: u32) {
+        if !self.enabled {
+            return;
+        }
+        loop {
+            let wait = {
+                let mut models = self.models.lock().await;
+                let state = models
+                    .entry(model.to_string())
+                    .or_insert_with(|| ModelState::new(self.limits(model)));
+                let now = Instant::now();
+                state.refill(now);
+                let paused = state
+                    .paused_until
+                    .filter(|&until| until > now)
+                    .map(|until| until - now)
+                    .unwrap_or(Duration::ZERO);
+                let wait = paused
+                    .max(state.requests.wait_for(1.0))
+                    .max(state.tokens.wait_for(tokens as f64));
+                if wait.is_zero() {
+                    state.requests.level -= 1.0;
+                    state.tokens.level -= (tokens as f64).min(state.tokens.capacity);
+                    return;
+                }
+                wait
+            };
+            // Small jitter spreads waiters that woke for the same refill.
+            let jitter = Duration::from_millis(rand::random::<u64>() % 20);
+            tokio::time::sleep(wait + jitter).await;
+        }
+    }
+
+    /// Lowers the buckets to what OpenAI says is left (never raises them: our own
+    /// accounting already counts requests OpenAI has not seen yet).
+    pub async fn observe(&self, model: &str, headers: &RateLimitHeaders) {
+        if !self.enabled {
+            return;
+        }
+        let mut models = self.models.lock().await;
+        let state = models
+            .entry(model.to_string())
+            .or_insert_with(|| ModelState::new(self.limits(model)));
+        state.refill(Instant::now());
+        if let Some(remaining) = headers.remaining_requests {
+            state.requests.level = state.requests.level.min(remaining as f64);
+        }
+        if let Some(remaining) = headers.remaining_tokens {
+            state.tokens.level = state.tokens.level.min(remaining as f64);
+        }
+    }
+
+    /// After a 429: nobody sends to this model until `retry_after` has passed.
+    pub async fn pause(&self, model: &str, retry_after: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let mut models = self.models.lock().await;
+        let state = models
+            .entry(model.to_string())
+            .or_insert_with(|| ModelState::new(self.limits(model)));
+        let until = Instant::now() + retry_after;
+        if state.paused_until.is_none_or(|p| p < until) {
+            state.paused_until = Some(until);
+        }
+        state.requests.level = state.requests.level.min(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spread_to_the_rpm() {
+        let g = Governor::new(
+            Limits {
+                rpm: 60,
+                tpm: 1_000_000,
+            },
+            HashMap::new(),
+        );
+        let start = Instant::now();
+        for _ in 0..20 {
+            g.acquire("m", 10).await;
+        }
+        // 10 are available at once (a sixth of a minute), the next 10 at one a second.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(12), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_token_budget_binds_when_requests_are_large() {
+        let g = Governor::new(
+            Limits {
+                rpm: 10_000,
+                tpm: 6_000,
+            },
+            HashMap::new(),
+        );
+        let start = Instant::now();
+        for _ in 0..4 {
+            g.acquire("m", 1_000).await;
+        }
+        // 1,000 tokens at once, then 100 tokens a second: 3 more requests need 30 s.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_secs(29), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(32), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller() {
+        let g = Governor::new(
+            Limits {
+                rpm: 6_000,
+                tpm: 1_000_000,
+            },
+            HashMap::new(),
+        );
+        g.pause("m", Duration::from_secs(5)).await;
+        let start = Instant::now();
+        g.acquire("m", 1).await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        // Another model is not paused.
+        let start = Instant::now();
+        g.acquire("other", 1).await;
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_lower_the_budget() {
+        let g = Governor::new(
+            Limits {
+                rpm: 600,
+                tpm: 1_000_000,
+            },
+            HashMap::new(),
+        );
+        g.acquire("m", 1).await;
+        let headers = RateLimitHeaders {
+            remaining_requests: Some(0),
+            ..RateLimitHeaders::default()
+        };
+        g.observe("m", &headers).await;
+        let start = Instant::now();
+        g.acquire("m", 1).await;
+        // 600 rpm refills one request every 100 ms.
+        assert!(start.elapsed() >= Duration::from_millis(90));
+    }
+}

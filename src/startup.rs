@@ -1,0 +1,207 @@
+//! Building and running the application: store, OpenAI client, router, background
+//! workers, graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::cost::pricing::PriceTable;
+use crate::openai::{OpenAiClient, OpenAiConfig};
+use crate::store::{self, DynStore};
+use crate::workers;
+
+/// A built application, listening, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    replica: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("openai client: {0}")]
+    OpenAi(String),
+}
+
+impl Application {
+    /// Connects the store (running migrations), prepares the data directory and binds the
+    /// listener (`server.port = 0` picks a free port; see [`Application::port`]).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        std::fs::create_dir_all(settings.batches_dir()).map_err(|source| {
+            StartupError::DataDir {
+                path: settings.batches_dir().display().to_string(),
+                source,
+            }
+        })?;
+        let store = store::connect(settings.database_url()).await?;
+        let keys: Vec<(String, String)> = settings
+            .auth
+            .keys
+            .iter()
+            .map(|k| (k.tenant.clone(), k.sha256.clone()))
+            .collect();
+        store.replace_api_keys(&keys).await?;
+        if keys.is_empty() {
+            tracing::warn!(
+                "no [[auth.keys]] configured: the API is open to anyone who can reach it, \
+                 so it only listens on loopback ({})",
+                settings.server.host
+            );
+        }
+        let openai = OpenAiClient::new(openai_config(&settings))
+            .map_err(|e| StartupError::OpenAi(e.to_string()))?;
+        if settings.openai.api_key.expose_secret().is_empty() {
+            tracing::warn!(
+                "openai.api_key (OPENAI_API_KEY) is empty: OpenAI calls will be refused"
+            );
+        }
+        let prices = PriceTable::defaults().with_overrides(&settings.pricing);
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            store,
+            keys: Arc::new(
+                keys.into_iter()
+                    .map(|(t, h)| (h, t))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            prices: Arc::new(prices),
+            settings: Arc::new(settings),
+            openai,
+        };
+        Ok(Application {
+            listener,
+            state,
+            replica: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn store(&self) -> DynStore {
+        self.state.store.clone()
+    }
+
+    /// Serves and runs the workers until `shutdown` resolves (or [`Application::stopper`]
+    /// is cancelled); then stops accepting, lets
+    /// in-flight requests and worker steps finish within `server.shutdown_timeout_secs`,
+    /// and closes the pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let grace = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
+        workers::spawn_all(&self.state, &self.replica, &stop, &tracker);
+        tracker.close();
+
+        let app = api::router(self.state.clone());
+        tracing::info!(addr = %self.local_addr(), replica = %self.replica, "batchlens listening");
+        let signalled = stop.clone();
+        let server = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        _ = shutdown => {}
+                        _ = signalled.cancelled() => {}
+                    }
+                    signalled.cancel();
+                })
+                .into_future(),
+        );
+        stop.cancelled().await;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections, finishing in-flight work"
+        );
+        // Open event streams never end on their own: the grace period bounds them.
+        let served = match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined.map_err(std::io::Error::other)?,
+            Err(_) => {
+                tracing::warn!("requests still open after the grace period; closing them");
+                Ok(())
+            }
+        };
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("workers did not finish in time; their leases will expire");
+        }
+        self.state.store.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+fn openai_config(settings: &Settings) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: settings.openai.base_url.clone(),
+        api_key: settings.openai.api_key.clone(),
+        request_timeout: Duration::from_secs(settings.openai.request_timeout_secs),
+        transfer_timeout: Duration::from_secs(settings.openai.transfer_timeout_secs),
+        max_retries: settings.openai.max_retries,
+        backoff_base: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "batchlens".into())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

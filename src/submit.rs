@@ -1,0 +1,312 @@
+//! Turning a job body into what gets stored: rules on the job's fields, per-item intake,
+//! the mode `auto` picks, and the cost estimate. Shared by `POST /v1/jobs` and
+//! `POST /v1/estimates` so an estimate sees exactly what a submit would.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::analyzer;
+use crate::api::dto::JobRequest;
+use crate::api::problem::{ApiError, FieldError};
+use crate::config::Settings;
+use crate::cost::estimate::{estimate, estimate_all_models, Estimate, EstimateInput};
+use crate::cost::image_tokens::image_tokens;
+use crate::cost::pricing::PriceTable;
+use crate::cost::text_tokens::chat_request_input_tokens;
+use crate::domain::{Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob};
+use crate::intake::{check_items, IntakeLimits, IntakeResult, ItemInput};
+
+/// The job-level fields of a request, checked.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: Option<String>,
+    pub model: String,
+    pub requested_mode: Mode,
+    pub detail: Detail,
+    pub analyzer: Analyzer,
+    pub metadata: Option<serde_json::Value>,
+    pub webhook_url: Option<String>,
+}
+
+pub fn intake_limits(settings: &Settings) -> IntakeLimits {
+    IntakeLimits {
+        max_image_bytes: settings.intake.max_image_bytes,
+        ..IntakeLimits::default()
+    }
+}
+
+/// Checks every job-level rule, naming the field that breaks one.
+pub fn check_spec(settings: &Settings, req: &JobRequest) -> Result<JobSpec, ApiError> {
+    let mut errors = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        })
+    };
+    let model = req
+        .model
+        .clone()
+        .unwrap_or_else(|| settings.openai.default_model.clone());
+    if model.is_empty()
+        || model.len() > 64
+        || !model
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(&c))
+    {
+        bad(
+            "model",
+            "must be 1 to 64 characters of letters, digits, '.', '_', ':' or '-'".into(),
+        );
+    }
+    if let Some(name) = &req.name {
+        if name.chars().count() > 200 {
+            bad("name", "must be at most 200 characters".into());
+        }
+    }
+    if let Some(metadata) = &req.metadata {
+        if !metadata.is_object() {
+            bad("metadata", "must be a JSON object".into());
+        }
+    }
+    if let Some(hook) = &req.webhook_url {
+        match url::Url::parse(hook) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(_) => bad("webhook_url", "scheme must be https".into()),
+            Err(e) => bad("webhook_url", format!("not a URL: {e}")),
+        }
+    }
+    let analyzer = match &req.analyzer {
+        None => analyzer::fashion(),
+        Some(a) => {
+            if a.prompt.trim().is_empty() {
+                bad("analyzer.prompt", "must not be empty".into());
+            } else if a.prompt.chars().count() > 20_000 {
+                bad("analyzer.prompt", "must be at most 20000 characters".into());
+            }
+            if let Err(rule) = analyzer::check_strict_schema(&a.schema) {
+                bad(
+                    "analyzer.schema",
+                    format!("{rule} (OpenAI strict structured outputs)"),
+                );
+            } else if let Err(e) = analyzer::OutputValidator::new(&a.schema) {
+                bad("analyzer.schema", format!("not a usable JSON schema: {e}"));
+            }
+            a.clone()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(validation(errors));
+    }
+    Ok(JobSpec {
+        name: req.name.clone(),
+        model,
+        requested_mode: req.mode.unwrap_or(Mode::Auto),
+        detail: req.detail.unwrap_or(Detail::Low),
+        analyzer,
+        metadata: req.metadata.clone(),
+        webhook_url: req.webhook_url.clone(),
+    })
+}
+
+pub fn validation(errors: Vec<FieldError>) -> ApiError {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::Validation { detail, errors }
+}
+
+/// Intake of a chunk of items; a chunk in which nothing is usable is a 422 that names
+/// every item.
+pub fn take_items(
+    settings: &Settings,
+    inputs: Vec<ItemInput>,
+    first_index: i64,
+    taken: &HashSet<String>,
+    allow_empty: bool,
+) -> Result<IntakeResult, ApiError> {
+    if inputs.is_empty() {
+        if allow_empty {
+            return Ok(check_items(
+                inputs,
+                first_index,
+                taken,
+                &intake_limits(settings),
+            ));
+        }
+        return Err(validation(vec![FieldError {
+            field: "items".into(),
+            message: "must hold at least one image".into(),
+        }]));
+    }
+    let result = check_items(inputs, first_index, taken, &intake_limits(settings));
+    if result.accepted == 0 {
+        let errors = result
+            .rejected
+            .iter()
+            .map(|r| FieldError {
+                field: format!("items[{}]", r.index - first_index),
+                message: r.reason.clone(),
+            })
+            .collect();
+        return Err(validation(errors));
+    }
+    Ok(result)
+}
+
+/// The mode a job runs in, and why.
+pub fn resolve_mode(requested: Mode, accepted: usize, max_items: usize) -> (Mode, String) {
+    match requested {
+        Mode::Batch => (Mode::Batch, "requested: batch".into()),
+        Mode::Individual => (Mode::Individual, "requested: individual".into()),
+        Mode::Auto if accepted < max_items => (
+            Mode::Individual,
+            format!(
+                "auto: {accepted} images, under individual.max_items ({max_items}): individual calls answer in seconds"
+            ),
+        ),
+        Mode::Auto => (
+            Mode::Batch,
+            format!(
+                "auto: {accepted} images, at least individual.max_items ({max_items}): the Batch API costs half"
+            ),
+        ),
+    }
+}
+
+/// What the estimate of a set of accepted items needs to know.
+pub fn estimate_input<'a>(
+    settings: &Settings,
+    spec: &'a JobSpec,
+    dims: &'a [(u32, u32)],
+    output_tokens_per_item: u32,
+) -> EstimateInput<'a> {
+    EstimateInput {
+        model: &spec.model,
+        detail: spec.detail,
+        prompt_tokens: request_overhead_tokens(settings, spec),
+        images: dims,
+        output_tokens_per_item,
+    }
+}
+
+/// Tokens of one request other than its image: prompt, schema, message framing.
+pub fn request_overhead_tokens(settings: &Settings, spec: &JobSpec) -> u32 {
+    let opts = analyzer::RequestOptions {
+        model: &spec.model,
+        detail: spec.detail,
+        max_completion_tokens: settings.openai.max_completion_tokens,
+    };
+    let body = analyzer::chat_request_body(&spec.analyzer, "data:image/png;base64,", &opts);
+    let (w, h) = (512, 512);
+    let with_image = chat_request_input_tokens(&body, &|_| Some((w, h)));
+    with_image.saturating_sub(image_tokens(&spec.model, w, h, spec.detail))
+}
+
+/// Dimensions of each accepted item, the configured default for URLs.
+pub fn item_dims(settings: &Settings, items: &[NewItem]) -> Vec<(u32, u32)> {
+    items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Pending)
+        .map(|i| match (i.width, i.height) {
+            (Some(w), Some(h)) if w > 0 && h > 0 => (w as u32, h as u32),
+            _ => (
+                settings.intake.default_image_width,
+                settings.intake.default_image_height,
+            ),
+        })
+        .collect()
+}
+
+pub struct Prepared {
+    pub job: NewJob,
+    pub intake: IntakeResult,
+    pub estimate: Estimate,
+}
+
+/// Checks a job body and builds the job row and items it would store.
+pub fn prepare(
+    settings: &Settings,
+    prices: &PriceTable,
+    tenant: &str,
+    req: JobRequest,
+    output_tokens_per_item: u32,
+) -> Result<Prepared, ApiError> {
+    let spec = check_spec(settings, &req)?;
+    let intake = take_items(settings, req.items, 0, &HashSet::new(), req.open)?;
+    let dims = item_dims(settings, &intake.items);
+    let est = estimate(
+        prices,
+        &estimate_input(settings, &spec, &dims, output_tokens_per_item),
+    );
+    let (mode, mode_reason, status) = if req.open {
+        (
+            spec.requested_mode,
+            "decided when the job is submitted".to_string(),
+            JobStatus::Open,
+        )
+    } else {
+        let (mode, why) = resolve_mode(
+            spec.requested_mode,
+            intake.accepted,
+            settings.individual.max_items,
+        );
+        (mode, why, JobStatus::Queued)
+    };
+    let job = NewJob {
+        id: Uuid::now_v7(),
+        tenant: tenant.to_string(),
+        name: spec.name,
+        model: spec.model,
+        requested_mode: spec.requested_mode,
+        mode,
+        mode_reason,
+        detail: spec.detail,
+        analyzer: spec.analyzer,
+        metadata: spec.metadata,
+        webhook_url: spec.webhook_url,
+        status,
+        estimate_batch_pico_usd: est.batch,
+        estimate_individual_pico_usd: est.individual,
+        created_at: Utc::now(),
+    };
+    Ok(Prepared {
+        job,
+        intake,
+        estimate: est,
+    })
+}
+
+/// Every priced model's estimate for the same items, cheapest first.
+pub fn compare_models(
+    settings: &Settings,
+    prices: &PriceTable,
+    spec: &JobSpec,
+    dims: &[(u32, u32)],
+    output_tokens_per_item: u32,
+) -> Vec<Estimate> {
+    estimate_all_models(
+        prices,
+        &estimate_input(settings, spec, dims, output_tokens_per_item),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_individual_below_the_threshold() {
+        assert_eq!(resolve_mode(Mode::Auto, 49, 50).0, Mode::Individual);
+        assert_eq!(resolve_mode(Mode::Auto, 50, 50).0, Mode::Batch);
+        assert_eq!(resolve_mode(Mode::Batch, 1, 50).0, Mode::Batch);
+        assert_eq!(resolve_mode(Mode::Individual, 5000, 50).0, Mode::Individual);
+        assert!(resolve_mode(Mode::Auto, 3, 50)
+            .1
+            .contains("individual.max_items"));
+    }
+}

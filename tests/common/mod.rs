@@ -1,0 +1,334 @@
+//! Test harness: the real application on port 0 against openai-sim and a fresh database
+//! (a temporary SQLite file, or a PostgreSQL database of its own that is dropped after).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use batchlens::config::Settings;
+use batchlens::startup::Application;
+use openai_sim::{SimConfig, SimServer};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test; PostgreSQL ones are dropped when this is dropped.
+pub struct TestDb {
+    pub url: String,
+    pg: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// None when PostgreSQL is wanted but DATABASE_URL is not set (outside CI).
+    pub async fn new(kind: Db) -> Option<TestDb> {
+        match kind {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("t.db").display());
+                Some(TestDb {
+                    url,
+                    pg: None,
+                    _dir: Some(dir),
+                })
+            }
+            Db::Postgres => {
+                let admin = match std::env::var("DATABASE_URL") {
+                    Ok(url) if url.starts_with("postgres") => url,
+                    _ => {
+                        if std::env::var("CI").as_deref() == Ok("true") {
+                            panic!("CI=true but DATABASE_URL does not point at PostgreSQL");
+                        }
+                        eprintln!("skipping postgres test: DATABASE_URL not set");
+                        return None;
+                    }
+                };
+                let name = format!("bl_e2e_{}", uuid::Uuid::new_v4().simple());
+                let pool = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("PostgreSQL answers");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                Some(TestDb {
+                    url: format!("{base}/{name}"),
+                    pg: Some((admin, name)),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // A fresh runtime on another thread: Drop may run inside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&pool)
+                                .await;
+                        pool.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Settings for a test: port 0, a temp data dir, fast polling, the given database and sim.
+pub fn settings(
+    db_url: &str,
+    openai_base: &str,
+    data_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Settings {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("DATABASE_URL".into(), db_url.into());
+    env.insert("OPENAI_BASE_URL".into(), openai_base.into());
+    env.insert("OPENAI_API_KEY".into(), "sk-test".into());
+    env.insert("BATCHLENS__SERVER__PORT".into(), "0".into());
+    env.insert("BATCHLENS__DATA_DIR".into(), data_dir.display().to_string());
+    env.insert("BATCHLENS__BATCH__POLL_MIN_MS".into(), "50".into());
+    env.insert("BATCHLENS__BATCH__POLL_MAX_MS".into(), "200".into());
+    env.insert("BATCHLENS__BATCH__TICK_MS".into(), "20".into());
+    env.insert("BATCHLENS__BATCH__LEASE_SECS".into(), "5".into());
+    env.insert("BATCHLENS__OPENAI__MAX_RETRIES".into(), "8".into());
+    env.insert("BATCHLENS__LOG__LEVEL".into(), "warn".into());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::load_from(None, &env).expect("test settings are valid")
+}
+
+/// A running application and what it runs against.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub sim: std::sync::Arc<SimServer>,
+    pub stop: CancellationToken,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub data_dir: PathBuf,
+    pub db: std::sync::Arc<TestDb>,
+    _data: Option<tempfile::TempDir>,
+}
+
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        validating_ms: 20,
+        in_progress_ms: 300,
+        finalizing_ms: 20,
+        ..SimConfig::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(kind: Db, sim: SimConfig, extra: &[(&str, &str)]) -> Option<TestApp> {
+        let db = std::sync::Arc::new(TestDb::new(kind).await?);
+        let sim = std::sync::Arc::new(SimServer::spawn(sim).await.unwrap());
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_path_buf();
+        let mut app = Self::start(db, sim, data_dir, extra).await;
+        app._data = Some(data);
+        Some(app)
+    }
+
+    /// Starts (another) application on the same database, simulator and data directory.
+    pub async fn start(
+        db: std::sync::Arc<TestDb>,
+        sim: std::sync::Arc<SimServer>,
+        data_dir: PathBuf,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
+        let settings = settings(&db.url, &sim.base_url(), &data_dir, extra);
+        let app = Application::build(settings)
+            .await
+            .expect("the application builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let handle = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            sim,
+            stop,
+            handle,
+            data_dir,
+            db,
+            _data: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the job until it is terminal or the deadline passes.
+    pub async fn wait_terminal(&self, id: &str, deadline: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.get(&format!("/v1/jobs/{id}")).await;
+            assert_eq!(status, 200, "{job}");
+            if ["completed", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "job {id} not finished after {deadline:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every result of the job, through the NDJSON stream.
+    pub async fn all_results(&self, id: &str) -> Vec<Value> {
+        let text = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}/results")))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub async fn shutdown(
+        self,
+    ) -> (
+        std::sync::Arc<SimServer>,
+        std::sync::Arc<TestDb>,
+        PathBuf,
+        Option<tempfile::TempDir>,
+    ) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+        (self.sim, self.db, self.data_dir, self._data)
+    }
+}
+
+/// A real PNG of the given size (solid colour), as bytes.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn adler32(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &d in data {
+            a = (a + d as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        (b << 16) | a
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    }
+    // Raw scanlines (filter byte 0 + grey pixels), stored in uncompressed deflate blocks.
+    let mut raw = Vec::new();
+    for _ in 0..height {
+        raw.push(0);
+        raw.extend(std::iter::repeat_n(0x80u8, width as usize));
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        z.push(u8::from(i == blocks.len() - 1));
+        z.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
+        z.extend_from_slice(block);
+    }
+    z.extend_from_slice(&adler32(&raw).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A job body of `n` items mixing the three sources; every `invalid_every`-th item is a
+/// broken image (0 = none).
+pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
+    let small = b64(&png(64, 48));
+    (0..n)
+        .map(|i| {
+            let post = format!("post-{}", i / 4);
+            if invalid_every > 0 && i % invalid_every == invalid_every - 1 {
+                return json!({"custom_id": format!("img-{i}"), "post_id": post,
+                              "image_base64": b64(b"%PDF-1.4 not an image"), "mime_type": "image/png"});
+            }
+            match i % 3 {
+                0 => json!({"custom_id": format!("img-{i}"), "post_id": post,
+                            "image_url": format!("https://cdn.example.com/{i}.jpg")}),
+                1 => json!({"custom_id": format!("img-{i}"), "post_id": post,
+                            "image_base64": small, "mime_type": "image/png"}),
+                _ => json!({"custom_id": format!("img-{i}"), "post_id": post,
+                            "data_url": format!("data:image/png;base64,{small}")}),
+            }
+        })
+        .collect()
+}

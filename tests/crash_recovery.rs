@@ -1,0 +1,239 @@
+//! Crashes and replicas: the real binary killed mid-job and started again; two
+//! applications sharing one PostgreSQL database.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fast_sim, mixed_items, Db, TestApp, TestDb};
+use openai_sim::{SimConfig, SimServer};
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service binary as an operator runs it.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(db_url: &str, sim: &SimServer, data_dir: &std::path::Path, port: u16) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_batchlens"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("OPENAI_BASE_URL", sim.base_url())
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("BATCHLENS__SERVER__PORT", port.to_string())
+            .env("BATCHLENS__DATA_DIR", data_dir)
+            .env("BATCHLENS__BATCH__POLL_MIN_MS", "50")
+            .env("BATCHLENS__BATCH__POLL_MAX_MS", "200")
+            .env("BATCHLENS__BATCH__TICK_MS", "20")
+            .env("BATCHLENS__BATCH__LEASE_SECS", "5")
+            .env("BATCHLENS__LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the batchlens binary starts");
+        Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "service not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Each shard id in the simulator's batches, with how many batches carry it.
+fn batches_per_shard(sim: &SimServer) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for batch in sim.sim().batches() {
+        if let Some(shard) = batch["metadata"]["batchlens_shard"].as_str() {
+            *counts.entry(shard.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+async fn killed_while_batches_are_in_flight(kind: Db) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let sim = SimServer::spawn(SimConfig {
+        in_progress_ms: 1_500,
+        ..fast_sim()
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+
+    let first = Service::start(&db.url, &sim, data.path(), port);
+    first.wait_ready(&http).await;
+    let job: Value = http
+        .post(format!("{}/v1/jobs", first.base))
+        .json(&json!({"mode": "batch", "items": mixed_items(120, 0)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    // Wait until a batch is in flight at OpenAI, then kill the process.
+    let start = Instant::now();
+    loop {
+        let job = get(&http, format!("{}/v1/jobs/{id}", first.base)).await;
+        if job["batches"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|s| s["openai_batch_id"].is_string()))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no batch submitted: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+
+    let second = Service::start(&db.url, &sim, data.path(), port);
+    second.wait_ready(&http).await;
+    let start = Instant::now();
+    let done = loop {
+        let job = get(&http, format!("{}/v1/jobs/{id}", second.base)).await;
+        if job["status"] == "completed" || job["status"] == "failed" {
+            break job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not finished: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["succeeded"], 120);
+    let per_shard = batches_per_shard(&sim);
+    assert_eq!(per_shard.len(), done["batches"].as_array().unwrap().len());
+    assert!(
+        per_shard.values().all(|&n| n == 1),
+        "a shard was submitted twice: {per_shard:?}"
+    );
+    second.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_killed_while_batches_are_in_flight() {
+    killed_while_batches_are_in_flight(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_killed_while_batches_are_in_flight() {
+    killed_while_batches_are_in_flight(Db::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_replicas_share_one_job() {
+    let sim = SimConfig {
+        in_progress_ms: 400,
+        ..fast_sim()
+    };
+    let Some(a) = TestApp::spawn(
+        Db::Postgres,
+        sim,
+        &[("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000")],
+    )
+    .await
+    else {
+        return;
+    };
+    let b = TestApp::start(
+        a.db.clone(),
+        a.sim.clone(),
+        a.data_dir.clone(),
+        &[("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000")],
+    )
+    .await;
+    let (status, job) = a
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(150, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = b.wait_terminal(id, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["succeeded"], 150);
+    let shards = done["batches"].as_array().unwrap().len();
+    assert!(shards > 2, "{done}");
+    let per_shard = batches_per_shard(&a.sim);
+    assert_eq!(per_shard.len(), shards);
+    assert!(per_shard.values().all(|&n| n == 1), "{per_shard:?}");
+    // A shard is polled by one replica at a time: each poll pushes the next one at least
+    // poll_min_ms (50 ms) away, so two polls of one batch closer than that would mean two
+    // replicas held it at once.
+    let mut polls: HashMap<String, Vec<i64>> = HashMap::new();
+    for entry in a.sim.sim().journal() {
+        if entry.method == "GET" && entry.path.starts_with("/v1/batches/batch_") {
+            polls
+                .entry(entry.path.clone())
+                .or_default()
+                .push(entry.at_ms as i64);
+        }
+    }
+    assert!(!polls.is_empty());
+    for (path, mut times) in polls {
+        times.sort();
+        for pair in times.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= 40,
+                "{path} polled twice within {} ms",
+                pair[1] - pair[0]
+            );
+        }
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}
