@@ -8,6 +8,7 @@ use base64::engine::DecodePaddingMode;
 use base64::{DecodeError, Engine as _};
 
 use super::image::sniff_image;
+use super::resize::downscale_for;
 use super::{IntakeLimits, ItemInput};
 
 pub(super) const INVALID_ITEM: &str = "invalid_item";
@@ -73,19 +74,20 @@ pub(super) fn take_source(input: &mut ItemInput) -> Result<Source, Reject> {
     }
 }
 
-pub(super) fn check_image(source: Source, limits: &IntakeLimits) -> Result<CheckedImage, Reject> {
+pub(super) fn check_image(source: &Source, limits: &IntakeLimits) -> Result<CheckedImage, Reject> {
     match source {
-        Source::Url(u) => check_url(&u, limits.max_url_len)
+        Source::Url(u) => check_url(u, limits.max_url_len)
             .map(|image| CheckedImage {
                 image,
                 width: None,
                 height: None,
             })
             .map_err(|r| Reject::image(format!("image_url: {r}"))),
-        Source::Base64(b) => check_inline(&b, limits.max_image_bytes)
-            .map_err(|r| Reject::image(format!("image_base64: {r}"))),
-        Source::DataUrl(d) => data_url_payload(&d)
-            .and_then(|payload| check_inline(payload, limits.max_image_bytes))
+        Source::Base64(b) => {
+            check_inline(b, limits).map_err(|r| Reject::image(format!("image_base64: {r}")))
+        }
+        Source::DataUrl(d) => data_url_payload(d)
+            .and_then(|payload| check_inline(payload, limits))
             .map_err(|r| Reject::image(format!("data_url: {r}"))),
     }
 }
@@ -146,9 +148,24 @@ fn data_url_payload(raw: &str) -> Result<&str, String> {
 }
 
 /// Decodes and sniffs an inline image; the stored form is a data URL with the real mime.
-fn check_inline(text: &str, max_bytes: usize) -> Result<CheckedImage, String> {
-    let (bytes, payload) = decode_base64(text, max_bytes)?;
+/// With a downscale target, an image larger than the model will look at is stored at the
+/// size it will be looked at.
+fn check_inline(text: &str, limits: &IntakeLimits) -> Result<CheckedImage, String> {
+    let (bytes, payload) = decode_base64(text, limits.max_image_bytes)?;
     let info = sniff_image(&bytes)?;
+    if let Some(target) = &limits.downscale {
+        if let Some(small) = downscale_for(&bytes, target)? {
+            return Ok(CheckedImage {
+                image: format!(
+                    "data:{};base64,{}",
+                    small.mime,
+                    STANDARD.encode(&small.bytes)
+                ),
+                width: Some(small.width as i32),
+                height: Some(small.height as i32),
+            });
+        }
+    }
     Ok(CheckedImage {
         image: format!("data:{};base64,{payload}", info.mime),
         width: Some(info.width as i32),

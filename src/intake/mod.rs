@@ -1,15 +1,18 @@
 //! Intake: per-item validation of a submitted image set. Each item is accepted (and its
-//! inline image normalized) or rejected on its own with a reason a person can act on.
-//! No I/O: URLs are checked, never fetched.
+//! inline image normalized, and downscaled when the limits ask) or rejected on its own with
+//! a reason a person can act on. No I/O: URLs are checked, never fetched.
 
 mod image;
 mod item;
+pub mod resize;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::domain::{ItemError, ItemStatus, NewItem};
 
 pub use image::{sniff_image, ImageFormat, ImageInfo};
+pub use resize::DownscaleTarget;
 
 /// One image of a job as a client submits it. Give exactly one of `image_url`,
 /// `image_base64` (with `mime_type`) or `data_url`.
@@ -54,12 +57,15 @@ pub struct ItemInput {
 }
 
 /// The limits intake enforces on each item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntakeLimits {
     /// Largest inline image, in decoded bytes.
     pub max_image_bytes: usize,
     pub max_custom_id_len: usize,
     pub max_url_len: usize,
+    /// When set, inline images larger than this model looks at (at this detail) are stored
+    /// downscaled to that size. `None` (the default) stores them as sent.
+    pub downscale: Option<DownscaleTarget>,
 }
 
 impl Default for IntakeLimits {
@@ -68,6 +74,7 @@ impl Default for IntakeLimits {
             max_image_bytes: 20 * 1024 * 1024,
             max_custom_id_len: 64,
             max_url_len: 2048,
+            downscale: None,
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct IntakeResult {
 /// Checks a chunk of items whose first one sits at `first_index` in the job.
 /// `taken_custom_ids` are the ids of the job's earlier items. Rejected items keep
 /// their place (and a usable custom_id) so indexes stay those the client sent.
+/// The image work runs on up to every core and blocks until done: from async code, call
+/// it inside `tokio::task::spawn_blocking`.
 pub fn check_items(
     inputs: Vec<ItemInput>,
     first_index: i64,
@@ -117,11 +126,8 @@ pub fn check_items(
     // custom_id → index of the item of this chunk that holds it.
     let mut used: HashMap<String, i64> = HashMap::with_capacity(inputs.len());
 
-    let mut out = IntakeResult {
-        items: Vec::with_capacity(inputs.len()),
-        rejected: Vec::new(),
-        accepted: 0,
-    };
+    // Ids first, in order: uniqueness depends on every earlier item.
+    let mut pending = Vec::with_capacity(inputs.len());
     for (pos, mut input) in inputs.into_iter().enumerate() {
         let index = first_index + pos as i64;
         // The first problem found is the one reported.
@@ -170,25 +176,54 @@ pub fn check_items(
                 }
             });
 
-        let checked = match item::take_source(&mut input) {
+        let source = match item::take_source(&mut input) {
             Err(r) => {
                 fail(&mut failure, r.code, r.reason);
                 None
             }
             // An item already rejected is not worth decoding.
             Ok(_) if failure.is_some() => None,
-            Ok(source) => match item::check_image(source, limits) {
-                Ok(c) => Some(c),
-                Err(r) => {
-                    fail(&mut failure, r.code, r.reason);
-                    None
-                }
-            },
+            Ok(source) => Some(source),
         };
 
         used.insert(custom_id.clone(), index);
-        let new_item = match (checked, failure) {
-            (Some(c), None) => {
+        pending.push(Pending {
+            index,
+            custom_id,
+            post_id,
+            failure,
+            source,
+        });
+    }
+
+    // Then the images, which are independent of each other and CPU-heavy (base64, decoding,
+    // resizing): in parallel.
+    let checked = parallel_map(&pending, |p| {
+        p.source
+            .as_ref()
+            .map(|source| item::check_image(source, limits))
+    });
+
+    let mut out = IntakeResult {
+        items: Vec::with_capacity(pending.len()),
+        rejected: Vec::new(),
+        accepted: 0,
+    };
+    for (p, checked) in pending.into_iter().zip(checked) {
+        let Pending {
+            index,
+            custom_id,
+            post_id,
+            failure,
+            ..
+        } = p;
+        let outcome = match (checked, failure) {
+            (_, Some(r)) | (Some(Err(r)), None) => Err(r),
+            (Some(Ok(c)), None) => Ok(c),
+            (None, None) => unreachable!("an item without an image has a failure"),
+        };
+        let new_item = match outcome {
+            Ok(c) => {
                 out.accepted += 1;
                 NewItem {
                     custom_id,
@@ -200,8 +235,7 @@ pub fn check_items(
                     error: None,
                 }
             }
-            (_, failure) => {
-                let r = failure.expect("an item without an image has a failure");
+            Err(r) => {
                 out.rejected.push(Rejection {
                     index,
                     custom_id: custom_id.clone(),
@@ -224,6 +258,58 @@ pub fn check_items(
         out.items.push(new_item);
     }
     out
+}
+
+/// An item whose ids are settled and whose image, if it still has one to check, is not yet.
+struct Pending {
+    index: i64,
+    custom_id: String,
+    post_id: Option<String>,
+    failure: Option<item::Reject>,
+    source: Option<item::Source>,
+}
+
+/// `work` on every element, on up to `available_parallelism` threads; results in input
+/// order. Threads take the next element as they finish, so one huge image doesn't hold up
+/// a fixed share of the rest.
+fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(work).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every element was taken by a thread"))
+        .collect()
 }
 
 /// `item-{index}`, or with a suffix when a client already uses that id.
@@ -721,6 +807,170 @@ mod tests {
         let mut i = with_id(ItemInput::default(), "a b");
         i.post_id = Some(String::new());
         assert!(reason(i).starts_with("custom_id"));
+    }
+
+    fn downscaling(model: &str, detail: crate::domain::Detail) -> IntakeLimits {
+        IntakeLimits {
+            downscale: Some(DownscaleTarget::new(model, detail)),
+            ..IntakeLimits::default()
+        }
+    }
+
+    /// The bytes and mime of a stored data URL.
+    fn stored(image: &str) -> (Vec<u8>, String) {
+        let (head, payload) = image.split_once(";base64,").unwrap();
+        let mime = head.strip_prefix("data:").unwrap().to_string();
+        (STANDARD.decode(payload).unwrap(), mime)
+    }
+
+    #[test]
+    fn with_downscaling_a_large_image_is_stored_at_the_size_the_model_sees() {
+        use crate::domain::Detail;
+        let photo = resize::fixtures::jpeg_photo(1600, 1200);
+        let inputs = [
+            b64(&photo, "image/jpeg"),
+            data(format!(
+                "data:image/jpeg;base64,{}",
+                STANDARD.encode(&photo)
+            )),
+        ];
+        for (detail, dims) in [(Detail::Low, (512, 384)), (Detail::High, (1024, 768))] {
+            for input in inputs.clone() {
+                let limits = downscaling("gpt-4o-mini", detail);
+                let r = check_items(vec![input], 0, &none(), &limits);
+                assert_eq!(r.accepted, 1, "{:?}", r.rejected);
+                let it = &r.items[0];
+                assert_eq!((it.width, it.height), (Some(dims.0), Some(dims.1)));
+                let (bytes, mime) = stored(&it.image);
+                assert_eq!(mime, "image/jpeg");
+                assert!(bytes.len() < photo.len());
+                let img = ::image::load_from_memory(&bytes).unwrap();
+                assert_eq!((img.width() as i32, img.height() as i32), dims);
+                // The stored mime is what the bytes are.
+                assert_eq!(sniff_image(&bytes).unwrap().mime, "image/jpeg");
+            }
+        }
+    }
+
+    #[test]
+    fn without_downscaling_inline_images_are_stored_as_sent() {
+        let photo = resize::fixtures::jpeg_photo(1600, 1200);
+        let it = accepted(b64(&photo, "image/jpeg"));
+        assert_eq!(
+            it.image,
+            format!("data:image/jpeg;base64,{}", STANDARD.encode(&photo))
+        );
+        assert_eq!((it.width, it.height), (Some(1600), Some(1200)));
+    }
+
+    #[test]
+    fn with_downscaling_small_images_and_urls_are_untouched() {
+        let limits = downscaling("gpt-4o", crate::domain::Detail::High);
+        let small = resize::fixtures::jpeg_photo(300, 200);
+        let r = check_items(
+            vec![b64(&small, "image/jpeg"), url("https://e.com/big.jpg")],
+            0,
+            &none(),
+            &limits,
+        );
+        assert_eq!(r.accepted, 2);
+        assert_eq!(
+            r.items[0].image,
+            format!("data:image/jpeg;base64,{}", STANDARD.encode(&small))
+        );
+        assert_eq!(r.items[1].image, "https://e.com/big.jpg");
+    }
+
+    #[test]
+    fn with_downscaling_an_image_that_does_not_decode_is_rejected() {
+        let limits = downscaling("gpt-4o", crate::domain::Detail::Low);
+        // A JPEG header with no picture data: it sniffs fine but cannot be decoded.
+        let r = check_items(
+            vec![b64(&jpeg(640, 480), "image/jpeg")],
+            0,
+            &none(),
+            &limits,
+        );
+        assert_eq!(r.accepted, 0);
+        assert!(
+            r.rejected[0]
+                .reason
+                .starts_with("image_base64: the JPEG could not be decoded: "),
+            "{}",
+            r.rejected[0].reason
+        );
+        assert_eq!(r.items[0].error.as_ref().unwrap().code, "invalid_image");
+        assert_eq!(r.items[0].image, "");
+    }
+
+    #[test]
+    fn with_downscaling_a_decompression_bomb_is_rejected() {
+        let limits = downscaling("gpt-4o", crate::domain::Detail::Low);
+        let bomb = resize::fixtures::png_header_claiming(100_000, 100_000);
+        let text = format!("data:image/png;base64,{}", STANDARD.encode(&bomb));
+        let r = check_items(vec![data(text)], 0, &none(), &limits);
+        assert_eq!(
+            r.rejected[0].reason,
+            "data_url: the PNG is 100000x100000 pixels, too large to resize (at most 16384 \
+             pixels a side); send a smaller image"
+        );
+    }
+
+    #[test]
+    fn parallel_image_work_keeps_order_ids_and_rejections() {
+        let limits = downscaling("gpt-4o", crate::domain::Detail::Low);
+        let sizes = [
+            (1600, 1200),
+            (600, 900),
+            (300, 200),
+            (1024, 2048),
+            (700, 700),
+        ];
+        let mut inputs: Vec<ItemInput> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(w, h))| {
+                with_id(
+                    b64(&resize::fixtures::jpeg_photo(w, h), "image/jpeg"),
+                    &format!("p-{i}"),
+                )
+            })
+            .collect();
+        inputs.insert(2, with_id(url("http://e.com/a"), "p-0"));
+        inputs.push(b64(&pdf(), "image/png"));
+        let r = check_items(inputs, 0, &none(), &limits);
+
+        let ids: Vec<_> = r.items.iter().map(|i| i.custom_id.as_str()).collect();
+        assert_eq!(ids, ["p-0", "p-1", "item-2", "p-2", "p-3", "p-4", "item-6"]);
+        let dims: Vec<_> = r.items.iter().map(|i| (i.width, i.height)).collect();
+        let some = |w, h| (Some(w), Some(h));
+        assert_eq!(
+            dims,
+            [
+                some(512, 384),
+                some(341, 512),
+                (None, None),
+                some(300, 200),
+                some(256, 512),
+                some(512, 512),
+                (None, None),
+            ]
+        );
+        assert_eq!(r.accepted, 5);
+        // The duplicate id is reported before the URL's own problem.
+        assert_eq!(
+            r.rejected[0].reason,
+            "custom_id \"p-0\" is already used by item 0"
+        );
+        assert_eq!(r.rejected[1].index, 6);
+    }
+
+    #[test]
+    fn parallel_map_keeps_order_with_more_items_than_threads() {
+        let items: Vec<u64> = (0..1000).collect();
+        let out = parallel_map(&items, |x| x * x);
+        assert_eq!(out, items.iter().map(|x| x * x).collect::<Vec<_>>());
+        assert!(parallel_map(&[] as &[u8], |x| *x).is_empty());
     }
 
     #[test]

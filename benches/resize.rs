@@ -1,0 +1,192 @@
+//! Throughput of inline-image downscaling and what it saves in a batch file: synthetic
+//! 2000×1500 photos (JPEG q90) downscaled for gpt-4o-mini at detail low and high.
+//! Prints figures; asserts nothing about time. `BENCH_IMAGES` sets the count (default 200).
+//!
+//! Run: `cargo bench --bench resize` (or `BENCH_IMAGES=50 cargo bench --bench resize`).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use batchlens::domain::Detail;
+use batchlens::intake::resize::{downscale_for, DownscaleTarget};
+use batchlens::intake::{check_items, IntakeLimits, ItemInput};
+use image::codecs::jpeg::JpegEncoder;
+use image::{ExtendedColorType, ImageEncoder, RgbImage};
+
+const WIDTH: u32 = 2000;
+const HEIGHT: u32 = 1500;
+const MODEL: &str = "gpt-4o-mini";
+/// The planner's cap on one batch input file (`batch.max_file_bytes`).
+const FILE_BYTES: u64 = 190_000_000;
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    x ^ (x >> 33)
+}
+
+/// Smooth gradients and waves, texture in 6 px cells (detail that survives a 4x downscale,
+/// as a photo's does) and per-pixel sensor noise: close enough to a photo for a JPEG
+/// encoder's output size and a resizer's work.
+fn photo(seed: u64) -> Vec<u8> {
+    let mut state = mix(seed) | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 17) as i32 - 8
+    };
+    let phase = (seed % 97) as f32 / 97.0;
+    let img = RgbImage::from_fn(WIDTH, HEIGHT, |x, y| {
+        let (fx, fy) = (x as f32 / WIDTH as f32, y as f32 / HEIGHT as f32);
+        let wave = ((fx * 6.0 + phase * 6.3).sin() * (fy * 4.0).cos() * 40.0) as i32;
+        let cell = mix(seed << 40 ^ u64::from(x / 6) << 20 ^ u64::from(y / 6));
+        let texture = (cell % 49) as i32 - 24;
+        let base = [
+            (fx * 200.0) as i32 + 30 + wave + texture,
+            (fy * 180.0) as i32 + 40 - wave / 2 + texture,
+            ((1.0 - fx) * fy * 220.0) as i32 + 20 + texture / 2,
+        ];
+        image::Rgb(base.map(|c| (c + noise()).clamp(0, 255) as u8))
+    });
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, 90)
+        .write_image(img.as_raw(), WIDTH, HEIGHT, ExtendedColorType::Rgb8)
+        .expect("encoding a generated photo");
+    out
+}
+
+fn base64_len(bytes: u64) -> u64 {
+    bytes.div_ceil(3) * 4
+}
+
+fn per_file(total_bytes: u64, images: usize) -> u64 {
+    FILE_BYTES / (base64_len(total_bytes / images as u64)).max(1)
+}
+
+fn report(label: &str, images: usize, elapsed: Duration, bytes_in: u64, bytes_out: u64) {
+    let secs = elapsed.as_secs_f64();
+    println!("{label}");
+    println!(
+        "  {:.1} images/s, {:.1} ms per image",
+        images as f64 / secs,
+        secs * 1000.0 / images as f64
+    );
+    println!(
+        "  bytes in {:.1} MB, out {:.1} MB: {:.1}% saved (average {:.0} KB -> {:.0} KB as base64)",
+        bytes_in as f64 / 1e6,
+        bytes_out as f64 / 1e6,
+        100.0 * (1.0 - bytes_out as f64 / bytes_in as f64),
+        base64_len(bytes_in / images as u64) as f64 / 1e3,
+        base64_len(bytes_out / images as u64) as f64 / 1e3,
+    );
+    println!(
+        "  images per {} MB file (base64 only): {} before, {} after",
+        FILE_BYTES / 1_000_000,
+        per_file(bytes_in, images),
+        per_file(bytes_out, images)
+    );
+}
+
+fn main() {
+    let count: usize = std::env::var("BENCH_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(200);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let start = Instant::now();
+    let photos: Vec<Vec<u8>> = (0..count as u64).map(photo).collect();
+    let bytes_in: u64 = photos.iter().map(|p| p.len() as u64).sum();
+    println!(
+        "generated {count} {WIDTH}x{HEIGHT} JPEG q90 photos ({:.1} MB) in {:.1} s",
+        bytes_in as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+
+    for detail in [Detail::Low, Detail::High] {
+        let target = DownscaleTarget::new(MODEL, detail);
+        let mut bytes_out = 0u64;
+        let mut size = None;
+        let start = Instant::now();
+        for p in &photos {
+            match downscale_for(p, &target).expect("a generated photo downscales") {
+                Some(d) => {
+                    bytes_out += d.bytes.len() as u64;
+                    size = Some((d.width, d.height));
+                }
+                None => bytes_out += p.len() as u64,
+            }
+        }
+        let elapsed = start.elapsed();
+        let (w, h) = size.unwrap_or((WIDTH, HEIGHT));
+        report(
+            &format!(
+                "downscale, one thread, {MODEL} detail {} -> {w}x{h}",
+                detail.as_str()
+            ),
+            count,
+            elapsed,
+            bytes_in,
+            bytes_out,
+        );
+    }
+
+    // The whole intake path (base64 decode, sniff, downscale, base64 encode) on every core.
+    let inputs: Vec<ItemInput> = photos
+        .iter()
+        .map(|p| ItemInput {
+            image_base64: Some(STANDARD.encode(p)),
+            mime_type: Some("image/jpeg".into()),
+            ..Default::default()
+        })
+        .collect();
+    let limits = IntakeLimits {
+        downscale: Some(DownscaleTarget::new(MODEL, Detail::Low)),
+        ..IntakeLimits::default()
+    };
+    let start = Instant::now();
+    let result = check_items(inputs, 0, &HashSet::new(), &limits);
+    let elapsed = start.elapsed();
+    assert_eq!(result.accepted, count, "{:?}", result.rejected.first());
+    let stored: u64 = result.items.iter().map(|i| i.image.len() as u64).sum();
+    println!("intake check_items, {threads} threads, detail low");
+    println!(
+        "  {:.1} images/s, {:.1} ms per image; stored data URLs {:.1} MB",
+        count as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / count as f64,
+        stored as f64 / 1e6
+    );
+
+    // Where the time goes, and the same work with `image` alone (its own Lanczos3 resize).
+    let sample = &photos[..count.min(20)];
+    let start = Instant::now();
+    for p in sample {
+        image::load_from_memory(p).expect("decoding a generated photo");
+    }
+    println!(
+        "of which JPEG decoding alone, {} images: {:.1} ms per image",
+        sample.len(),
+        start.elapsed().as_secs_f64() * 1000.0 / sample.len() as f64
+    );
+    let start = Instant::now();
+    for p in sample {
+        let img = image::load_from_memory(p).expect("decoding a generated photo");
+        let small = img.resize_exact(1024, 768, image::imageops::FilterType::Lanczos3);
+        let mut out = Vec::new();
+        small
+            .write_with_encoder(JpegEncoder::new_with_quality(&mut out, 85))
+            .expect("encoding");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "for comparison, `image` alone (decode, Lanczos3 to 1024x768, encode), {} images: {:.1} ms per image",
+        sample.len(),
+        secs * 1000.0 / sample.len() as f64
+    );
+}
