@@ -89,6 +89,7 @@ pub struct ModelLimits {
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntakeSettings {
     pub max_image_bytes: usize,
+    pub downscale: bool,
     pub default_image_width: u32,
     pub default_image_height: u32,
 }

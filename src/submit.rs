@@ -16,7 +16,7 @@ use crate::cost::image_tokens::image_tokens;
 use crate::cost::pricing::PriceTable;
 use crate::cost::text_tokens::chat_request_input_tokens;
 use crate::domain::{Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob};
-use crate::intake::{check_items, IntakeLimits, IntakeResult, ItemInput};
+use crate::intake::{check_items, DownscaleTarget, IntakeLimits, IntakeResult, ItemInput};
 
 /// The job-level fields of a request, checked.
 #[derive(Debug, Clone)]
@@ -30,9 +30,15 @@ pub struct JobSpec {
     pub webhook_url: Option<String>,
 }
 
-pub fn intake_limits(settings: &Settings) -> IntakeLimits {
+/// Intake limits for a job's model and detail: inline images are downscaled to what that
+/// model looks at unless `intake.downscale` is off.
+pub fn intake_limits(settings: &Settings, model: &str, detail: Detail) -> IntakeLimits {
     IntakeLimits {
         max_image_bytes: settings.intake.max_image_bytes,
+        downscale: settings
+            .intake
+            .downscale
+            .then(|| DownscaleTarget::new(model, detail)),
         ..IntakeLimits::default()
     }
 }
@@ -122,8 +128,11 @@ pub fn validation(errors: Vec<FieldError>) -> ApiError {
 
 /// Intake of a chunk of items; a chunk in which nothing is usable is a 422 that names
 /// every item.
+///
+/// CPU-heavy when images are downscaled: call it from `spawn_blocking`.
 pub fn take_items(
     settings: &Settings,
+    limits: &IntakeLimits,
     inputs: Vec<ItemInput>,
     first_index: i64,
     taken: &HashSet<String>,
@@ -131,31 +140,45 @@ pub fn take_items(
 ) -> Result<IntakeResult, ApiError> {
     if inputs.is_empty() {
         if allow_empty {
-            return Ok(check_items(
-                inputs,
-                first_index,
-                taken,
-                &intake_limits(settings),
-            ));
+            return Ok(check_items(inputs, first_index, taken, limits));
         }
         return Err(validation(vec![FieldError {
             field: "items".into(),
             message: "must hold at least one image".into(),
         }]));
     }
-    let result = check_items(inputs, first_index, taken, &intake_limits(settings));
+    let result = check_items(inputs, first_index, taken, limits);
     if result.accepted == 0 {
         let errors = result
             .rejected
             .iter()
-            .map(|r| FieldError {
-                field: format!("items[{}]", r.index - first_index),
-                message: r.reason.clone(),
-            })
+            .map(|r| rejection_field(r.index - first_index, &r.reason))
             .collect();
         return Err(validation(errors));
     }
     Ok(result)
+}
+
+/// A rejection as a field error: `items[3].image_url` when the reason names the field.
+fn rejection_field(index: i64, reason: &str) -> FieldError {
+    const FIELDS: [&str; 6] = [
+        "image_url",
+        "image_base64",
+        "data_url",
+        "mime_type",
+        "custom_id",
+        "post_id",
+    ];
+    match reason.split_once(": ") {
+        Some((field, message)) if FIELDS.contains(&field) => FieldError {
+            field: format!("items[{index}].{field}"),
+            message: message.to_string(),
+        },
+        _ => FieldError {
+            field: format!("items[{index}]"),
+            message: reason.to_string(),
+        },
+    }
 }
 
 /// The mode a job runs in, and why.
@@ -229,15 +252,18 @@ pub struct Prepared {
 }
 
 /// Checks a job body and builds the job row and items it would store.
+///
+/// CPU-heavy when images are downscaled: call it from `spawn_blocking`.
 pub fn prepare(
     settings: &Settings,
     prices: &PriceTable,
     tenant: &str,
+    spec: JobSpec,
     req: JobRequest,
     output_tokens_per_item: u32,
 ) -> Result<Prepared, ApiError> {
-    let spec = check_spec(settings, &req)?;
-    let intake = take_items(settings, req.items, 0, &HashSet::new(), req.open)?;
+    let limits = intake_limits(settings, &spec.model, spec.detail);
+    let intake = take_items(settings, &limits, req.items, 0, &HashSet::new(), req.open)?;
     let dims = item_dims(settings, &intake.items);
     let est = estimate(
         prices,
@@ -298,6 +324,15 @@ pub fn compare_models(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_name_the_item_field() {
+        let e = rejection_field(3, "image_url: scheme must be https");
+        assert_eq!(e.field, "items[3].image_url");
+        assert_eq!(e.message, "scheme must be https");
+        let e = rejection_field(0, "give exactly one of image_url, image_base64 or data_url");
+        assert_eq!(e.field, "items[0]");
+    }
 
     #[test]
     fn auto_picks_individual_below_the_threshold() {

@@ -176,18 +176,16 @@ fn per_image(total: Option<i64>, items: usize) -> Option<f64> {
     security(("bearer" = [])))]
 pub async fn create_estimate(
     State(state): State<AppState>,
-    _tenant: Tenant,
+    tenant: Tenant,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<Json<EstimateResponse>, ApiError> {
-    let output_tokens = state.expected_output_tokens();
     let spec = submit::check_spec(&state.settings, &req)?;
-    let prepared = submit::prepare(
-        &state.settings,
-        &state.prices,
-        "estimate",
-        req,
-        output_tokens,
-    )?;
+    let output_tokens = state
+        .expected_output_tokens(&tenant.0, &spec.model, &spec.analyzer)
+        .await?;
+    let prepared = state
+        .prepare(&tenant.0, spec.clone(), req, output_tokens)
+        .await?;
     let accepted = prepared.intake.accepted;
     let dims = submit::item_dims(&state.settings, &prepared.intake.items);
     let models =

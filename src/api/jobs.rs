@@ -186,14 +186,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 async fn create(state: &AppState, tenant: &Tenant, req: JobRequest) -> Result<JobView, ApiError> {
-    let output_tokens = state.expected_output_tokens();
-    let prepared = submit::prepare(
-        &state.settings,
-        &state.prices,
-        &tenant.0,
-        req,
-        output_tokens,
-    )?;
+    let spec = submit::check_spec(&state.settings, &req)?;
+    let output_tokens = state
+        .expected_output_tokens(&tenant.0, &spec.model, &spec.analyzer)
+        .await?;
+    let prepared = state.prepare(&tenant.0, spec, req, output_tokens).await?;
     let job = state
         .store
         .create_job(&prepared.job, &prepared.intake.items)
@@ -279,7 +276,14 @@ pub async fn append_items(
         )));
     }
     let taken = taken_custom_ids(&state, id).await?;
-    let intake = submit::take_items(&state.settings, req.items, job.counts.total, &taken, false)?;
+    let settings = state.settings.clone();
+    let limits = submit::intake_limits(&settings, &job.model, job.detail);
+    let first = job.counts.total;
+    let intake = tokio::task::spawn_blocking(move || {
+        submit::take_items(&settings, &limits, req.items, first, &taken, false)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let job = state
         .store
         .append_items(&tenant.0, id, &intake.items)

@@ -39,9 +39,54 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Output tokens per image to assume for estimates.
-    pub fn expected_output_tokens(&self) -> u32 {
-        self.settings.estimate.default_output_tokens
+    /// Output tokens per image to assume for estimates: the average of the tenant's
+    /// recent finished jobs with the same model and analyzer, else the configured default.
+    pub async fn expected_output_tokens(
+        &self,
+        tenant: &str,
+        model: &str,
+        analyzer: &crate::domain::Analyzer,
+    ) -> Result<u32, ApiError> {
+        let recent = self
+            .store
+            .list_jobs(tenant, Some(crate::domain::JobStatus::Completed), None, 50)
+            .await?;
+        let (tokens, items) = recent
+            .iter()
+            .filter(|j| j.model == model && &j.analyzer == analyzer)
+            .filter(|j| j.counts.succeeded > 0)
+            .take(10)
+            .fold((0i64, 0i64), |(t, n), j| {
+                (
+                    t + j.cost.output_tokens,
+                    n + j.counts.succeeded + j.counts.failed,
+                )
+            });
+        Ok(if items > 0 && tokens > 0 {
+            (tokens as f64 / items as f64).round() as u32
+        } else {
+            self.settings.estimate.default_output_tokens
+        })
+    }
+
+    /// `submit::prepare` on a blocking thread: image checks and downscaling are CPU work.
+    pub async fn prepare(
+        &self,
+        tenant: &str,
+        spec: crate::submit::JobSpec,
+        req: dto::JobRequest,
+        output_tokens: u32,
+    ) -> Result<crate::submit::Prepared, ApiError> {
+        let (settings, prices, tenant) = (
+            self.settings.clone(),
+            self.prices.clone(),
+            tenant.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::submit::prepare(&settings, &prices, &tenant, spec, req, output_tokens)
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
     /// The estimate of a stored job's pending items (an open job being submitted).
@@ -73,7 +118,8 @@ impl AppState {
                 &self.settings,
                 &spec,
                 &dims,
-                self.expected_output_tokens(),
+                self.expected_output_tokens(&job.tenant, &job.model, &job.analyzer)
+                    .await?,
             ),
         ))
     }

@@ -249,27 +249,51 @@ impl TestApp {
     }
 }
 
-/// A real PNG of the given size (solid colour), as bytes.
+/// A real PNG of the given size (solid grey), as bytes. Memoized: big ones are slow to
+/// checksum in a debug build.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<(u32, u32), Vec<u8>>>> =
+        std::sync::LazyLock::new(Default::default);
+    if let Some(hit) = CACHE.lock().unwrap().get(&(width, height)) {
+        return hit.clone();
+    }
+    let made = make_png(width, height);
+    CACHE.lock().unwrap().insert((width, height), made.clone());
+    made
+}
+
+fn make_png(width: u32, height: u32) -> Vec<u8> {
     fn crc32(data: &[u8]) -> u32 {
+        static TABLE: std::sync::LazyLock<[u32; 256]> = std::sync::LazyLock::new(|| {
+            let mut t = [0u32; 256];
+            for (n, slot) in t.iter_mut().enumerate() {
+                let mut c = n as u32;
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+                *slot = c;
+            }
+            t
+        });
         let mut crc = 0xffff_ffffu32;
         for &b in data {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
+            crc = TABLE[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
         }
         !crc
     }
     fn adler32(data: &[u8]) -> u32 {
         let (mut a, mut b) = (1u32, 0u32);
-        for &d in data {
-            a = (a + d as u32) % 65521;
-            b = (b + a) % 65521;
+        for chunk in data.chunks(5552) {
+            for &d in chunk {
+                a += d as u32;
+                b += a;
+            }
+            a %= 65521;
+            b %= 65521;
         }
         (b << 16) | a
     }

@@ -1,0 +1,211 @@
+//! Cost end to end on the simulator: what a job spent equals its results' usage priced by
+//! hand, individual calls would cost exactly twice, and the estimate made at submit is
+//! close to what it cost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{b64, fast_sim, png, Db, TestApp};
+use serde_json::{json, Value};
+
+/// USD per 1M tokens, as the README and /v1/pricing state them for gpt-4o-mini.
+const BATCH_INPUT: f64 = 0.075;
+const NO_DOWNSCALE: &[(&str, &str)] = &[("BATCHLENS__INTAKE__DOWNSCALE", "false")];
+const BATCH_CACHED: f64 = 0.0375;
+const BATCH_OUTPUT: f64 = 0.30;
+
+fn priced_by_hand(usage: &Value) -> f64 {
+    let input = usage["input_tokens"].as_f64().unwrap();
+    let cached = usage["cached_input_tokens"].as_f64().unwrap();
+    let output = usage["output_tokens"].as_f64().unwrap();
+    ((input - cached) * BATCH_INPUT + cached * BATCH_CACHED + output * BATCH_OUTPUT) / 1e6
+}
+
+fn close(a: f64, b: f64, tolerance: f64) -> bool {
+    (a - b).abs() <= tolerance * b.abs().max(1e-12)
+}
+
+async fn actual_cost_is_usage_priced_by_hand(db: Db) {
+    let sim = openai_sim::SimConfig {
+        cached_tokens_fraction: 0.25,
+        ..fast_sim()
+    };
+    // Big test images: downscaling has its own tests and slows a debug build down.
+    let Some(app) = TestApp::spawn(db, sim, NO_DOWNSCALE).await else {
+        return;
+    };
+    let sizes = [(640, 480), (1024, 768), (300, 900), (1600, 1000)];
+    let items: Vec<Value> = (0..20)
+        .map(|i| {
+            let (w, h) = sizes[i % sizes.len()];
+            json!({"custom_id": format!("c{i}"), "image_base64": b64(&png(w, h)), "mime_type": "image/png"})
+        })
+        .collect();
+    let body = json!({"mode": "batch", "model": "gpt-4o-mini", "detail": "high", "items": items});
+    let (status, estimate) = app.post("/v1/estimates", &body).await;
+    assert_eq!(status, 200, "{estimate}");
+    let (status, job) = app.post("/v1/jobs", &body).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(job["estimate"]["batch_usd"], estimate["batch_usd"]);
+    let done = app.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(done["progress"]["succeeded"], 20, "{done}");
+
+    let results = app.all_results(id).await;
+    let by_hand: f64 = results.iter().map(|r| priced_by_hand(&r["usage"])).sum();
+    let per_item: f64 = results
+        .iter()
+        .map(|r| r["cost_usd"].as_f64().unwrap())
+        .sum();
+    let (status, cost) = app.get(&format!("/v1/jobs/{id}/cost")).await;
+    assert_eq!(status, 200);
+    let actual = cost["actual_usd"].as_f64().unwrap();
+    assert!(
+        close(actual, by_hand, 1e-9),
+        "actual {actual} vs by hand {by_hand}"
+    );
+    assert!(close(per_item, actual, 1e-9));
+    assert!(cost["tokens"]["cached_input"].as_i64().unwrap() > 0);
+    // Today's batch prices are exactly half the standard ones.
+    let individual = cost["individual_usd"].as_f64().unwrap();
+    assert!(close(individual, 2.0 * actual, 1e-9), "{cost}");
+    assert!(close(cost["savings_usd"].as_f64().unwrap(), actual, 1e-9));
+    assert_eq!(cost["savings_percent"], 50.0);
+    assert_eq!(cost["by_mode"]["batch"]["items"], 20);
+    // The estimate (no cache assumed, default output length) is close to what it cost
+    // before the cache discount.
+    let uncached_actual: f64 = results
+        .iter()
+        .map(|r| {
+            let u = &r["usage"];
+            (u["input_tokens"].as_f64().unwrap() * BATCH_INPUT
+                + u["output_tokens"].as_f64().unwrap() * BATCH_OUTPUT)
+                / 1e6
+        })
+        .sum();
+    let estimated = cost["estimate_usd"].as_f64().unwrap();
+    assert!(
+        close(estimated, uncached_actual, 0.05),
+        "estimate {estimated} vs {uncached_actual}"
+    );
+    // The job's summary says the same.
+    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["cost"]["actual_usd"], cost["actual_usd"]);
+    app.shutdown().await;
+}
+
+async fn estimates_track_actual_cost_across_models_and_details(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), NO_DOWNSCALE).await else {
+        return;
+    };
+    let sizes = [(512, 512), (1280, 720), (2100, 600)];
+    for model in ["gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "gpt-5-nano"] {
+        // The first job of a model runs on the configured default output length; later
+        // ones on the analyzer's observed average.
+        for (round, detail) in ["low", "high", "auto"].into_iter().enumerate() {
+            let items: Vec<Value> = (0..6)
+                .map(|i| {
+                    let (w, h) = sizes[i % sizes.len()];
+                    json!({"data_url": format!("data:image/png;base64,{}", b64(&png(w, h)))})
+                })
+                .collect();
+            let body = json!({"mode": "batch", "model": model, "detail": detail, "items": items});
+            let (status, job) = app.post("/v1/jobs", &body).await;
+            assert_eq!(status, 202, "{job}");
+            let id = job["id"].as_str().unwrap();
+            let done = app.wait_terminal(id, Duration::from_secs(60)).await;
+            assert_eq!(done["progress"]["succeeded"], 6, "{model} {detail}: {done}");
+            let (_, cost) = app.get(&format!("/v1/jobs/{id}/cost")).await;
+            let actual = cost["actual_usd"].as_f64().unwrap();
+            let estimate = cost["estimate_usd"].as_f64().unwrap();
+            // Input is counted exactly; output is the analyzer's average once it has one.
+            let tolerance = if round == 0 { 0.30 } else { 0.05 };
+            assert!(
+                close(estimate, actual, tolerance),
+                "{model} {detail}: estimate {estimate} vs actual {actual}"
+            );
+            let input_estimate: i64 = {
+                let (_, e) = app.post("/v1/estimates", &body).await;
+                e["tokens"]["input"].as_i64().unwrap()
+            };
+            assert_eq!(
+                input_estimate,
+                cost["tokens"]["input"].as_i64().unwrap(),
+                "{model} {detail}: input tokens are counted exactly"
+            );
+        }
+    }
+    app.shutdown().await;
+}
+
+async fn savings_over_a_period(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), NO_DOWNSCALE).await else {
+        return;
+    };
+    let mut total_actual = 0.0;
+    let mut total_individual = 0.0;
+    for n in [3, 5] {
+        let items: Vec<Value> = (0..n)
+            .map(|_| json!({"image_base64": b64(&png(64, 64)), "mime_type": "image/png"}))
+            .collect();
+        let (_, job) = app
+            .post("/v1/jobs", &json!({"mode": "batch", "items": items}))
+            .await;
+        let id = job["id"].as_str().unwrap();
+        app.wait_terminal(id, Duration::from_secs(60)).await;
+        let (_, cost) = app.get(&format!("/v1/jobs/{id}/cost")).await;
+        total_actual += cost["actual_usd"].as_f64().unwrap();
+        total_individual += cost["individual_usd"].as_f64().unwrap();
+    }
+    let from = "2020-01-01T00:00:00Z";
+    let (status, totals) = app.get(&format!("/v1/costs?from={from}")).await;
+    assert_eq!(status, 200, "{totals}");
+    assert_eq!(totals["jobs"], 2);
+    assert_eq!(totals["images"], 8);
+    assert!(close(
+        totals["actual_usd"].as_f64().unwrap(),
+        total_actual,
+        1e-9
+    ));
+    assert!(close(
+        totals["individual_usd"].as_f64().unwrap(),
+        total_individual,
+        1e-9
+    ));
+    assert!(close(
+        totals["savings_usd"].as_f64().unwrap(),
+        total_individual - total_actual,
+        1e-9
+    ));
+    let (_, empty) = app
+        .get("/v1/costs?from=2020-01-01T00:00:00Z&to=2021-01-01T00:00:00Z")
+        .await;
+    assert_eq!(empty["jobs"], 0);
+    let (status, bad) = app
+        .get("/v1/costs?from=2022-01-01T00:00:00Z&to=2021-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    app.shutdown().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Sqlite).await }
+            )+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Postgres).await }
+            )+
+        }
+    };
+}
+
+on_both!(
+    actual_cost_is_usage_priced_by_hand,
+    estimates_track_actual_cost_across_models_and_details,
+    savings_over_a_period,
+);
