@@ -131,7 +131,6 @@ pub fn validation(errors: Vec<FieldError>) -> ApiError {
 ///
 /// CPU-heavy when images are downscaled: call it from `spawn_blocking`.
 pub fn take_items(
-    settings: &Settings,
     limits: &IntakeLimits,
     inputs: Vec<ItemInput>,
     first_index: i64,
@@ -263,7 +262,7 @@ pub fn prepare(
     output_tokens_per_item: u32,
 ) -> Result<Prepared, ApiError> {
     let limits = intake_limits(settings, &spec.model, spec.detail);
-    let intake = take_items(settings, &limits, req.items, 0, &HashSet::new(), req.open)?;
+    let intake = take_items(&limits, req.items, 0, &HashSet::new(), req.open)?;
     let dims = item_dims(settings, &intake.items);
     let est = estimate(
         prices,

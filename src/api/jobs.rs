@@ -276,11 +276,10 @@ pub async fn append_items(
         )));
     }
     let taken = taken_custom_ids(&state, id).await?;
-    let settings = state.settings.clone();
-    let limits = submit::intake_limits(&settings, &job.model, job.detail);
+    let limits = submit::intake_limits(&state.settings, &job.model, job.detail);
     let first = job.counts.total;
     let intake = tokio::task::spawn_blocking(move || {
-        submit::take_items(&settings, &limits, req.items, first, &taken, false)
+        submit::take_items(&limits, req.items, first, &taken, false)
     })
     .await
     .map_err(ApiError::internal)??;

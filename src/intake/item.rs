@@ -219,7 +219,7 @@ fn decode_base64(text: &str, max_bytes: usize) -> Result<(Vec<u8>, String), Stri
     if bytes.len() > max_bytes {
         return Err(over_limit(bytes.len(), max_bytes));
     }
-    let payload = if !url_safe && clean.len() % 4 == 0 {
+    let payload = if !url_safe && clean.len().is_multiple_of(4) {
         clean
     } else {
         STANDARD.encode(&bytes)

@@ -252,8 +252,8 @@ impl TestApp {
 /// A real PNG of the given size (solid grey), as bytes. Memoized: big ones are slow to
 /// checksum in a debug build.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
-    static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<(u32, u32), Vec<u8>>>> =
-        std::sync::LazyLock::new(Default::default);
+    type Cache = std::sync::Mutex<HashMap<(u32, u32), Vec<u8>>>;
+    static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
     if let Some(hit) = CACHE.lock().unwrap().get(&(width, height)) {
         return hit.clone();
     }
