@@ -4,80 +4,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fast_sim, mixed_items, Db, TestApp, TestDb};
+use common::{fast_sim, free_port, mixed_items, Db, Service, TestApp, TestDb};
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The service binary as an operator runs it.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    fn start(db_url: &str, sim: &SimServer, data_dir: &std::path::Path, port: u16) -> Service {
-        let child = Command::new(env!("CARGO_BIN_EXE_batchlens"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", db_url)
-            .env("OPENAI_BASE_URL", sim.base_url())
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("BATCHLENS__SERVER__PORT", port.to_string())
-            .env("BATCHLENS__DATA_DIR", data_dir)
-            .env("BATCHLENS__BATCH__POLL_MIN_MS", "50")
-            .env("BATCHLENS__BATCH__POLL_MAX_MS", "200")
-            .env("BATCHLENS__BATCH__TICK_MS", "20")
-            .env("BATCHLENS__BATCH__LEASE_SECS", "5")
-            .env("BATCHLENS__LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the batchlens binary starts");
-        Service {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "service not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn get(http: &reqwest::Client, url: String) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()

@@ -247,8 +247,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Shard>>;
 
     /// Leases up to `limit` individual shards (planned, or submitted by a replica whose
-    /// lease expired) of queued or running jobs, taking jobs round-robin (each job's
-    /// oldest shard first) so a large job cannot starve a small one.
+    /// lease expired) of queued or running jobs, fairly: jobs with the fewest shards
+    /// started so far go first (each job's oldest shard first), so a large job cannot
+    /// starve a small one that arrives later.
     async fn claim_individual_shards(
         &self,
         owner: &str,

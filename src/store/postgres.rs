@@ -770,12 +770,15 @@ impl Store for PgStore {
         lease_for: Duration,
         limit: i64,
     ) -> StoreResult<Vec<Shard>> {
-        // Rank each job's claimable shards oldest first, then take rank 1 of every job
-        // before rank 2 of any: round-robin between jobs.
+        // A shard's rank is the number of its job's shards already started plus its place
+        // among the job's claimable ones: jobs served least so far go first, so a new
+        // small job overtakes a long-running big one (fair share by shard).
         let sql = format!(
             "WITH ranked AS ( \
-               SELECT s.id, row_number() OVER (PARTITION BY s.job_id \
-                 ORDER BY s.next_poll_at, s.id) AS rank, s.next_poll_at \
+               SELECT s.id, s.next_poll_at, row_number() OVER (PARTITION BY s.job_id \
+                 ORDER BY s.next_poll_at, s.id) + (SELECT count(*) FROM shards d \
+                   WHERE d.job_id = s.job_id AND d.kind = 'individual' \
+                   AND d.status <> 'planned') AS rank \
                FROM shards s JOIN jobs j ON j.id = s.job_id \
                WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
                  AND j.status IN ('queued', 'running') \

@@ -814,14 +814,17 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> StoreResult<Vec<Shard>> {
         let at = now();
-        // Each job's claimable shards ranked oldest first; rank 1 of every job before
-        // rank 2 of any: round-robin between jobs.
+        // A shard's rank is the number of its job's shards already started plus its place
+        // among the job's claimable ones: jobs served least so far go first, so a new
+        // small job overtakes a long-running big one (fair share by shard).
         let sql = format!(
             "UPDATE shards SET lease_owner = $1, lease_until = $2 + $3, \
              lease_token = lease_token + 1 \
              WHERE id IN (SELECT id FROM ( \
                SELECT s.id, s.next_poll_at, row_number() OVER (PARTITION BY s.job_id \
-                 ORDER BY s.next_poll_at, s.id) AS rank \
+                 ORDER BY s.next_poll_at, s.id) + (SELECT count(*) FROM shards d \
+                   WHERE d.job_id = s.job_id AND d.kind = 'individual' \
+                   AND d.status <> 'planned') AS rank \
                FROM shards s JOIN jobs j ON j.id = s.job_id \
                WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
                  AND j.status IN ('queued', 'running') \

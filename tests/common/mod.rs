@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -355,4 +356,99 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
             }
         })
         .collect()
+}
+
+/// Polls `probe` until it is true or the deadline passes.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service binary as an operator runs it.
+pub struct Service {
+    child: Child,
+    pub base: String,
+}
+
+impl Service {
+    pub fn start(db_url: &str, sim: &SimServer, data_dir: &std::path::Path, port: u16) -> Service {
+        Self::start_with(db_url, sim, data_dir, port, &[])
+    }
+
+    pub fn start_with(
+        db_url: &str,
+        sim: &SimServer,
+        data_dir: &std::path::Path,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_batchlens"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("OPENAI_BASE_URL", sim.base_url())
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("BATCHLENS__SERVER__PORT", port.to_string())
+            .env("BATCHLENS__DATA_DIR", data_dir)
+            .env("BATCHLENS__BATCH__POLL_MIN_MS", "50")
+            .env("BATCHLENS__BATCH__POLL_MAX_MS", "200")
+            .env("BATCHLENS__BATCH__TICK_MS", "20")
+            .env("BATCHLENS__BATCH__LEASE_SECS", "5")
+            .env("BATCHLENS__LOG__LEVEL", "warn")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the batchlens binary starts");
+        Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn wait_ready(&self, http: &reqwest::Client) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "service not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,224 @@
+//! Individual mode end to end: small jobs run as one chat completion per image, with the
+//! same result records as batch mode, fairly between jobs, resuming after a restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{fast_sim, free_port, mixed_items, wait_until, Db, Service, TestApp, TestDb};
+use openai_sim::SimServer;
+use serde_json::{json, Value};
+
+/// The default 200,000 tokens a minute would make these tests wait on the governor
+/// (gpt-4o-mini bills 2,833 tokens per image); the governor has its own tests.
+const UNLIMITED_TPM: (&str, &str) = ("BATCHLENS__INDIVIDUAL__TPM", "100000000");
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+async fn small_jobs_run_individually_with_batch_shaped_results(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let (status, job) = app
+        .post("/v1/jobs", &json!({"items": mixed_items(6, 0)}))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["mode"], "individual");
+    assert!(
+        job["mode_reason"]
+            .as_str()
+            .unwrap()
+            .contains("individual.max_items"),
+        "{job}"
+    );
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_terminal(id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["succeeded"], 6);
+    assert!(done["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["openai_batch_id"].is_null()));
+    let results = app.all_results(id).await;
+    for r in &results {
+        assert_eq!(r["mode"], "individual", "{r}");
+        assert_eq!(r["attempts"], 1);
+        assert!(r["output"]["category"].is_string());
+        // Standard prices: what it cost is what individual calls cost.
+        assert_eq!(r["cost_usd"], r["individual_usd"]);
+        assert!(r["cost_usd"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(app.sim.sim().stats().chat_calls, 6);
+    assert_eq!(app.sim.sim().stats().batches_created, 0);
+    let (_, cost) = app.get(&format!("/v1/jobs/{id}/cost")).await;
+    assert_eq!(cost["savings_usd"], 0.0);
+    assert_eq!(cost["by_mode"]["individual"]["items"], 6);
+
+    // The same images through the Batch API give records of the same shape.
+    let (_, batch) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(6, 0)}),
+        )
+        .await;
+    let batch_id = batch["id"].as_str().unwrap();
+    app.wait_terminal(batch_id, Duration::from_secs(30)).await;
+    let batch_results = app.all_results(batch_id).await;
+    assert_eq!(keys(&results[0]), keys(&batch_results[0]));
+    assert_eq!(keys(&results[0]["usage"]), keys(&batch_results[0]["usage"]));
+    assert_eq!(
+        keys(&results[0]["output"]),
+        keys(&batch_results[0]["output"])
+    );
+    app.shutdown().await;
+}
+
+async fn a_small_job_is_not_starved_by_a_large_one(db: Db) {
+    let sim = openai_sim::SimConfig {
+        chat_latency_ms: 40,
+        ..fast_sim()
+    };
+    let Some(app) = TestApp::spawn(
+        db,
+        sim,
+        &[("BATCHLENS__INDIVIDUAL__CONCURRENCY", "4"), UNLIMITED_TPM],
+    )
+    .await
+    else {
+        return;
+    };
+    let (_, big) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "individual", "items": mixed_items(160, 0)}),
+        )
+        .await;
+    let big_id = big["id"].as_str().unwrap().to_string();
+    // Let the big job get going, then add a small one.
+    wait_until(Duration::from_secs(30), || async {
+        let (_, j) = app.get(&format!("/v1/jobs/{big_id}")).await;
+        j["progress"]["succeeded"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    let (_, small) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "individual", "items": mixed_items(3, 0)}),
+        )
+        .await;
+    let small_id = small["id"].as_str().unwrap();
+    let done = app.wait_terminal(small_id, Duration::from_secs(60)).await;
+    assert_eq!(done["progress"]["succeeded"], 3);
+    let (_, big_now) = app.get(&format!("/v1/jobs/{big_id}")).await;
+    let left = big_now["progress"]["pending"].as_i64().unwrap()
+        + big_now["progress"]["submitted"].as_i64().unwrap();
+    assert!(
+        left > 40,
+        "the small job waited for most of the big one: {big_now}"
+    );
+    let big_done = app.wait_terminal(&big_id, Duration::from_secs(120)).await;
+    assert_eq!(big_done["progress"]["succeeded"], 160);
+    assert_eq!(app.sim.sim().stats().chat_calls, 163);
+    app.shutdown().await;
+}
+
+async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
+    let Some(test_db) = TestDb::new(db).await else {
+        return;
+    };
+    let sim = SimServer::spawn(openai_sim::SimConfig {
+        chat_latency_ms: 30,
+        ..fast_sim()
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let extra = [("BATCHLENS__INDIVIDUAL__CONCURRENCY", "4"), UNLIMITED_TPM];
+    let first = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
+    first.wait_ready(&http).await;
+    let job: Value = http
+        .post(format!("{}/v1/jobs", first.base))
+        .json(&json!({"mode": "individual", "items": mixed_items(60, 0)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let job_url = format!("{}/v1/jobs/{id}", first.base);
+    wait_until(Duration::from_secs(30), || async {
+        let j: Value = http
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        j["progress"]["succeeded"].as_i64().unwrap_or(0) >= 20
+    })
+    .await;
+    first.kill();
+    let calls_at_kill = sim.sim().stats().chat_calls;
+
+    let second = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
+    second.wait_ready(&http).await;
+    wait_until(Duration::from_secs(60), || async {
+        let j: Value = http
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        j["status"] == "completed"
+    })
+    .await;
+    let j: Value = http
+        .get(&job_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["progress"]["succeeded"], 60, "{j}");
+    // Calls in flight at the kill may be repeated (at most the 4 call slots); items that
+    // had succeeded never are.
+    let calls = sim.sim().stats().chat_calls;
+    assert!(calls >= 60);
+    assert!(
+        calls <= 60 + 4,
+        "{calls} calls for 60 items ({calls_at_kill} before the kill)"
+    );
+    second.kill();
+}
+
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Sqlite).await }
+            )+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Postgres).await }
+            )+
+        }
+    };
+}
+
+on_both!(
+    small_jobs_run_individually_with_batch_shaped_results,
+    a_small_job_is_not_starved_by_a_large_one,
+    a_restart_does_not_call_again_for_finished_items,
+);
