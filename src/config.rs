@@ -73,6 +73,7 @@ pub struct BatchSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct IndividualSettings {
     pub max_items: usize,
+    pub governor: bool,
     pub rpm: u32,
     pub tpm: u32,
     pub concurrency: usize,

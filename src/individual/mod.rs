@@ -16,6 +16,9 @@ pub const SHARD_ITEMS: usize = 8;
 
 /// The governor the configuration describes.
 pub fn governor(settings: &Settings) -> Governor {
+    if !settings.individual.governor {
+        return Governor::disabled();
+    }
     let default = Limits {
         rpm: settings.individual.rpm,
         tpm: settings.individual.tpm,
