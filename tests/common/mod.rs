@@ -101,6 +101,7 @@ pub fn settings(
     openai_base: &str,
     data_dir: &std::path::Path,
     extra: &[(&str, &str)],
+    config_file: Option<&std::path::Path>,
 ) -> Settings {
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert("DATABASE_URL".into(), db_url.into());
@@ -117,7 +118,7 @@ pub fn settings(
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    Settings::load_from(None, &env).expect("test settings are valid")
+    Settings::load_from(config_file.map(|f| (f, true)), &env).expect("test settings are valid")
 }
 
 /// A running application and what it runs against.
@@ -143,11 +144,20 @@ pub fn fast_sim() -> SimConfig {
 
 impl TestApp {
     pub async fn spawn(kind: Db, sim: SimConfig, extra: &[(&str, &str)]) -> Option<TestApp> {
+        Self::spawn_with_config(kind, sim, extra, None).await
+    }
+
+    pub async fn spawn_with_config(
+        kind: Db,
+        sim: SimConfig,
+        extra: &[(&str, &str)],
+        config_file: Option<&std::path::Path>,
+    ) -> Option<TestApp> {
         let db = std::sync::Arc::new(TestDb::new(kind).await?);
         let sim = std::sync::Arc::new(SimServer::spawn(sim).await.unwrap());
         let data = tempfile::tempdir().unwrap();
         let data_dir = data.path().to_path_buf();
-        let mut app = Self::start(db, sim, data_dir, extra).await;
+        let mut app = Self::start_configured(db, sim, data_dir, extra, config_file).await;
         app._data = Some(data);
         Some(app)
     }
@@ -159,7 +169,17 @@ impl TestApp {
         data_dir: PathBuf,
         extra: &[(&str, &str)],
     ) -> TestApp {
-        let settings = settings(&db.url, &sim.base_url(), &data_dir, extra);
+        Self::start_configured(db, sim, data_dir, extra, None).await
+    }
+
+    async fn start_configured(
+        db: std::sync::Arc<TestDb>,
+        sim: std::sync::Arc<SimServer>,
+        data_dir: PathBuf,
+        extra: &[(&str, &str)],
+        config_file: Option<&std::path::Path>,
+    ) -> TestApp {
+        let settings = settings(&db.url, &sim.base_url(), &data_dir, extra, config_file);
         let app = Application::build(settings)
             .await
             .expect("the application builds");

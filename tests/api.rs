@@ -1,0 +1,437 @@
+//! The HTTP contract: problem+json errors, API keys and tenants, idempotent submits,
+//! jobs filled in chunks, listings, operations endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{b64, fast_sim, mixed_items, png, Db, TestApp};
+use serde_json::{json, Value};
+
+async fn problem(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let kind = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert_eq!(kind, "application/problem+json", "status {status}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://batchlens.dev/problems/"));
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    (status, body)
+}
+
+async fn errors_are_problems_that_name_the_field(db: Db) {
+    let Some(app) = TestApp::spawn(
+        db,
+        fast_sim(),
+        &[("BATCHLENS__SERVER__MAX_BODY_BYTES", "100000")],
+    )
+    .await
+    else {
+        return;
+    };
+    let post = |body: &'static str| {
+        app.http
+            .post(app.url("/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (s, p) = problem(post("{\"items\": [").await.unwrap()).await;
+    assert_eq!(s, 400);
+    assert!(p["detail"].as_str().unwrap().contains("malformed JSON"));
+    let (s, p) = problem(post(r#"{"detail": "ultra", "items": []}"#).await.unwrap()).await;
+    assert_eq!(s, 400);
+    assert_eq!(p["errors"][0]["field"], "detail");
+    let (s, p) = problem(post(r#"{"items": [{"image_url": 5}]}"#).await.unwrap()).await;
+    assert_eq!(s, 400);
+    assert_eq!(p["errors"][0]["field"], "items[0].image_url");
+    let (s, p) = problem(
+        post(r#"{"items": [{"image_url": "http://x.test/a.jpg"}]}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(p["errors"][0]["field"], "items[0].image_url");
+    assert!(p["detail"].as_str().unwrap().contains("https"));
+    let (s, _) = problem(post(r#"{"items": []}"#).await.unwrap()).await;
+    assert_eq!(s, 422);
+    let (s, p) = problem(
+        post(r#"{"analyzer": {"prompt": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}, "items": [{"image_url": "https://x.test/a.jpg"}]}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(p["errors"][0]["field"], "analyzer.schema");
+    // Over the body limit.
+    let big = json!({"items": [{"image_base64": "A".repeat(200_000), "mime_type": "image/png"}]});
+    let r = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 413);
+    // Wrong content type, unknown route, unknown job, wrong method.
+    let r = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 415);
+    let r = app.http.get(app.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(problem(r).await.0, 404);
+    let r = app
+        .http
+        .get(app.url("/v1/jobs/0193a0a0-0000-7000-8000-000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 404);
+    let r = app.http.delete(app.url("/v1/jobs")).send().await.unwrap();
+    assert_eq!(problem(r).await.0, 405);
+    let r = app
+        .http
+        .get(app.url("/v1/jobs?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 422);
+    // Nothing was stored by any of these.
+    let (_, list) = app.get("/v1/jobs").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+    app.shutdown().await;
+}
+
+async fn keys_scope_jobs_to_their_tenant(db: Db) {
+    let hash = |k: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(k.as_bytes()))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[auth.keys]]\ntenant = \"acme\"\nsha256 = \"{}\"\n[[auth.keys]]\ntenant = \"globex\"\nsha256 = \"{}\"\n",
+            hash("key-a"),
+            hash("key-b")
+        ),
+    )
+    .unwrap();
+    let Some(app) = TestApp::spawn_with_config(db, fast_sim(), &[], Some(&file)).await else {
+        return;
+    };
+    let body = json!({"mode": "batch", "items": mixed_items(2, 0)});
+    let r = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 401);
+    let r = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 401);
+    let r = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth("key-a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    let id = job["id"].as_str().unwrap();
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth("key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 404, "another tenant's job is a 404");
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{id}/results")))
+        .bearer_auth("key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 404);
+    let list: Value = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth("key-b")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["data"].as_array().unwrap().is_empty());
+    let list: Value = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth("key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    // Operations answer without a key.
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.shutdown().await;
+}
+
+async fn idempotent_submits(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let body = json!({"mode": "batch", "items": mixed_items(3, 0)});
+    let send = |key: &'static str, body: Value| {
+        app.http
+            .post(app.url("/v1/jobs"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("k-1", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = send("k-1", body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again, first, "the replay is the first answer");
+    let other = send("k-1", json!({"mode": "batch", "items": mixed_items(4, 0)}))
+        .await
+        .unwrap();
+    let (s, p) = problem(other).await;
+    assert_eq!(s, 422);
+    assert_eq!(p["errors"][0]["field"], "Idempotency-Key");
+
+    // Concurrent requests with one key create one job.
+    let body = json!({"mode": "batch", "items": mixed_items(50, 0)});
+    let tries: Vec<_> = (0..8).map(|_| send("k-2", body.clone())).collect();
+    let answers = futures::future::join_all(tries).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for a in answers {
+        let a = a.unwrap();
+        match a.status().as_u16() {
+            202 => {
+                created += 1;
+                ids.insert(
+                    a.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            200 => {
+                ids.insert(
+                    a.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            409 => {
+                problem(a).await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let (_, list) = app.get("/v1/jobs").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    app.shutdown().await;
+}
+
+async fn an_open_job_filled_in_five_chunks(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"open": true, "mode": "batch", "name": "lookbook"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "open");
+    let id = job["id"].as_str().unwrap().to_string();
+    let pngs = b64(&png(40, 30));
+    for chunk in 0..5 {
+        let items: Vec<Value> = (0..20)
+            .map(|i| {
+                let n = chunk * 20 + i;
+                if n == 42 {
+                    json!({"custom_id": format!("p-{n}"), "image_base64": b64(b"GIF89a broken"), "mime_type": "image/gif"})
+                } else {
+                    json!({"custom_id": format!("p-{n}"), "post_id": format!("post-{}", n / 10), "image_base64": pngs, "mime_type": "image/png"})
+                }
+            })
+            .collect();
+        let (status, view) = app
+            .post(&format!("/v1/jobs/{id}/items"), &json!({"items": items}))
+            .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["status"], "open");
+        assert_eq!(view["progress"]["total"], (chunk + 1) * 20);
+        let rejected = view["rejected"].as_array().unwrap();
+        assert_eq!(rejected.len(), usize::from(chunk == 2), "{view}");
+    }
+    // A custom_id from an earlier chunk is refused, the rest of the chunk goes on.
+    let (status, view) = app
+        .post(
+            &format!("/v1/jobs/{id}/items"),
+            &json!({"items": [{"custom_id": "p-1", "image_base64": pngs, "mime_type": "image/png"},
+                              {"custom_id": "p-100", "image_base64": pngs, "mime_type": "image/png"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["rejected"][0]["index"], 100);
+    assert!(view["rejected"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("p-1"));
+    let (status, submitted) = app.post(&format!("/v1/jobs/{id}/submit"), &json!({})).await;
+    assert_eq!(status, 202, "{submitted}");
+    assert_eq!(submitted["status"], "queued");
+    assert_eq!(submitted["mode"], "batch");
+    assert!(submitted["estimate"]["batch_usd"].as_f64().unwrap() > 0.0);
+    let (status, _) = app
+        .post(&format!("/v1/jobs/{id}/items"), &json!({"items": []}))
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = app.post(&format!("/v1/jobs/{id}/submit"), &json!({})).await;
+    assert_eq!(status, 409);
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["total"], 102);
+    assert_eq!(done["progress"]["succeeded"], 100);
+    assert_eq!(done["progress"]["rejected"], 2);
+    let (_, posts) = app.get(&format!("/v1/jobs/{id}/posts")).await;
+    let posts = posts["data"].as_array().unwrap();
+    assert_eq!(posts.len(), 11, "ten posts and the items without one");
+    assert!(posts.last().unwrap()["post_id"].is_null());
+    app.shutdown().await;
+}
+
+async fn listings_and_events(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, job) = app
+            .post(
+                "/v1/jobs",
+                &json!({"mode": "batch", "items": mixed_items(2, 0)}),
+            )
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    let (_, page) = app.get("/v1/jobs?limit=2").await;
+    let first: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first,
+        vec![ids[2].as_str(), ids[1].as_str()],
+        "newest first"
+    );
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = app.get(&format!("/v1/jobs?limit=2&cursor={cursor}")).await;
+    assert_eq!(rest["data"][0]["id"], ids[0].as_str());
+    assert!(rest["next_cursor"].is_null());
+    // The event stream ends after the terminal status.
+    let text = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{}/events", ids[0])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("event: progress"), "{text}");
+    assert!(text.contains("event: status"));
+    assert!(text.contains("\"completed\""), "{text}");
+    let (_, done) = app.get("/v1/jobs?status=completed").await;
+    assert_eq!(done["data"].as_array().unwrap().len(), 3);
+    let (_, pricing) = app.get("/v1/pricing").await;
+    assert!(pricing["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["model"] == "gpt-4o-mini"));
+    app.shutdown().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Sqlite).await }
+            )+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Postgres).await }
+            )+
+        }
+    };
+}
+
+on_both!(
+    errors_are_problems_that_name_the_field,
+    keys_scope_jobs_to_their_tenant,
+    idempotent_submits,
+    an_open_job_filled_in_five_chunks,
+    listings_and_events,
+);
