@@ -1003,6 +1003,10 @@ impl Store for PgStore {
             .iter()
             .map(|o| o.resolved_model.as_deref())
             .collect();
+        // Each outcome finds its row through the (job_id, custom_id) unique index. The
+        // shard and status tests are written so no index can serve them: right after a
+        // big shard is submitted the statistics still say few rows match them, and a
+        // plan that scans the shard once per outcome took 8 s per 1,000 outcomes.
         let sql = format!(
             "UPDATE items AS i SET status = u.status, output = u.output, \
              error_code = u.error_code, error_message = u.error_message, \
@@ -1017,8 +1021,8 @@ impl Store for PgStore {
              AS u(custom_id, status, output, error_code, error_message, input_tokens, \
              cached_input_tokens, output_tokens, reasoning_tokens, cost, individual, run_mode, \
              resolved_model) \
-             WHERE i.job_id = $1 AND i.shard_id = $2 AND i.custom_id = u.custom_id \
-             AND i.status = 'submitted' RETURNING {}",
+             WHERE i.job_id = $1 AND i.custom_id = u.custom_id \
+             AND i.shard_id::text = $2::text AND i.status || '' = 'submitted' RETURNING {}",
             OUTCOME_COLS
                 .split(", ")
                 .map(|c| format!("i.{}", c.trim()))
