@@ -17,7 +17,9 @@ pub mod janitor;
 pub mod jsonl;
 pub mod planner;
 pub mod poller;
+pub mod retry;
 pub mod submitter;
+pub mod tokens;
 
 /// What every batch step needs.
 #[derive(Clone)]
@@ -48,6 +50,11 @@ pub enum StepError {
 impl BatchContext {
     pub fn lease(&self) -> Duration {
         self.settings.lease()
+    }
+
+    /// `batch.max_attempts`: how many times an item may be sent.
+    pub fn max_attempts(&self) -> i32 {
+        i32::try_from(self.settings.batch.max_attempts).unwrap_or(i32::MAX)
     }
 
     pub async fn job(&self, id: Uuid) -> Result<Job, StepError> {
