@@ -60,7 +60,7 @@ pub async fn ingest(
     for (file_id, kind) in files {
         let Some(file_id) = file_id else { continue };
         let path = dir.join(format!("{}.{kind}.jsonl", shard.id));
-        download(ctx, file_id, &path).await?;
+        download(ctx, file_id, &path, shard.lease_token).await?;
         let settled = ingest_file(ctx, shard, &path, &job.model, &validator).await?;
         report.add(settled);
     }
@@ -96,15 +96,27 @@ pub async fn ingest(
     Ok(report)
 }
 
-/// Downloads unless a complete copy is already on disk (a re-run after a crash).
-async fn download(ctx: &BatchContext, file_id: &str, path: &Path) -> Result<(), StepError> {
+/// Downloads unless a complete copy is already on disk (a re-run after a crash). The
+/// client writes to a temporary name and renames when complete; that name is this lease's
+/// own, so two workers (one whose lease ran out) never write into one file, and only a
+/// complete download is ever renamed to `path`.
+async fn download(
+    ctx: &BatchContext,
+    file_id: &str,
+    path: &Path,
+    token: i64,
+) -> Result<(), StepError> {
     if tokio::fs::try_exists(path).await.unwrap_or(false) {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let bytes = ctx.openai.download_file(file_id, path).await?;
+    let mut part = path.as_os_str().to_owned();
+    part.push(format!(".{token}.part"));
+    let part = PathBuf::from(part);
+    let bytes = ctx.openai.download_file(file_id, &part).await?;
+    tokio::fs::rename(&part, path).await?;
     tracing::debug!(file = file_id, bytes, path = %path.display(), "batch file downloaded");
     Ok(())
 }

@@ -32,10 +32,10 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let (id, token) = (shard.id, shard.lease_token);
-            if let Err(err) = poll(&ctx, shard).await {
-                tracing::warn!(shard = %id, error = %err, "poll failed; will poll again");
-                ctx.retry_later(id, token).await;
-            }
+            let keeper = ctx.keep_lease(id, token);
+            let result = poll(&ctx, shard).await;
+            keeper.stop().await;
+            ctx.settle_step(id, token, result, "poll").await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -117,7 +117,6 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
         }
         _ => {}
     }
-    ctx.store.release_shard(shard.id, token).await?;
     Ok(())
 }
 

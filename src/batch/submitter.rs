@@ -18,7 +18,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 
 use super::retry::TOKEN_LIMIT_EXCEEDED;
 use super::tokens::{limit_for, TokenEstimator};
-use super::{jsonl, BatchContext, StepError};
+use super::{jsonl, BatchContext, LeaseKeeper, StepError};
 use crate::domain::{Job, JobStatus, Shard, ShardKind, ShardStatus};
 use crate::openai::{Batch, CreateBatchRequest};
 use crate::store::{job_cancelled_error, Leftover, ModelLoad};
@@ -106,14 +106,13 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         }
         let ctx = ctx.clone();
         tasks.spawn(async move {
+            let keeper = ctx.keep_lease(id, token);
             let result = match decision {
                 Decision::Close => close(&ctx, shard).await,
-                _ => submit(&ctx, shard).await,
+                _ => submit(&ctx, shard, &keeper).await,
             };
-            if let Err(err) = result {
-                tracing::warn!(shard = %id, error = %err, "submission failed; will retry");
-                ctx.retry_later(id, token).await;
-            }
+            keeper.stop().await;
+            ctx.settle_step(id, token, result, "submission").await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -201,13 +200,16 @@ async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
     {
         return Err(StepError::LeaseLost);
     }
-    ctx.store.release_shard(shard.id, token).await?;
     tracing::info!(job = %shard.job_id, shard = %shard.id, "shard closed without a batch");
     ctx.finish_job(shard.job_id).await?;
     Ok(())
 }
 
-async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
+async fn submit(
+    ctx: &BatchContext,
+    mut shard: Shard,
+    keeper: &LeaseKeeper,
+) -> Result<(), StepError> {
     let token = shard.lease_token;
     let job = ctx.job(shard.job_id).await?;
     let mut fresh = false;
@@ -241,6 +243,10 @@ async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
             batch
         }
         None => {
+            // Nothing can take a created batch back: never create one without the lease.
+            if keeper.lost() {
+                return Err(StepError::LeaseLost);
+            }
             let metadata = BTreeMap::from([
                 (META_SHARD.to_string(), shard.id.to_string()),
                 (META_JOB.to_string(), job.id.to_string()),
@@ -274,7 +280,6 @@ async fn record_submitted(
     {
         return Err(StepError::LeaseLost);
     }
-    ctx.store.release_shard(shard.id, token).await?;
     tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch.id, items = shard.item_count, attempt = shard.attempt, "batch submitted");
     Ok(())
 }

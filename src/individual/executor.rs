@@ -60,10 +60,12 @@ impl Executor {
             let this = self.clone();
             tasks.spawn(async move {
                 let (id, token) = (shard.id, shard.lease_token);
-                if let Err(err) = this.run_shard(shard).await {
-                    tracing::warn!(shard = %id, error = %err, "individual shard stopped; will resume");
-                    this.ctx.retry_later(id, token).await;
-                }
+                let keeper = this.ctx.keep_lease(id, token);
+                let result = this.run_shard(shard).await;
+                keeper.stop().await;
+                this.ctx
+                    .settle_step(id, token, result, "individual shard")
+                    .await;
             });
         }
         while tasks.join_next().await.is_some() {}
@@ -129,7 +131,6 @@ impl Executor {
         {
             return Err(StepError::LeaseLost);
         }
-        ctx.store.release_shard(shard.id, token).await?;
         ctx.finish_job(shard.job_id).await?;
         Ok(())
     }
@@ -149,7 +150,6 @@ impl Executor {
         {
             return Err(StepError::LeaseLost);
         }
-        ctx.store.release_shard(shard.id, token).await?;
         tracing::info!(job = %shard.job_id, shard = %shard.id, cancelled = settled.cancelled,
             "individual shard stopped: the job is cancelled");
         ctx.finish_job(shard.job_id).await?;
