@@ -68,6 +68,13 @@ pub struct BatchSettings {
     pub delete_remote_files: bool,
     pub lease_secs: u64,
     pub tick_ms: u64,
+    /// OpenAI's enqueued-token limit for any model without an entry in `token_limits`
+    /// (0 = unknown: no cap).
+    #[serde(default)]
+    pub enqueued_token_limit: u64,
+    /// Enqueued-token limit per model name, as written in jobs (e.g. `gpt-4o-mini`).
+    #[serde(default)]
+    pub token_limits: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,5 @@
-//! `/v1/jobs`: submit, fill in chunks, read status, results, posts; the routes and their
-//! handlers.
+//! `/v1/jobs`: submit, fill in chunks, cancel, read status, results, posts; the routes and
+//! their handlers.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job))
         .routes(routes!(append_items))
         .routes(routes!(submit_job))
+        .routes(routes!(cancel_job))
         .routes(routes!(list_results))
         .routes(routes!(list_posts))
         .routes(routes!(job_events))
@@ -349,6 +350,37 @@ pub async fn submit_job(
         )
         .await?;
     tracing::info!(job = %id, mode = %job.mode, items = job.counts.pending, "open job submitted");
+    Ok(accepted(&job_view(&state, &job).await?))
+}
+
+/// Cancel a job.
+///
+/// The job becomes `cancelling`: images not yet sent are cancelled at once, the job's
+/// batches in flight are cancelled at OpenAI in the background (individual calls stop
+/// before the next one), and results already finished are kept. Images OpenAI did not run
+/// end `cancelled`; the job becomes `cancelled` once nothing is in flight. Cancelling a
+/// job that is already cancelling answers it again; a finished job is a 409.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 202, description = "Cancelling (or already cancelled if nothing was in flight)", body = JobView),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The job already finished", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    load_job(&state, &tenant, id).await?;
+    let job = state
+        .store
+        .cancel_job(&tenant.0, id)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no job {id}")),
+            other => other.into(),
+        })?;
+    tracing::info!(job = %id, status = %job.status, cancelled = job.counts.cancelled, "job cancel requested");
     Ok(accepted(&job_view(&state, &job).await?))
 }
 

@@ -1,27 +1,47 @@
 //! Ingestion: downloads a finished batch's output and error files (streamed to disk),
 //! matches every line to its item by `custom_id`, validates the model's JSON against the
-//! analyzer's schema, prices the usage, and writes results in bulk. Items in neither file
-//! fail with `not_executed`. Running it twice changes nothing: only items still
-//! `submitted` are written.
+//! analyzer's schema, prices the usage, and writes results in bulk. Every failure is judged
+//! by `retry::classify`: a retryable one (a 5xx or 429 line, a line the batch expired or
+//! cancelled before running) goes back to pending for a new shard while attempts remain;
+//! items in neither file count as `not_executed`, also retryable. For a cancelling job
+//! the store turns those into `cancelled`. Running it twice changes nothing: only items
+//! still `submitted` are written. A file is downloaded to a temporary name and renamed
+//! when complete, so a crash mid-download leaves nothing that is mistaken for the file.
 
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::retry::{self, NOT_EXECUTED};
 use super::{jsonl, BatchContext, StepError};
 use crate::analyzer::{parse_model_content, OutputValidator};
 use crate::cost::pricing::PriceTable;
 use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
 use crate::openai::{Batch, BatchOutputLine, ChatCompletion};
+use crate::store::{Leftover, Settled, Verdict};
 
 /// Outcomes written per statement.
 pub const CHUNK: usize = 1000;
 
+/// What one ingestion changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IngestReport {
     pub succeeded: u64,
     pub failed: u64,
+    /// Items in neither file (settled like other retryable failures).
     pub not_executed: u64,
+    /// Sent back to pending for another attempt.
+    pub requeued: u64,
+    pub cancelled: u64,
+}
+
+impl IngestReport {
+    fn add(&mut self, s: Settled) {
+        self.succeeded += s.succeeded;
+        self.failed += s.failed;
+        self.requeued += s.requeued;
+        self.cancelled += s.cancelled;
+    }
 }
 
 pub async fn ingest(
@@ -40,19 +60,27 @@ pub async fn ingest(
     for (file_id, kind) in files {
         let Some(file_id) = file_id else { continue };
         let path = dir.join(format!("{}.{kind}.jsonl", shard.id));
-        download(ctx, file_id, &path).await?;
-        let counts = ingest_file(ctx, shard, &path, &job.model, &validator).await?;
-        report.succeeded += counts.succeeded;
-        report.failed += counts.failed;
+        download(ctx, file_id, &path, shard.lease_token).await?;
+        let settled = ingest_file(ctx, shard, &path, &job.model, &validator).await?;
+        report.add(settled);
     }
     let missing = ItemError {
-        code: "not_executed".into(),
+        code: NOT_EXECUTED.into(),
         message: "OpenAI returned no result for this request".into(),
     };
-    report.not_executed = ctx
+    let leftover = if retry::retryable(NOT_EXECUTED, None) {
+        Leftover::Retry {
+            max_attempts: ctx.max_attempts(),
+        }
+    } else {
+        Leftover::Fail
+    };
+    let settled = ctx
         .store
-        .fail_shard_items(shard.id, shard.lease_token, &missing)
+        .settle_shard_items(shard.id, shard.lease_token, &missing, leftover)
         .await?;
+    report.not_executed = settled.total();
+    report.add(settled);
     if ctx.settings.batch.delete_remote_files {
         let ids = [
             shard.input_file_id.as_deref(),
@@ -68,15 +96,27 @@ pub async fn ingest(
     Ok(report)
 }
 
-/// Downloads unless a complete copy is already on disk (a re-run after a crash).
-async fn download(ctx: &BatchContext, file_id: &str, path: &Path) -> Result<(), StepError> {
+/// Downloads unless a complete copy is already on disk (a re-run after a crash). The
+/// client writes to a temporary name and renames when complete; that name is this lease's
+/// own, so two workers (one whose lease ran out) never write into one file, and only a
+/// complete download is ever renamed to `path`.
+async fn download(
+    ctx: &BatchContext,
+    file_id: &str,
+    path: &Path,
+    token: i64,
+) -> Result<(), StepError> {
     if tokio::fs::try_exists(path).await.unwrap_or(false) {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let bytes = ctx.openai.download_file(file_id, path).await?;
+    let mut part = path.as_os_str().to_owned();
+    part.push(format!(".{token}.part"));
+    let part = PathBuf::from(part);
+    let bytes = ctx.openai.download_file(file_id, &part).await?;
+    tokio::fs::rename(&part, path).await?;
     tracing::debug!(file = file_id, bytes, path = %path.display(), "batch file downloaded");
     Ok(())
 }
@@ -87,10 +127,10 @@ async fn ingest_file(
     path: &PathBuf,
     job_model: &str,
     validator: &OutputValidator,
-) -> Result<IngestReport, StepError> {
+) -> Result<Settled, StepError> {
     let mut lines = BufReader::with_capacity(1 << 20, tokio::fs::File::open(path).await?).lines();
     let mut chunk = Vec::with_capacity(CHUNK);
-    let mut report = IngestReport::default();
+    let mut report = Settled::default();
     let mut number = 0usize;
     while let Some(line) = lines.next_line().await? {
         number += 1;
@@ -104,29 +144,42 @@ async fn ingest_file(
                 continue;
             }
         };
-        let outcome = outcome_of(&ctx.prices, parsed, job_model, validator);
-        match outcome.status {
-            ItemStatus::Succeeded => report.succeeded += 1,
-            _ => report.failed += 1,
-        }
-        chunk.push(outcome);
+        chunk.push(verdict_of(&ctx.prices, parsed, job_model, validator));
         if chunk.len() == CHUNK {
-            write(ctx, shard, &chunk).await?;
+            report += write(ctx, shard, &chunk).await?;
             chunk.clear();
         }
     }
-    write(ctx, shard, &chunk).await?;
+    report += write(ctx, shard, &chunk).await?;
     Ok(report)
 }
 
-async fn write(ctx: &BatchContext, shard: &Shard, chunk: &[ItemOutcome]) -> Result<(), StepError> {
+async fn write(ctx: &BatchContext, shard: &Shard, chunk: &[Verdict]) -> Result<Settled, StepError> {
     if chunk.is_empty() {
-        return Ok(());
+        return Ok(Settled::default());
     }
-    ctx.store
-        .record_shard_outcomes(shard.id, shard.lease_token, chunk)
-        .await?;
-    Ok(())
+    Ok(ctx
+        .store
+        .settle_shard_outcomes(shard.id, shard.lease_token, chunk, ctx.max_attempts())
+        .await?)
+}
+
+/// One line judged: its outcome, and whether a failure is worth another attempt (by its
+/// error code and the HTTP status of the line's response, when it has one).
+pub fn verdict_of(
+    prices: &PriceTable,
+    line: BatchOutputLine,
+    job_model: &str,
+    validator: &OutputValidator,
+) -> Verdict {
+    let http_status = line.response.as_ref().map(|r| r.status_code);
+    let outcome = outcome_of(prices, line, job_model, validator);
+    let retry = outcome.status == ItemStatus::Failed
+        && outcome
+            .error
+            .as_ref()
+            .is_some_and(|e| retry::retryable(&e.code, http_status));
+    Verdict { outcome, retry }
 }
 
 /// One line of an output or error file as the result of its item.

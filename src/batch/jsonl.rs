@@ -74,7 +74,8 @@ pub fn shard_dir(data_dir: &Path, job_id: Uuid) -> PathBuf {
 }
 
 /// Writes the shard's input file and returns its path and size. Written to a temporary
-/// name and renamed, so a file under the final name is always complete.
+/// name of this lease's own and renamed, so a file under the final name is always
+/// complete, even if another worker writes the same shard after taking its lease over.
 pub async fn write_shard_file(
     store: &DynStore,
     data_dir: &Path,
@@ -84,7 +85,7 @@ pub async fn write_shard_file(
     let dir = shard_dir(data_dir, shard.job_id);
     tokio::fs::create_dir_all(&dir).await?;
     let path = dir.join(format!("{}.jsonl", shard.id));
-    let tmp = dir.join(format!("{}.jsonl.tmp", shard.id));
+    let tmp = dir.join(format!("{}.jsonl.{}.tmp", shard.id, shard.lease_token));
     let mut out = BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&tmp).await?);
     let mut after = None;
     let mut bytes = 0u64;

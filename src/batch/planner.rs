@@ -1,34 +1,82 @@
 //! Planning: cuts a job's unassigned pending items into shards that respect OpenAI's
-//! limits (lines, bytes, one model per file). The cut itself is pure; `run_once` claims
-//! jobs, cuts, and stores the shards in one fenced transaction.
+//! limits (lines, bytes, one model per file, the model's enqueued-token limit when known)
+//! and, after a batch of the job was refused for that limit, at most half as many items
+//! as the smallest refused shard. The cut itself is pure; `run_once` claims jobs, cuts,
+//! and stores the shards in one fenced transaction. Items sent back for another attempt
+//! come through here again and get a shard of the next attempt number.
 
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::retry::TOKEN_LIMIT_EXCEEDED;
+use super::tokens::{limit_for, TokenEstimator};
 use super::BatchContext;
-use crate::domain::{Mode, ShardKind};
+use crate::domain::{Mode, Shard, ShardKind, ShardStatus};
 use crate::store::{NewShard, PlanItem, StoreResult};
 
-/// Bytes a JSONL line adds around the image reference: the prompt, the schema and the
-/// request envelope. Measured per job, so custom analyzers with long prompts are counted.
-pub fn plan(items: &[PlanItem], max_lines: u64, max_bytes: u64, overhead: u64) -> Vec<Vec<i64>> {
+/// What one shard may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub max_lines: u64,
+    pub max_bytes: u64,
+    /// Bytes a JSONL line adds around the image reference: the prompt, the schema and the
+    /// request envelope. Measured per job, so custom analyzers with long prompts count.
+    pub overhead: u64,
+    /// Estimated input tokens, when the model's enqueued-token limit is known.
+    pub max_tokens: Option<u64>,
+}
+
+/// Cuts items, in order, into shards within `caps`; `tokens` estimates one item. An item
+/// over a cap on its own gets a shard of its own.
+pub fn plan(items: &[PlanItem], caps: &Caps, tokens: impl Fn(&PlanItem) -> u64) -> Vec<Vec<i64>> {
     let mut shards = Vec::new();
     let mut current = Vec::new();
-    let mut bytes = 0u64;
+    let (mut bytes, mut toks) = (0u64, 0u64);
     for item in items {
-        let line = item.image_bytes.max(0) as u64 + overhead;
-        let full = current.len() as u64 >= max_lines || bytes + line > max_bytes;
+        let line = item.image_bytes.max(0) as u64 + caps.overhead;
+        let t = if caps.max_tokens.is_some() {
+            tokens(item)
+        } else {
+            0
+        };
+        let full = current.len() as u64 >= caps.max_lines
+            || bytes + line > caps.max_bytes
+            || caps.max_tokens.is_some_and(|max| toks + t > max);
         if full && !current.is_empty() {
             shards.push(std::mem::take(&mut current));
             bytes = 0;
+            toks = 0;
         }
         current.push(item.position);
         bytes += line;
+        toks += t;
     }
     if !current.is_empty() {
         shards.push(current);
     }
     shards
+}
+
+/// Half the item count of the job's smallest shard that OpenAI refused for the
+/// enqueued-token limit (at least 1); `None` when none was.
+pub fn refused_cap(shards: &[Shard]) -> Option<u64> {
+    shards
+        .iter()
+        .filter(|s| {
+            s.status == ShardStatus::Failed
+                && s.error
+                    .as_ref()
+                    .is_some_and(|e| e.code == TOKEN_LIMIT_EXCEEDED)
+        })
+        .map(|s| (s.item_count.max(0) as u64 / 2).max(1))
+        .min()
+}
+
+fn dims(item: &PlanItem) -> Option<(u32, u32)> {
+    match (item.width, item.height) {
+        (Some(w), Some(h)) if w > 0 && h > 0 => Some((w as u32, h as u32)),
+        _ => None,
+    }
 }
 
 /// Plans every claimable job once. Returns how many shards it created.
@@ -40,6 +88,7 @@ pub async fn run_once(ctx: &BatchContext) -> StoreResult<usize> {
     let mut created = 0;
     for (job, token) in claimed {
         let items = ctx.store.unassigned_items(job.id).await?;
+        let existing = ctx.store.list_shards(job.id).await?;
         let (kind, cuts) = if job.mode == Mode::Individual {
             let cuts = items
                 .chunks(crate::individual::SHARD_ITEMS)
@@ -47,23 +96,21 @@ pub async fn run_once(ctx: &BatchContext) -> StoreResult<usize> {
                 .collect();
             (ShardKind::Individual, cuts)
         } else {
-            let overhead = super::jsonl::line_overhead(ctx, &job);
-            let cuts = plan(
-                &items,
-                ctx.settings.batch.max_lines,
-                ctx.settings.batch.max_file_bytes,
-                overhead,
-            );
+            let mut max_lines = ctx.settings.batch.max_lines;
+            if let Some(cap) = refused_cap(&existing) {
+                max_lines = max_lines.min(cap);
+            }
+            let caps = Caps {
+                max_lines,
+                max_bytes: ctx.settings.batch.max_file_bytes,
+                overhead: super::jsonl::line_overhead(ctx, &job),
+                max_tokens: limit_for(ctx, &job.model),
+            };
+            let estimator = TokenEstimator::new(ctx, &job);
+            let cuts = plan(&items, &caps, |i| estimator.item(dims(i)));
             (ShardKind::Batch, cuts)
         };
-        let attempt = 1 + ctx
-            .store
-            .list_shards(job.id)
-            .await?
-            .iter()
-            .map(|s| s.attempt)
-            .max()
-            .unwrap_or(0);
+        let attempt = 1 + existing.iter().map(|s| s.attempt).max().unwrap_or(0);
         let now = Utc::now();
         let shards: Vec<NewShard> = cuts
             .into_iter()
@@ -99,8 +146,23 @@ mod tests {
             .map(|(i, &b)| PlanItem {
                 position: i as i64,
                 image_bytes: b,
+                width: None,
+                height: None,
             })
             .collect()
+    }
+
+    fn caps(max_lines: u64, max_bytes: u64, overhead: u64) -> Caps {
+        Caps {
+            max_lines,
+            max_bytes,
+            overhead,
+            max_tokens: None,
+        }
+    }
+
+    fn plan(items: &[PlanItem], max_lines: u64, max_bytes: u64, overhead: u64) -> Vec<Vec<i64>> {
+        super::plan(items, &caps(max_lines, max_bytes, overhead), |_| 0)
     }
 
     #[test]
@@ -131,5 +193,63 @@ mod tests {
     #[test]
     fn nothing_to_plan_gives_no_shard() {
         assert!(plan(&[], 10, 10, 0).is_empty());
+    }
+
+    #[test]
+    fn cuts_by_estimated_tokens() {
+        let caps = Caps {
+            max_tokens: Some(1_000),
+            ..caps(100, 1_000_000, 0)
+        };
+        // Item i weighs 100 + i tokens.
+        let cut = super::plan(&items(&[1; 20]), &caps, |i| 100 + i.position as u64);
+        let flat: Vec<i64> = cut.iter().flatten().copied().collect();
+        assert_eq!(flat, (0..20).collect::<Vec<_>>());
+        for shard in &cut {
+            let t: u64 = shard.iter().map(|&p| 100 + p as u64).sum();
+            assert!(t <= 1_000, "shard of {t} tokens");
+        }
+        assert_eq!(cut[0].len(), 9, "100+…+108 = 936 fits, a tenth does not");
+        let alone = super::plan(&items(&[1, 1]), &caps, |_| 5_000);
+        assert_eq!(alone, vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn a_refused_shard_halves_the_next_ones() {
+        use crate::domain::{ItemError, Shard};
+        let shard = |count: i64, status: ShardStatus, code: Option<&str>| Shard {
+            id: Uuid::nil(),
+            job_id: Uuid::nil(),
+            kind: ShardKind::Batch,
+            attempt: 1,
+            model: "m".into(),
+            status,
+            item_count: count,
+            input_file_id: None,
+            openai_batch_id: None,
+            output_file_id: None,
+            error_file_id: None,
+            batch_status: None,
+            request_total: 0,
+            request_completed: 0,
+            request_failed: 0,
+            error: code.map(|c| ItemError {
+                code: c.into(),
+                message: String::new(),
+            }),
+            poll_interval_ms: 0,
+            next_poll_at: Utc::now(),
+            lease_token: 0,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert_eq!(refused_cap(&[shard(10, ShardStatus::Done, None)]), None);
+        assert_eq!(
+            refused_cap(&[shard(10, ShardStatus::Failed, Some("invalid_json_line"))]),
+            None
+        );
+        let refused = |n| shard(n, ShardStatus::Failed, Some(TOKEN_LIMIT_EXCEEDED));
+        assert_eq!(refused_cap(&[refused(1000), refused(500)]), Some(250));
+        assert_eq!(refused_cap(&[refused(1)]), Some(1));
     }
 }

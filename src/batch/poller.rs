@@ -5,10 +5,11 @@
 
 use chrono::{Duration as ChronoDuration, Utc};
 
+use super::retry::{self, TOKEN_LIMIT_EXCEEDED};
 use super::{ingest, BatchContext, StepError};
-use crate::domain::{ItemError, Shard, ShardKind, ShardStatus};
-use crate::openai::{Batch, BatchStatus};
-use crate::store::ShardPoll;
+use crate::domain::{ItemError, JobStatus, Shard, ShardKind, ShardStatus};
+use crate::openai::{Batch, BatchStatus, OpenAiError};
+use crate::store::{Leftover, ShardPoll};
 
 /// Shards polled at once by one replica.
 const CLAIM: i64 = 16;
@@ -31,10 +32,10 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let (id, token) = (shard.id, shard.lease_token);
-            if let Err(err) = poll(&ctx, shard).await {
-                tracing::warn!(shard = %id, error = %err, "poll failed; will poll again");
-                ctx.retry_later(id, token).await;
-            }
+            let keeper = ctx.keep_lease(id, token);
+            let result = poll(&ctx, shard).await;
+            keeper.stop().await;
+            ctx.settle_step(id, token, result, "poll").await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -53,7 +54,23 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
         .openai_batch_id
         .clone()
         .ok_or_else(|| StepError::Invalid(format!("shard {} has no batch id", shard.id)))?;
-    let batch = ctx.openai.retrieve_batch(&batch_id).await?;
+    let mut batch = ctx.openai.retrieve_batch(&batch_id).await?;
+    let job = ctx.job(shard.job_id).await?;
+    if job.status == JobStatus::Cancelling
+        && !batch.status.is_terminal()
+        && batch.status != BatchStatus::Cancelling
+    {
+        match ctx.openai.cancel_batch(&batch_id).await {
+            Ok(cancelled) => {
+                tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
+                    status = cancelled.status.as_str(), "batch cancel requested");
+                batch = cancelled;
+            }
+            // It finished meanwhile: the next poll reads how.
+            Err(OpenAiError::Api { status: 409, .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
     let counts = batch.request_counts.unwrap_or_default();
     let interval = next_interval(ctx, &shard);
     let poll = ShardPoll {
@@ -82,9 +99,17 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
         }
         BatchStatus::Failed => {
             let error = batch_error(&batch);
+            let leftover = failed_batch_leftover(&error, &shard, ctx.max_attempts());
             tracing::warn!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
-                code = %error.code, message = %error.message, "batch failed");
-            ctx.store.fail_shard_items(shard.id, token, &error).await?;
+                code = %error.code, message = %error.message, ?leftover, "batch failed");
+            let settled = ctx
+                .store
+                .settle_shard_items(shard.id, token, &error, leftover)
+                .await?;
+            if settled.requeued > 0 {
+                tracing::info!(job = %shard.job_id, shard = %shard.id,
+                    requeued = settled.requeued, "items sent back to be planned again");
+            }
             ctx.store
                 .set_shard_status(shard.id, token, ShardStatus::Failed, Some(&error))
                 .await?;
@@ -92,7 +117,6 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
         }
         _ => {}
     }
-    ctx.store.release_shard(shard.id, token).await?;
     Ok(())
 }
 
@@ -118,6 +142,20 @@ async fn finish(ctx: &BatchContext, shard: &Shard, batch: &Batch) -> Result<(), 
     }
     ctx.finish_job(shard.job_id).await?;
     Ok(())
+}
+
+/// What becomes of a failed batch's items. A refusal for the enqueued-token limit ran
+/// nothing and is ours to fix (smaller shards, fewer in flight), so it is not counted
+/// against `max_attempts` — except for a shard of one item, which cannot get smaller:
+/// counting it there keeps an image over the limit from being refused forever.
+pub fn failed_batch_leftover(error: &ItemError, shard: &Shard, max_attempts: i32) -> Leftover {
+    if error.code == TOKEN_LIMIT_EXCEEDED && shard.item_count > 1 {
+        Leftover::Requeue
+    } else if retry::retryable(&error.code, None) {
+        Leftover::Retry { max_attempts }
+    } else {
+        Leftover::Fail
+    }
 }
 
 /// The error a failed batch reports for all its items.

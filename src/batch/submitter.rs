@@ -2,20 +2,74 @@
 //! stores every id the moment OpenAI returns it. Exactly one batch per shard: the upload's
 //! filename and the batch's metadata carry the shard id, and a shard found in `creating`
 //! after a crash adopts the batch OpenAI already has before creating anything.
+//!
+//! Admission: before a planned shard is submitted, its estimated input tokens are weighed
+//! against the model's batches in flight (across jobs and replicas, from the store). With
+//! a known enqueued-token limit, a shard waits while the in-flight estimates plus its own
+//! would pass it (unless nothing is in flight: a shard over the limit on its own still gets
+//! its chance). After OpenAI refused a batch of the model for that limit, at most one batch
+//! of the model is in flight until one completes. A shard of a cancelled job is closed
+//! without a batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 
-use super::{jsonl, BatchContext, StepError};
-use crate::domain::{Shard, ShardKind, ShardStatus};
+use super::retry::TOKEN_LIMIT_EXCEEDED;
+use super::tokens::{limit_for, TokenEstimator};
+use super::{jsonl, BatchContext, LeaseKeeper, StepError};
+use crate::domain::{Job, JobStatus, Shard, ShardKind, ShardStatus};
 use crate::openai::{Batch, CreateBatchRequest};
+use crate::store::{job_cancelled_error, Leftover, ModelLoad};
 
 pub const META_SHARD: &str = "batchlens_shard";
 pub const META_JOB: &str = "batchlens_job";
 pub const META_ATTEMPT: &str = "batchlens_attempt";
 
-/// Submits every claimable shard once. Returns how many shards it moved.
+/// What the submitter does with a claimed shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Submit,
+    /// Hold it back for a while (the model's in-flight batches leave no room).
+    Wait,
+    /// Its job is cancelled, or it has nothing left to send: no batch.
+    Close,
+}
+
+/// One model's in-flight batches as this run sees them: the store's view plus the shards
+/// this run admitted.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    load: ModelLoad,
+    admitted: i64,
+    admitted_tokens: i64,
+}
+
+impl Room {
+    /// After a refusal, one batch at a time until one completes.
+    fn throttled(&self) -> bool {
+        match (self.load.last_refusal_at, self.load.last_completed_at) {
+            (Some(refused), Some(completed)) => completed < refused,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    fn admits(&self, estimate: i64, limit: Option<u64>) -> bool {
+        let in_flight = self.load.in_flight + self.admitted;
+        let tokens = self.load.in_flight_tokens + self.admitted_tokens;
+        if in_flight > 0 && self.throttled() {
+            return false;
+        }
+        match limit {
+            Some(limit) if in_flight > 0 => (tokens + estimate) as u64 <= limit,
+            _ => true,
+        }
+    }
+}
+
+/// Submits every claimable shard once. Returns how many shards it claimed.
 pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
     let shards = ctx
         .store
@@ -29,23 +83,133 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         )
         .await?;
     let n = shards.len();
+    let mut rooms: HashMap<String, Room> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // Decisions are taken one shard at a time, so shards claimed together share the
+    // model's room; the slow OpenAI calls then run side by side.
     for shard in shards {
+        let (id, token) = (shard.id, shard.lease_token);
+        let decision = match decide(ctx, &shard, &mut rooms).await {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(shard = %id, error = %err, "submission check failed; will retry");
+                ctx.retry_later(id, token).await;
+                continue;
+            }
+        };
+        if decision == Decision::Wait {
+            let wait = Duration::from_millis(ctx.settings.batch.poll_min_ms.max(1));
+            if let Err(err) = ctx.store.renew_shard(id, token, wait).await {
+                tracing::warn!(shard = %id, error = %err, "could not hold the shard back");
+            }
+            continue;
+        }
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let id = shard.id;
-            let token = shard.lease_token;
-            if let Err(err) = submit(&ctx, shard).await {
-                tracing::warn!(shard = %id, error = %err, "submission failed; will retry");
-                ctx.retry_later(id, token).await;
-            }
+            let keeper = ctx.keep_lease(id, token);
+            let result = match decision {
+                Decision::Close => close(&ctx, shard).await,
+                _ => submit(&ctx, shard, &keeper).await,
+            };
+            keeper.stop().await;
+            ctx.settle_step(id, token, result, "submission").await;
         });
     }
     while tasks.join_next().await.is_some() {}
     Ok(n)
 }
 
-async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
+async fn decide(
+    ctx: &BatchContext,
+    shard: &Shard,
+    rooms: &mut HashMap<String, Room>,
+) -> Result<Decision, StepError> {
+    let job = ctx.job(shard.job_id).await?;
+    if stopped(&job) {
+        return Ok(Decision::Close);
+    }
+    let dims = ctx.store.shard_item_dims(shard.id).await?;
+    if dims.is_empty() {
+        return Ok(Decision::Close);
+    }
+    let estimate = TokenEstimator::new(ctx, &job).total(&dims) as i64;
+    let room = match rooms.get(&shard.model) {
+        Some(room) => *room,
+        None => Room {
+            load: ctx
+                .store
+                .batch_model_load(&shard.model, TOKEN_LIMIT_EXCEEDED)
+                .await?,
+            admitted: 0,
+            admitted_tokens: 0,
+        },
+    };
+    // A shard found in `creating` may already have its batch (a crash hid the answer):
+    // it goes on to adopt or create without waiting.
+    let admit = shard.status == ShardStatus::Creating
+        || room.admits(estimate, limit_for(ctx, &shard.model));
+    let mut room = room;
+    if admit {
+        room.admitted += 1;
+        room.admitted_tokens += estimate;
+        if !ctx
+            .store
+            .set_shard_estimate(shard.id, shard.lease_token, estimate)
+            .await?
+        {
+            return Err(StepError::LeaseLost);
+        }
+    } else {
+        tracing::debug!(job = %job.id, shard = %shard.id, model = %shard.model, estimate,
+            in_flight = room.load.in_flight + room.admitted, throttled = room.throttled(),
+            "shard held back: the model's in-flight batches leave no room");
+    }
+    rooms.insert(shard.model.clone(), room);
+    Ok(if admit {
+        Decision::Submit
+    } else {
+        Decision::Wait
+    })
+}
+
+/// The job no longer wants batches: cancelling, or finished.
+fn stopped(job: &Job) -> bool {
+    job.status == JobStatus::Cancelling || job.status.is_terminal()
+}
+
+/// Ends a shard that gets no batch. One found in `creating` may already have a batch (a
+/// crash hid it): that one is adopted, and the poller cancels it for a cancelled job.
+async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
+    let token = shard.lease_token;
+    if shard.status == ShardStatus::Creating {
+        if let Some(batch) = find_batch(ctx, &shard).await? {
+            return record_submitted(ctx, &shard, &batch).await;
+        }
+    }
+    let job = ctx.job(shard.job_id).await?;
+    let error = stopped(&job).then(job_cancelled_error);
+    if let Some(error) = &error {
+        ctx.store
+            .settle_shard_items(shard.id, token, error, Leftover::Cancel)
+            .await?;
+    }
+    if !ctx
+        .store
+        .set_shard_status(shard.id, token, ShardStatus::Done, error.as_ref())
+        .await?
+    {
+        return Err(StepError::LeaseLost);
+    }
+    tracing::info!(job = %shard.job_id, shard = %shard.id, "shard closed without a batch");
+    ctx.finish_job(shard.job_id).await?;
+    Ok(())
+}
+
+async fn submit(
+    ctx: &BatchContext,
+    mut shard: Shard,
+    keeper: &LeaseKeeper,
+) -> Result<(), StepError> {
     let token = shard.lease_token;
     let job = ctx.job(shard.job_id).await?;
     let mut fresh = false;
@@ -79,6 +243,10 @@ async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
             batch
         }
         None => {
+            // Nothing can take a created batch back: never create one without the lease.
+            if keeper.lost() {
+                return Err(StepError::LeaseLost);
+            }
             let metadata = BTreeMap::from([
                 (META_SHARD.to_string(), shard.id.to_string()),
                 (META_JOB.to_string(), job.id.to_string()),
@@ -93,6 +261,16 @@ async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
             ctx.openai.create_batch(&request).await?
         }
     };
+    record_submitted(ctx, &shard, &batch).await
+}
+
+/// Stores the batch id the moment it is known: shard `creating` → `submitted`.
+async fn record_submitted(
+    ctx: &BatchContext,
+    shard: &Shard,
+    batch: &Batch,
+) -> Result<(), StepError> {
+    let token = shard.lease_token;
     let next_poll =
         Utc::now() + ChronoDuration::milliseconds(ctx.settings.batch.poll_min_ms as i64);
     if !ctx
@@ -102,8 +280,7 @@ async fn submit(ctx: &BatchContext, mut shard: Shard) -> Result<(), StepError> {
     {
         return Err(StepError::LeaseLost);
     }
-    ctx.store.release_shard(shard.id, token).await?;
-    tracing::info!(job = %job.id, shard = %shard.id, batch = %batch.id, items = shard.item_count, "batch submitted");
+    tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch.id, items = shard.item_count, attempt = shard.attempt, "batch submitted");
     Ok(())
 }
 

@@ -2,19 +2,28 @@
 //! Completions call each, under the governor, writing each result as it arrives (so a
 //! restart never calls again for an item that already succeeded). Items come in small
 //! shards claimed round-robin across jobs, so a 5,000-item job cannot starve a 5-item one.
+//! A failed call is judged by `batch::retry`: a retryable one (no answer, 5xx, 429) sends
+//! the item back to be planned into a new shard while attempts remain. A cancelled job
+//! gets no further call: each call checks first, and what did not run is cancelled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
 use crate::batch::ingest::{api_error, apply_completion};
+use crate::batch::retry::{self, REQUEST_FAILED};
 use crate::batch::{BatchContext, StepError};
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{Item, ItemError, ItemOutcome, ItemStatus, Job, Mode, Shard, ShardStatus};
+use crate::domain::{
+    Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, Shard, ShardStatus,
+};
 use crate::openai::OpenAiError;
+use crate::store::{job_cancelled_error, Leftover, Verdict};
 
 /// What the executor shares between its tasks.
 #[derive(Clone)]
@@ -51,10 +60,12 @@ impl Executor {
             let this = self.clone();
             tasks.spawn(async move {
                 let (id, token) = (shard.id, shard.lease_token);
-                if let Err(err) = this.run_shard(shard).await {
-                    tracing::warn!(shard = %id, error = %err, "individual shard stopped; will resume");
-                    this.ctx.retry_later(id, token).await;
-                }
+                let keeper = this.ctx.keep_lease(id, token);
+                let result = this.run_shard(shard).await;
+                keeper.stop().await;
+                this.ctx
+                    .settle_step(id, token, result, "individual shard")
+                    .await;
             });
         }
         while tasks.join_next().await.is_some() {}
@@ -70,8 +81,8 @@ impl Executor {
             return Err(StepError::LeaseLost);
         }
         let job = ctx.job(shard.job_id).await?;
-        if job.status.is_terminal() || job.status == crate::domain::JobStatus::Cancelling {
-            return Ok(());
+        if job.status.is_terminal() || job.status == JobStatus::Cancelling {
+            return self.close(&shard).await;
         }
         let validator =
             Arc::new(OutputValidator::new(&job.analyzer.schema).map_err(StepError::Invalid)?);
@@ -83,21 +94,35 @@ impl Executor {
             .filter(|i| i.status == ItemStatus::Submitted)
             .collect();
         let job = Arc::new(job);
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_attempts = ctx.max_attempts();
         let mut calls = tokio::task::JoinSet::new();
         for item in items {
             let this = self.clone();
             let job = job.clone();
             let validator = validator.clone();
+            let stop = stop.clone();
             calls.spawn(async move {
-                let outcome = this.call(&job, &item, &validator).await;
+                let Some(verdict) = this.call(&job, &item, &validator, &stop).await else {
+                    return Ok(());
+                };
                 this.ctx
                     .store
-                    .record_shard_outcomes(shard.id, token, std::slice::from_ref(&outcome))
+                    .settle_shard_outcomes(
+                        shard.id,
+                        token,
+                        std::slice::from_ref(&verdict),
+                        max_attempts,
+                    )
                     .await
+                    .map(|_| ())
             });
         }
         while let Some(joined) = calls.join_next().await {
             joined.map_err(|e| StepError::Invalid(e.to_string()))??;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return self.close(&shard).await;
         }
         if !ctx
             .store
@@ -106,14 +131,59 @@ impl Executor {
         {
             return Err(StepError::LeaseLost);
         }
-        ctx.store.release_shard(shard.id, token).await?;
         ctx.finish_job(shard.job_id).await?;
         Ok(())
     }
 
+    /// Ends the shard of a job that stopped: what did not run is cancelled (for a
+    /// cancelling job; a finished job has nothing left to run).
+    async fn close(&self, shard: &Shard) -> Result<(), StepError> {
+        let (ctx, token) = (&self.ctx, shard.lease_token);
+        let settled = ctx
+            .store
+            .settle_shard_items(shard.id, token, &job_cancelled_error(), Leftover::Cancel)
+            .await?;
+        if !ctx
+            .store
+            .set_shard_status(shard.id, token, ShardStatus::Done, None)
+            .await?
+        {
+            return Err(StepError::LeaseLost);
+        }
+        tracing::info!(job = %shard.job_id, shard = %shard.id, cancelled = settled.cancelled,
+            "individual shard stopped: the job is cancelled");
+        ctx.finish_job(shard.job_id).await?;
+        Ok(())
+    }
+
+    /// Whether the job stopped (cancelling or finished); once seen, remembered in `stop`
+    /// so the shard's other calls skip the database.
+    async fn stopped(&self, job_id: Uuid, stop: &AtomicBool) -> bool {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let stopped = match self.ctx.store.get_job(None, job_id).await {
+            Ok(Some(job)) => job.status == JobStatus::Cancelling || job.status.is_terminal(),
+            Ok(None) => true,
+            // Not knowing is no reason to stop; the call's result is written fenced.
+            Err(_) => false,
+        };
+        if stopped {
+            stop.store(true, Ordering::Relaxed);
+        }
+        stopped
+    }
+
     /// One item, one call: waits for a slot and the governor, retries 429s the client
     /// gave up on after the pause they asked for.
-    async fn call(&self, job: &Job, item: &Item, validator: &OutputValidator) -> ItemOutcome {
+    /// `None` when the job was cancelled before the call went out.
+    async fn call(
+        &self,
+        job: &Job,
+        item: &Item,
+        validator: &OutputValidator,
+        stop: &AtomicBool,
+    ) -> Option<Verdict> {
         let ctx = &self.ctx;
         let opts = RequestOptions {
             model: &job.model,
@@ -149,6 +219,10 @@ impl Executor {
         let mut rate_limited = 0;
         loop {
             self.governor.acquire(&job.model, tokens).await;
+            // Checked last before each call, after every wait: a cancel stops it at once.
+            if self.stopped(job.id, stop).await {
+                return None;
+            }
             match ctx.openai.chat_completion(&body).await {
                 Ok(response) => {
                     self.governor
@@ -161,7 +235,10 @@ impl Executor {
                         &job.model,
                         validator,
                     );
-                    return outcome;
+                    return Some(Verdict {
+                        outcome,
+                        retry: false,
+                    });
                 }
                 Err(OpenAiError::Api {
                     status: 429,
@@ -174,9 +251,11 @@ impl Executor {
                     self.governor.pause(&job.model, wait).await;
                 }
                 Err(err) => {
-                    outcome.error = Some(error_of(&err));
-                    tracing::debug!(job = %job.id, item = %item.custom_id, error = %err, at = %Utc::now(), "individual call failed");
-                    return outcome;
+                    let error = error_of(&err);
+                    let retry = retry::retryable(&error.code, err.status());
+                    outcome.error = Some(error);
+                    tracing::debug!(job = %job.id, item = %item.custom_id, error = %err, retry, at = %Utc::now(), "individual call failed");
+                    return Some(Verdict { outcome, retry });
                 }
             }
         }
@@ -189,9 +268,17 @@ fn error_of(err: &OpenAiError) -> ItemError {
             let envelope = serde_json::json!({"error": {"code": body.code, "message": body.message, "type": body.r#type}});
             api_error(*status, &envelope)
         }
-        other => ItemError {
-            code: "request_failed".into(),
-            message: other.to_string(),
+        OpenAiError::Transport(_) => ItemError {
+            code: REQUEST_FAILED.into(),
+            message: err.to_string(),
+        },
+        OpenAiError::Decode(_) => ItemError {
+            code: "invalid_response".into(),
+            message: err.to_string(),
+        },
+        OpenAiError::Io(_) | OpenAiError::Config(_) => ItemError {
+            code: "client_error".into(),
+            message: err.to_string(),
         },
     }
 }

@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult};
+use super::{Leftover, StoreError, StoreResult};
 use crate::domain::{
-    Analyzer, CostSums, Counts, Event, Item, ItemError, ItemStatus, Job, JobStatus, Mode, NewItem,
-    Shard, Usage,
+    Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus,
+    Mode, NewItem, Shard, Usage,
 };
 
 /// Rows per bulk statement.
@@ -337,7 +337,8 @@ impl JobDelta {
         d
     }
 
-    /// Deltas for items that moved from `submitted` to the status an outcome gave them.
+    /// Deltas for items that moved from `submitted` to the status an outcome gave them
+    /// (`pending` for one sent back for another attempt).
     /// An item with usage but no cost has an unknown price: it counts in `unpriced_items`
     /// and adds nothing to the money sums. An item with neither ran nothing billable.
     pub fn for_outcomes(rows: &[Recorded]) -> Self {
@@ -439,13 +440,14 @@ pub(crate) fn item_chunks(items: &[NewItem]) -> Vec<&[NewItem]> {
 }
 
 /// Keeps the first outcome per custom_id, so one bulk UPDATE never sees two source rows
-/// for one item.
-pub(crate) fn dedup_outcomes(
-    outcomes: &[crate::domain::ItemOutcome],
-) -> StoreResult<Vec<&crate::domain::ItemOutcome>> {
-    let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
-    let mut out = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
+/// for one item; checks statuses, and drops the retry mark of an outcome with usage
+/// (billed tokens are recorded, never thrown away with a retry).
+pub(crate) fn dedup_verdicts<'a>(
+    verdicts: impl IntoIterator<Item = (&'a ItemOutcome, bool)>,
+) -> StoreResult<Vec<(&'a ItemOutcome, bool)>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (o, retry) in verdicts {
         if !matches!(o.status, ItemStatus::Succeeded | ItemStatus::Failed) {
             return Err(StoreError::Conflict(format!(
                 "outcome of {:?} has status {}, expected succeeded or failed",
@@ -453,10 +455,61 @@ pub(crate) fn dedup_outcomes(
             )));
         }
         if seen.insert(o.custom_id.as_str()) {
-            out.push(o);
+            let retry = retry && o.status == ItemStatus::Failed && o.usage.is_none();
+            out.push((o, retry));
         }
     }
     Ok(out)
+}
+
+/// The error written on items cancelled before they ran.
+pub fn job_cancelled_error() -> ItemError {
+    ItemError {
+        code: "job_cancelled".into(),
+        message: "the job was cancelled before this image ran".into(),
+    }
+}
+
+/// How one settling UPDATE treats the leftover items it touches (see `Leftover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeftoverPlan {
+    /// Status of an item that does not go back to pending.
+    pub final_status: ItemStatus,
+    /// Every item goes back to pending.
+    pub all_back: bool,
+    /// Items under `max_attempts` go back to pending.
+    pub retry: bool,
+    pub max_attempts: i32,
+    /// The attempt that sent a submitted item is taken back.
+    pub uncount: bool,
+}
+
+impl LeftoverPlan {
+    pub fn new(leftover: Leftover, job_status: JobStatus) -> Self {
+        let plan = |final_status| LeftoverPlan {
+            final_status,
+            all_back: false,
+            retry: false,
+            max_attempts: 0,
+            uncount: false,
+        };
+        let cancelling = job_status == JobStatus::Cancelling;
+        match leftover {
+            Leftover::Fail => plan(ItemStatus::Failed),
+            Leftover::Cancel => plan(ItemStatus::Cancelled),
+            Leftover::Retry { .. } | Leftover::Requeue if cancelling => plan(ItemStatus::Cancelled),
+            Leftover::Retry { max_attempts } => LeftoverPlan {
+                retry: true,
+                max_attempts,
+                ..plan(ItemStatus::Failed)
+            },
+            Leftover::Requeue => LeftoverPlan {
+                all_back: true,
+                uncount: true,
+                ..plan(ItemStatus::Failed)
+            },
+        }
+    }
 }
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {

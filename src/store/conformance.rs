@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use uuid::Uuid;
 
 use super::{
-    truncate_to_micros, DynStore, IdempotencyState, JobCursor, NewShard, PgStore, ShardPoll,
-    StoreError,
+    truncate_to_micros, DynStore, IdempotencyState, JobCursor, Leftover, NewShard, PgStore,
+    Settled, ShardPoll, StoreError, Verdict,
 };
 use crate::domain::{
     Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -166,6 +166,10 @@ conformance!(
     api_keys_replace,
     bulk_outcomes,
     individual_shards_round_robin_and_start,
+    settle_outcomes_retries_within_attempts,
+    settle_leftovers_as_asked,
+    cancel_job_cancels_what_has_not_run,
+    model_load_and_estimates,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -1939,4 +1943,524 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
         s.pending_item_dims(job.id).await.unwrap(),
         vec![Some((640, 480)), None]
     );
+}
+
+// ---- retries and cancelling ---------------------------------------------------------
+
+/// Plans the job's unassigned items into one shard of `attempt`, uploads and submits it.
+/// Returns (shard id, token).
+async fn resubmit(s: &DynStore, job_id: Uuid, attempt: i32) -> (Uuid, i64) {
+    let claimed = s.claim_jobs_to_plan("planner", LEASE, 100).await.unwrap();
+    let (_, job_token) = claimed
+        .into_iter()
+        .find(|(j, _)| j.id == job_id)
+        .expect("the job has unassigned items");
+    let positions = s
+        .unassigned_items(job_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.position)
+        .collect();
+    let shard = NewShard {
+        attempt,
+        ..new_shard(positions, Utc::now() - chrono::Duration::seconds(1))
+    };
+    assert!(s
+        .create_shards(job_id, job_token, std::slice::from_ref(&shard))
+        .await
+        .unwrap());
+    s.release_job(job_id, job_token).await.unwrap();
+    let token = s
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            Utc::now(),
+            "submitter",
+            LEASE,
+            100,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.id == shard.id)
+        .expect("shard claimed")
+        .lease_token;
+    assert!(s.shard_uploaded(shard.id, token, "file-in").await.unwrap());
+    assert!(s
+        .shard_submitted(shard.id, token, "batch_n", Utc::now())
+        .await
+        .unwrap());
+    (shard.id, token)
+}
+
+fn verdict(outcome: ItemOutcome, retry: bool) -> Verdict {
+    Verdict { outcome, retry }
+}
+
+fn server_error(custom_id: &str) -> ItemOutcome {
+    ItemOutcome {
+        error: Some(ItemError {
+            code: "server_error".into(),
+            message: "try again".into(),
+        }),
+        ..failed(custom_id)
+    }
+}
+
+async fn item_named(s: &DynStore, job_id: Uuid, custom_id: &str) -> crate::domain::Item {
+    s.list_items(job_id, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.custom_id == custom_id)
+        .expect("item exists")
+}
+
+async fn settle_outcomes_retries_within_attempts(s: DynStore) {
+    let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 5).await;
+    let billed = ItemOutcome {
+        usage: Some(usage(10)),
+        cost_pico_usd: Some(3),
+        ..server_error("item-3")
+    };
+    let verdicts = vec![
+        verdict(succeeded("item-0", Some(100), Mode::Batch), false),
+        verdict(server_error("item-1"), true),
+        verdict(failed("item-2"), false),
+        verdict(billed, true),
+    ];
+    assert_eq!(
+        s.settle_shard_outcomes(shard_id, tok + 1, &verdicts, 2)
+            .await
+            .unwrap(),
+        Settled::default(),
+        "stale token"
+    );
+    let settled = s
+        .settle_shard_outcomes(shard_id, tok, &verdicts, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        settled,
+        Settled {
+            succeeded: 1,
+            failed: 2,
+            requeued: 1,
+            cancelled: 0
+        }
+    );
+    let j = job(&s, job_id).await;
+    assert_eq!(
+        (
+            j.counts.pending,
+            j.counts.submitted,
+            j.counts.succeeded,
+            j.counts.failed
+        ),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(j.cost.actual_pico_usd, 103, "the billed failure counts");
+    let back = item_named(&s, job_id, "item-1").await;
+    assert_eq!(back.status, ItemStatus::Pending);
+    assert_eq!(back.shard_id, None);
+    assert_eq!(back.attempts, 1);
+    assert_eq!(back.finished_at, None);
+    assert_eq!(back.error.as_ref().unwrap().code, "server_error");
+    let kept = item_named(&s, job_id, "item-3").await;
+    assert_eq!(
+        (kept.status, kept.cost_pico_usd),
+        (ItemStatus::Failed, Some(3))
+    );
+    // The same verdicts again change nothing.
+    assert_eq!(
+        s.settle_shard_outcomes(shard_id, tok, &verdicts, 2)
+            .await
+            .unwrap(),
+        Settled::default()
+    );
+    assert_eq!(job(&s, job_id).await, j);
+    assert_eq!(s.finish_job_if_done(job_id).await.unwrap(), None);
+
+    // The planner sees it again; its second attempt fails again and stays failed.
+    let unassigned = s.unassigned_items(job_id).await.unwrap();
+    assert_eq!(unassigned.len(), 1);
+    assert_eq!(
+        (
+            unassigned[0].position,
+            unassigned[0].width,
+            unassigned[0].height
+        ),
+        (1, Some(640), Some(480))
+    );
+    let (second, tok2) = resubmit(&s, job_id, 2).await;
+    assert_eq!(item_named(&s, job_id, "item-1").await.attempts, 2);
+    let again = s
+        .settle_shard_outcomes(second, tok2, &[verdict(server_error("item-1"), true)], 2)
+        .await
+        .unwrap();
+    assert_eq!(again.failed, 1);
+    let spent = item_named(&s, job_id, "item-1").await;
+    assert_eq!(
+        (spent.status, spent.attempts, spent.shard_id),
+        (ItemStatus::Failed, 2, Some(second))
+    );
+    assert!(spent.finished_at.is_some());
+
+    // While the job is cancelling, a retryable failure is cancelled instead.
+    s.cancel_job("acme", job_id).await.unwrap();
+    let last = s
+        .settle_shard_outcomes(shard_id, tok, &[verdict(server_error("item-4"), true)], 9)
+        .await
+        .unwrap();
+    assert_eq!(last.cancelled, 1);
+    let j = job(&s, job_id).await;
+    assert_eq!(
+        (j.counts.submitted, j.counts.cancelled, j.counts.failed),
+        (0, 1, 3)
+    );
+    assert_eq!(
+        s.finish_job_if_done(job_id).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    // Outcomes that are neither success nor failure are refused.
+    let wrong = Verdict {
+        outcome: ItemOutcome {
+            status: ItemStatus::Cancelled,
+            ..failed("item-4")
+        },
+        retry: false,
+    };
+    assert!(s
+        .settle_shard_outcomes(shard_id, tok, &[wrong], 2)
+        .await
+        .is_err());
+}
+
+async fn settle_leftovers_as_asked(s: DynStore) {
+    let error = ItemError {
+        code: "token_limit_exceeded".into(),
+        message: "Enqueued token limit reached".into(),
+    };
+    // Requeue: back to pending, the attempt taken back.
+    let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 3).await;
+    assert_eq!(
+        s.settle_shard_items(shard_id, tok + 1, &error, Leftover::Requeue)
+            .await
+            .unwrap(),
+        Settled::default(),
+        "stale token"
+    );
+    let settled = s
+        .settle_shard_items(shard_id, tok, &error, Leftover::Requeue)
+        .await
+        .unwrap();
+    assert_eq!(settled.requeued, 3);
+    let j = job(&s, job_id).await;
+    assert_eq!((j.counts.pending, j.counts.submitted), (3, 0));
+    for item in s.list_items(job_id, None, None, 10).await.unwrap() {
+        assert_eq!(
+            (item.status, item.attempts, item.shard_id),
+            (ItemStatus::Pending, 0, None)
+        );
+        assert_eq!(item.error.as_ref().unwrap().code, "token_limit_exceeded");
+    }
+    let last = s.events_after(job_id, 0, 100).await.unwrap().pop().unwrap();
+    assert_eq!(last.data["pending"], json!(3));
+    assert_eq!(
+        s.settle_shard_items(shard_id, tok, &error, Leftover::Requeue)
+            .await
+            .unwrap(),
+        Settled::default(),
+        "nothing left in the shard"
+    );
+
+    // Retry: back while under max_attempts, failed after.
+    let (second, tok2) = resubmit(&s, job_id, 2).await;
+    let settled = s
+        .settle_shard_items(second, tok2, &error, Leftover::Retry { max_attempts: 2 })
+        .await
+        .unwrap();
+    assert_eq!(settled.requeued, 3);
+    assert!(s
+        .list_items(job_id, None, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.attempts == 1 && i.status == ItemStatus::Pending));
+    let (third, tok3) = resubmit(&s, job_id, 3).await;
+    let settled = s
+        .settle_shard_items(third, tok3, &error, Leftover::Retry { max_attempts: 2 })
+        .await
+        .unwrap();
+    assert_eq!(settled.failed, 3);
+    let j = job(&s, job_id).await;
+    assert_eq!((j.counts.pending, j.counts.failed), (0, 3));
+    for item in s.list_items(job_id, None, None, 10).await.unwrap() {
+        assert_eq!(
+            (item.status, item.attempts, item.shard_id),
+            (ItemStatus::Failed, 2, Some(third))
+        );
+        assert!(item.finished_at.is_some());
+    }
+
+    // Fail and Cancel settle for good.
+    let (j2, shard2, t2) = submitted_shard(&s, "acme", 2).await;
+    assert_eq!(
+        s.settle_shard_items(shard2, t2, &error, Leftover::Cancel)
+            .await
+            .unwrap()
+            .cancelled,
+        2
+    );
+    assert_eq!(job(&s, j2).await.counts.cancelled, 2);
+    let (j3, shard3, t3) = submitted_shard(&s, "acme", 2).await;
+    assert_eq!(
+        s.settle_shard_items(shard3, t3, &error, Leftover::Fail)
+            .await
+            .unwrap()
+            .failed,
+        2
+    );
+    assert_eq!(job(&s, j3).await.counts.failed, 2);
+
+    // While the job is cancelling, Retry and Requeue cancel.
+    let (j4, shard4, t4) = submitted_shard(&s, "acme", 2).await;
+    s.cancel_job("acme", j4).await.unwrap();
+    let settled = s
+        .settle_shard_items(shard4, t4, &error, Leftover::Requeue)
+        .await
+        .unwrap();
+    assert_eq!(settled.cancelled, 2);
+    assert_eq!(
+        s.finish_job_if_done(j4).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    assert!(matches!(
+        s.settle_shard_items(Uuid::new_v4(), 1, &error, Leftover::Fail)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
+    // Two items in flight, three not yet sent.
+    let created = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(5),
+        )
+        .await
+        .unwrap();
+    let (_, t) = s
+        .claim_jobs_to_plan("p", LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let sent = new_shard(vec![0, 1], at(0));
+    let planned = new_shard(vec![2, 3], at(5));
+    assert!(s
+        .create_shards(created.id, t, &[sent.clone(), planned.clone()])
+        .await
+        .unwrap());
+    s.release_job(created.id, t).await.unwrap();
+    let claimed = s
+        .claim_shards(
+            ShardKind::Batch,
+            &[ShardStatus::Planned],
+            at(10),
+            "w",
+            LEASE,
+            10,
+        )
+        .await
+        .unwrap();
+    let tok = claimed
+        .iter()
+        .find(|x| x.id == sent.id)
+        .unwrap()
+        .lease_token;
+    assert!(s.shard_uploaded(sent.id, tok, "f").await.unwrap());
+    assert!(s.shard_submitted(sent.id, tok, "b", at(20)).await.unwrap());
+
+    assert!(matches!(
+        s.cancel_job("other-tenant", created.id).await,
+        Err(StoreError::NotFound)
+    ));
+    let j = s.cancel_job("acme", created.id).await.unwrap();
+    assert_eq!(j.status, JobStatus::Cancelling);
+    assert_eq!(
+        (j.counts.pending, j.counts.submitted, j.counts.cancelled),
+        (0, 2, 3)
+    );
+    let cancelled = item_named(&s, created.id, "item-2").await;
+    assert_eq!(cancelled.status, ItemStatus::Cancelled);
+    assert_eq!(cancelled.error.as_ref().unwrap().code, "job_cancelled");
+    assert!(cancelled.finished_at.is_some());
+    let kinds: Vec<String> = s
+        .events_after(created.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}", e.kind, e.data["status"].as_str().unwrap_or("")))
+        .collect();
+    assert!(
+        kinds.contains(&"status:cancelling".to_string()),
+        "{kinds:?}"
+    );
+    // Twice: the same job, nothing moves.
+    assert_eq!(s.cancel_job("acme", created.id).await.unwrap(), j);
+    // The planner leaves a cancelling job alone.
+    assert!(s
+        .claim_jobs_to_plan("p", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The batch's results: one kept, one cancelled; then the job is cancelled.
+    let settled = s
+        .settle_shard_outcomes(
+            sent.id,
+            tok,
+            &[
+                verdict(succeeded("item-0", Some(9), Mode::Batch), false),
+                verdict(server_error("item-1"), true),
+            ],
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!((settled.succeeded, settled.cancelled), (1, 1));
+    assert_eq!(
+        s.finish_job_if_done(created.id).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    let done = job(&s, created.id).await;
+    assert_eq!((done.counts.succeeded, done.counts.cancelled), (1, 4));
+    assert_eq!(done.cost.actual_pico_usd, 9);
+    assert!(matches!(
+        s.cancel_job("acme", created.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Nothing in flight: cancelled at once, open jobs included.
+    for status in [JobStatus::Queued, JobStatus::Open] {
+        let quiet = s
+            .create_job(&new_job("acme", status, Mode::Batch, at(1)), &items(2))
+            .await
+            .unwrap();
+        let j = s.cancel_job("acme", quiet.id).await.unwrap();
+        assert_eq!(j.status, JobStatus::Cancelled);
+        assert_eq!(j.counts.cancelled, 2);
+        assert!(j.completed_at.is_some());
+    }
+    assert!(matches!(
+        s.cancel_job("acme", Uuid::new_v4()).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // A cancelling job's started individual shard is still claimed, to be settled.
+    let ind = new_job("acme", JobStatus::Queued, Mode::Individual, at(2));
+    s.create_job(&ind, &items(2)).await.unwrap();
+    let (_, t) = s
+        .claim_jobs_to_plan("p", LEASE, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(j, _)| j.id == ind.id)
+        .unwrap();
+    let shard = NewShard {
+        kind: ShardKind::Individual,
+        ..new_shard(vec![0, 1], at(0))
+    };
+    assert!(s
+        .create_shards(ind.id, t, std::slice::from_ref(&shard))
+        .await
+        .unwrap());
+    s.release_job(ind.id, t).await.unwrap();
+    let first = s.claim_individual_shards("x", LEASE, 10).await.unwrap();
+    assert!(s
+        .start_individual_shard(shard.id, first[0].lease_token)
+        .await
+        .unwrap());
+    s.release_shard(shard.id, first[0].lease_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.cancel_job("acme", ind.id).await.unwrap().status,
+        JobStatus::Cancelling
+    );
+    let again = s.claim_individual_shards("y", LEASE, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, shard.id);
+}
+
+async fn model_load_and_estimates(s: DynStore) {
+    let (_, shard_id, tok) = submitted_shard(&s, "acme", 3).await;
+    assert_eq!(
+        s.shard_item_dims(shard_id).await.unwrap(),
+        vec![Some((640, 480)); 3]
+    );
+    assert!(!s.set_shard_estimate(shard_id, tok + 1, 500).await.unwrap());
+    assert!(s.set_shard_estimate(shard_id, tok, 500).await.unwrap());
+    let (_, other, tok2) = submitted_shard(&s, "acme", 1).await;
+    assert!(s.set_shard_estimate(other, tok2, 70).await.unwrap());
+    let load = s
+        .batch_model_load("gpt-4o-mini", "token_limit_exceeded")
+        .await
+        .unwrap();
+    assert_eq!((load.in_flight, load.in_flight_tokens), (2, 570));
+    assert_eq!((load.last_refusal_at, load.last_completed_at), (None, None));
+    assert_eq!(
+        s.batch_model_load("gpt-4o", "token_limit_exceeded")
+            .await
+            .unwrap(),
+        super::ModelLoad::default()
+    );
+
+    // One refused, one completed: both leave the in-flight count.
+    let refusal = ItemError {
+        code: "token_limit_exceeded".into(),
+        message: "limit".into(),
+    };
+    assert!(s
+        .set_shard_status(other, tok2, ShardStatus::Failed, Some(&refusal))
+        .await
+        .unwrap());
+    let load = s
+        .batch_model_load("gpt-4o-mini", "token_limit_exceeded")
+        .await
+        .unwrap();
+    assert_eq!((load.in_flight, load.in_flight_tokens), (1, 500));
+    let refused_at = load.last_refusal_at.expect("a refusal");
+    assert_eq!(load.last_completed_at, None);
+    assert_eq!(
+        s.batch_model_load("gpt-4o-mini", "other_code")
+            .await
+            .unwrap()
+            .last_refusal_at,
+        None
+    );
+    let poll = ShardPoll {
+        batch_status: "completed".into(),
+        request_total: 3,
+        request_completed: 3,
+        request_failed: 0,
+        output_file_id: Some("out".into()),
+        error_file_id: None,
+        next_poll_at: Utc::now(),
+        poll_interval_ms: 1000,
+    };
+    assert!(s.shard_polled(shard_id, tok, &poll).await.unwrap());
+    assert!(s
+        .set_shard_status(shard_id, tok, ShardStatus::Done, None)
+        .await
+        .unwrap());
+    let load = s
+        .batch_model_load("gpt-4o-mini", "token_limit_exceeded")
+        .await
+        .unwrap();
+    assert_eq!(load.in_flight, 0);
+    assert!(load.last_completed_at.unwrap() >= refused_at);
+    assert!(s.shard_item_dims(Uuid::new_v4()).await.unwrap().is_empty());
 }

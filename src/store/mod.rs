@@ -19,7 +19,7 @@ mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
-pub use common::truncate_to_micros;
+pub use common::{job_cancelled_error, truncate_to_micros};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -65,6 +65,81 @@ pub struct PlanItem {
     pub position: i64,
     /// Length of the stored image reference (URL or data URL) in bytes.
     pub image_bytes: i64,
+    /// Stored dimensions (inline images); `None` for URLs.
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+/// An item's outcome with the pipeline's verdict on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub outcome: ItemOutcome,
+    /// A failure worth another attempt (`batch::retry` decides): the item goes back to
+    /// `pending` with no shard while its attempts are under the limit. Ignored for an
+    /// outcome with usage: billed tokens are never thrown away, so cost counts once.
+    pub retry: bool,
+}
+
+/// What becomes of a shard's items that are still pending or submitted when the shard
+/// ends without an outcome for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// They fail for good with the error.
+    Fail,
+    /// Back to `pending` with no shard while attempts < `max_attempts`, else failed.
+    Retry { max_attempts: i32 },
+    /// Back to `pending` with no shard whatever their attempts, and the attempt that
+    /// sent them is not counted: OpenAI refused the batch before running anything.
+    Requeue,
+    /// Cancelled (the job is being cancelled).
+    Cancel,
+}
+
+/// How the items one settling call changed ended up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Sent back to `pending` for another attempt.
+    pub requeued: u64,
+    pub cancelled: u64,
+}
+
+impl Settled {
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.failed + self.requeued + self.cancelled
+    }
+
+    pub(crate) fn count(&mut self, status: ItemStatus) {
+        match status {
+            ItemStatus::Succeeded => self.succeeded += 1,
+            ItemStatus::Pending => self.requeued += 1,
+            ItemStatus::Cancelled => self.cancelled += 1,
+            _ => self.failed += 1,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Settled {
+    fn add_assign(&mut self, o: Settled) {
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.requeued += o.requeued;
+        self.cancelled += o.cancelled;
+    }
+}
+
+/// One model's batch shards as the submitter weighs them before creating another batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelLoad {
+    /// Batch shards of the model in `submitted` (their batch exists and is not done).
+    pub in_flight: i64,
+    /// Their `estimated_tokens`, summed.
+    pub in_flight_tokens: i64,
+    /// When a batch shard of the model last failed with the refusal code asked about.
+    pub last_refusal_at: Option<DateTime<Utc>>,
+    /// When a batch shard of the model last finished with its batch `completed`.
+    pub last_completed_at: Option<DateTime<Utc>>,
 }
 
 /// A shard the planner decided on.
@@ -247,9 +322,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Shard>>;
 
     /// Leases up to `limit` individual shards (planned, or submitted by a replica whose
-    /// lease expired) of queued or running jobs, fairly: jobs with the fewest shards
-    /// started so far go first (each job's oldest shard first), so a large job cannot
-    /// starve a small one that arrives later.
+    /// lease expired) of queued, running or cancelling jobs (the executor settles a
+    /// cancelling job's leftovers), fairly: jobs with the fewest shards started so far go
+    /// first (each job's oldest shard first), so a large job cannot starve a small one
+    /// that arrives later.
     async fn claim_individual_shards(
         &self,
         owner: &str,
@@ -338,6 +414,54 @@ pub trait Store: Send + Sync + 'static {
         token: i64,
         error: &ItemError,
     ) -> StoreResult<u64>;
+
+    /// `record_shard_outcomes` with a verdict per outcome, in one transaction: a failure
+    /// marked `retry` goes back to `pending` with no shard (its error kept, `finished_at`
+    /// cleared) while the item's attempts are under `max_attempts`, becomes `cancelled`
+    /// when the job is `cancelling`, and stays `failed` otherwise. Only items of the shard
+    /// still `submitted` change, so settling the same verdicts twice changes nothing.
+    async fn settle_shard_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[Verdict],
+        max_attempts: i32,
+    ) -> StoreResult<Settled>;
+
+    /// Settles every item of the shard still pending or submitted with `error` as
+    /// `leftover` says, fenced, counters moved, in one transaction. When the job is
+    /// `cancelling`, items that `Retry` or `Requeue` would send back are cancelled instead.
+    async fn settle_shard_items(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled>;
+
+    /// Width and height of the shard's pending and submitted items (None for URLs), in
+    /// position order.
+    async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
+
+    /// Stores the shard's estimated input tokens; fenced.
+    async fn set_shard_estimate(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        tokens: i64,
+    ) -> StoreResult<bool>;
+
+    /// The model's batch shards in flight and its last refusal (a shard failed with
+    /// `refusal_code`) and completion, across all jobs.
+    async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad>;
+
+    // ---- cancelling -----------------------------------------------------------------
+
+    /// Starts cancelling a job of this tenant, in one transaction: status `cancelling`,
+    /// its pending items `cancelled` at once (counters moved), and the job `cancelled`
+    /// right away when nothing of it is in flight. A job already cancelling is returned
+    /// as it is. `Conflict` for a terminal job, `NotFound` for an unknown one.
+    async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job>;
 
     // ---- events ---------------------------------------------------------------------
 

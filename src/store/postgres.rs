@@ -17,11 +17,11 @@ use uuid::Uuid;
 use super::common::{
     self, duration_micros, event_from_row, finished_status, item_from_row, job_from_row,
     progress_json, recorded_from_row, shard_from_row, status_json, truncate_to_micros, JobDelta,
-    RowGet, EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
+    LeftoverPlan, RowGet, EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
 };
 use super::{
-    CostTotals, IdempotencyState, JobCursor, NewShard, PlanItem, ShardPoll, Store, StoreError,
-    StoreResult,
+    CostTotals, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem, Settled,
+    ShardPoll, Store, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -114,6 +114,181 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+impl PgStore {
+    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
+    /// fenced statement; the job row is locked first, as every writer of items does, so
+    /// a concurrent cancel and this never wait on each other in opposite orders.
+    async fn settle_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[(&ItemOutcome, bool)],
+        max_attempts: i32,
+    ) -> StoreResult<Settled> {
+        let mut tx = self.pool.begin().await?;
+        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        if verdicts.is_empty() {
+            return Ok(Settled::default());
+        }
+        let job = lock_job(&mut tx, None, job_id).await?;
+        let cancelling = job.status == JobStatus::Cancelling;
+        let outcomes: Vec<&ItemOutcome> = verdicts.iter().map(|(o, _)| *o).collect();
+        let retry: Vec<bool> = verdicts.iter().map(|(_, r)| *r).collect();
+        let custom_ids: Vec<&str> = outcomes.iter().map(|o| o.custom_id.as_str()).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+        let outputs: Vec<Option<&Value>> = outcomes.iter().map(|o| o.output.as_ref()).collect();
+        let codes: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.error.as_ref().map(|e| e.code.as_str()))
+            .collect();
+        let messages: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.error.as_ref().map(|e| e.message.as_str()))
+            .collect();
+        let usage = |f: fn(&crate::domain::Usage) -> i64| -> Vec<Option<i64>> {
+            outcomes.iter().map(|o| o.usage.as_ref().map(f)).collect()
+        };
+        let costs: Vec<Option<i64>> = outcomes.iter().map(|o| o.cost_pico_usd).collect();
+        let individual: Vec<Option<i64>> = outcomes.iter().map(|o| o.individual_pico_usd).collect();
+        let modes: Vec<&str> = outcomes.iter().map(|o| o.run_mode.as_str()).collect();
+        let models: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.resolved_model.as_deref())
+            .collect();
+        // Each outcome finds its row through the (job_id, custom_id) unique index. The
+        // shard and status tests are written so no index can serve them: right after a
+        // big shard is submitted the statistics still say few rows match them, and a
+        // plan that scans the shard once per outcome is quadratic.
+        // $16: the job is cancelling; $17: max attempts. `back` = this item goes back.
+        let back = "(u.retry AND NOT $16 AND i.attempts < $17)";
+        let sql = format!(
+            "UPDATE items AS i SET \
+             status = CASE WHEN u.retry AND $16 THEN 'cancelled' WHEN {back} THEN 'pending' \
+               ELSE u.status END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE i.shard_id END, \
+             output = u.output, \
+             error_code = u.error_code, error_message = u.error_message, \
+             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
+             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
+             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
+             run_mode = u.run_mode, resolved_model = u.resolved_model, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
+             FROM UNNEST($3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
+             $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+             $13::bigint[], $14::text[], $15::text[], $18::bool[]) \
+             AS u(custom_id, status, output, error_code, error_message, input_tokens, \
+             cached_input_tokens, output_tokens, reasoning_tokens, cost, individual, run_mode, \
+             resolved_model, retry) \
+             WHERE i.job_id = $1 AND i.custom_id = u.custom_id \
+             AND i.shard_id::text = $2::text AND i.status || '' = 'submitted' RETURNING {}",
+            OUTCOME_COLS
+                .split(", ")
+                .map(|c| format!("i.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Not a named prepared statement: after five runs PostgreSQL may switch such a
+        // statement to a generic plan, which cannot see that each outcome matches one row
+        // and joins every outcome against every item of the job (41 s per 1,000 outcomes
+        // on a 50,000-item job). An unnamed statement is planned with its real values.
+        let rows = sqlx::query(&sql)
+            .persistent(false)
+            .bind(job_id)
+            .bind(shard_id)
+            .bind(&custom_ids)
+            .bind(&statuses)
+            .bind(&outputs)
+            .bind(&codes)
+            .bind(&messages)
+            .bind(usage(|u| u.input_tokens))
+            .bind(usage(|u| u.cached_input_tokens))
+            .bind(usage(|u| u.output_tokens))
+            .bind(usage(|u| u.reasoning_tokens))
+            .bind(&costs)
+            .bind(&individual)
+            .bind(&modes)
+            .bind(&models)
+            .bind(cancelling)
+            .bind(max_attempts)
+            .bind(&retry)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Settled::default());
+        }
+        let recorded = rows
+            .iter()
+            .map(recorded_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut settled = Settled::default();
+        for r in &recorded {
+            settled.count(r.status);
+        }
+        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded)).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        tx.commit().await?;
+        Ok(settled)
+    }
+
+    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
+    /// statement per starting status, the job row locked first.
+    async fn settle_leftovers(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        let mut tx = self.pool.begin().await?;
+        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        let job = lock_job(&mut tx, None, job_id).await?;
+        let plan = LeftoverPlan::new(leftover, job.status);
+        let back = "($4 OR ($5 AND attempts < $6))";
+        let sql = format!(
+            "UPDATE items SET \
+             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
+             attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END, \
+             error_code = $8, error_message = $9, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
+             WHERE shard_id = $1 AND status = $2 RETURNING status"
+        );
+        let mut delta = JobDelta::default();
+        let mut settled = Settled::default();
+        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
+            let statuses: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(shard_id)
+                .bind(from.as_str())
+                .bind(plan.final_status.as_str())
+                .bind(plan.all_back)
+                .bind(plan.retry)
+                .bind(plan.max_attempts)
+                .bind(plan.uncount && from == ItemStatus::Submitted)
+                .bind(&error.code)
+                .bind(&error.message)
+                .fetch_all(&mut *tx)
+                .await?;
+            for status in statuses {
+                let to: ItemStatus = status.parse().map_err(common::corrupt)?;
+                delta.add_status(from, -1);
+                delta.add_status(to, 1);
+                settled.count(to);
+            }
+        }
+        if settled.total() == 0 {
+            return Ok(settled);
+        }
+        let job = apply_delta(&mut tx, job_id, &delta).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 }
 
@@ -629,8 +804,8 @@ impl Store for PgStore {
 
     async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>> {
         let rows = sqlx::query(
-            "SELECT position, image_bytes FROM items WHERE job_id = $1 AND status = 'pending' \
-             AND shard_id IS NULL ORDER BY position",
+            "SELECT position, image_bytes, width, height FROM items WHERE job_id = $1 \
+             AND status = 'pending' AND shard_id IS NULL ORDER BY position",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -640,6 +815,8 @@ impl Store for PgStore {
                 Ok(PlanItem {
                     position: r.try_get("position")?,
                     image_bytes: r.try_get("image_bytes")?,
+                    width: r.try_get("width")?,
+                    height: r.try_get("height")?,
                 })
             })
             .collect()
@@ -781,7 +958,7 @@ impl Store for PgStore {
                    AND d.status <> 'planned') AS rank \
                FROM shards s JOIN jobs j ON j.id = s.job_id \
                WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
-                 AND j.status IN ('queued', 'running') \
+                 AND j.status IN ('queued', 'running', 'cancelling') \
                  AND (s.lease_until IS NULL OR s.lease_until <= now())), \
              picked AS ( \
                SELECT s.id FROM shards s JOIN ranked r ON r.id = s.id \
@@ -974,95 +1151,11 @@ impl Store for PgStore {
         token: i64,
         outcomes: &[ItemOutcome],
     ) -> StoreResult<u64> {
-        let outcomes = common::dedup_outcomes(outcomes)?;
-        let mut tx = self.pool.begin().await?;
-        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
-            return Ok(0);
-        };
-        if outcomes.is_empty() {
-            return Ok(0);
-        }
-        let custom_ids: Vec<&str> = outcomes.iter().map(|o| o.custom_id.as_str()).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-        let outputs: Vec<Option<&Value>> = outcomes.iter().map(|o| o.output.as_ref()).collect();
-        let codes: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.error.as_ref().map(|e| e.code.as_str()))
-            .collect();
-        let messages: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.error.as_ref().map(|e| e.message.as_str()))
-            .collect();
-        let usage = |f: fn(&crate::domain::Usage) -> i64| -> Vec<Option<i64>> {
-            outcomes.iter().map(|o| o.usage.as_ref().map(f)).collect()
-        };
-        let costs: Vec<Option<i64>> = outcomes.iter().map(|o| o.cost_pico_usd).collect();
-        let individual: Vec<Option<i64>> = outcomes.iter().map(|o| o.individual_pico_usd).collect();
-        let modes: Vec<&str> = outcomes.iter().map(|o| o.run_mode.as_str()).collect();
-        let models: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.resolved_model.as_deref())
-            .collect();
-        // Each outcome finds its row through the (job_id, custom_id) unique index. The
-        // shard and status tests are written so no index can serve them: right after a
-        // big shard is submitted the statistics still say few rows match them, and a
-        // plan that scans the shard once per outcome is quadratic.
-        let sql = format!(
-            "UPDATE items AS i SET status = u.status, output = u.output, \
-             error_code = u.error_code, error_message = u.error_message, \
-             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
-             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
-             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
-             run_mode = u.run_mode, resolved_model = u.resolved_model, \
-             finished_at = now(), updated_at = now() \
-             FROM UNNEST($3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
-             $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
-             $13::bigint[], $14::text[], $15::text[]) \
-             AS u(custom_id, status, output, error_code, error_message, input_tokens, \
-             cached_input_tokens, output_tokens, reasoning_tokens, cost, individual, run_mode, \
-             resolved_model) \
-             WHERE i.job_id = $1 AND i.custom_id = u.custom_id \
-             AND i.shard_id::text = $2::text AND i.status || '' = 'submitted' RETURNING {}",
-            OUTCOME_COLS
-                .split(", ")
-                .map(|c| format!("i.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        // Not a named prepared statement: after five runs PostgreSQL may switch such a
-        // statement to a generic plan, which cannot see that each outcome matches one row
-        // and joins every outcome against every item of the job (41 s per 1,000 outcomes
-        // on a 50,000-item job). An unnamed statement is planned with its real values.
-        let rows = sqlx::query(&sql)
-            .persistent(false)
-            .bind(job_id)
-            .bind(shard_id)
-            .bind(&custom_ids)
-            .bind(&statuses)
-            .bind(&outputs)
-            .bind(&codes)
-            .bind(&messages)
-            .bind(usage(|u| u.input_tokens))
-            .bind(usage(|u| u.cached_input_tokens))
-            .bind(usage(|u| u.output_tokens))
-            .bind(usage(|u| u.reasoning_tokens))
-            .bind(&costs)
-            .bind(&individual)
-            .bind(&modes)
-            .bind(&models)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let recorded = rows
-            .iter()
-            .map(recorded_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded)).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
-        tx.commit().await?;
-        Ok(recorded.len() as u64)
+        let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
+        Ok(self
+            .settle_outcomes(shard_id, token, &verdicts, 0)
+            .await?
+            .total())
     }
 
     async fn fail_shard_items(
@@ -1071,34 +1164,125 @@ impl Store for PgStore {
         token: i64,
         error: &ItemError,
     ) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
-        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
-            return Ok(0);
-        };
-        let mut delta = JobDelta::default();
-        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
-            let n = sqlx::query(
-                "UPDATE items SET status = 'failed', error_code = $3, error_message = $4, \
-                 finished_at = now(), updated_at = now() WHERE shard_id = $1 AND status = $2",
-            )
-            .bind(shard_id)
-            .bind(from.as_str())
-            .bind(&error.code)
-            .bind(&error.message)
-            .execute(&mut *tx)
+        Ok(self
+            .settle_leftovers(shard_id, token, error, Leftover::Fail)
             .await?
-            .rows_affected() as i64;
-            delta.add_status(from, -n);
-            delta.add_status(ItemStatus::Failed, n);
+            .total())
+    }
+
+    async fn settle_shard_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[Verdict],
+        max_attempts: i32,
+    ) -> StoreResult<Settled> {
+        let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
+        self.settle_outcomes(shard_id, token, &verdicts, max_attempts)
+            .await
+    }
+
+    async fn settle_shard_items(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        self.settle_leftovers(shard_id, token, error, leftover)
+            .await
+    }
+
+    async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
+        let rows: Vec<(Option<i32>, Option<i32>)> = sqlx::query_as(
+            "SELECT width, height FROM items WHERE shard_id = $1 \
+             AND status IN ('pending', 'submitted') ORDER BY position",
+        )
+        .bind(shard_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(common::dims).collect())
+    }
+
+    async fn set_shard_estimate(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        tokens: i64,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE shards SET estimated_tokens = $3 WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(shard_id)
+        .bind(token)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'submitted')::bigint AS in_flight, \
+             (SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
+               AND model = $1 AND status = 'submitted')::bigint AS in_flight_tokens, \
+             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
+             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'done' AND batch_status = 'completed') AS last_completed_at",
+        )
+        .bind(model)
+        .bind(refusal_code)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ModelLoad {
+            in_flight: row.try_get("in_flight")?,
+            in_flight_tokens: row.try_get("in_flight_tokens")?,
+            last_refusal_at: row.try_get("last_refusal_at")?,
+            last_completed_at: row.try_get("last_completed_at")?,
+        })
+    }
+
+    async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let job = lock_job(&mut tx, Some(tenant), job_id).await?;
+        if job.status.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "job is {}, only a job that has not finished can be cancelled",
+                job.status
+            )));
         }
-        let changed = delta.counts.failed;
-        if changed == 0 {
-            return Ok(0);
+        if job.status == JobStatus::Cancelling {
+            return Ok(job);
         }
-        let job = apply_delta(&mut tx, job_id, &delta).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        set_job_status(&mut tx, job_id, JobStatus::Cancelling).await?;
+        let error = common::job_cancelled_error();
+        let n = sqlx::query(
+            "UPDATE items SET status = 'cancelled', error_code = $2, error_message = $3, \
+             finished_at = now(), updated_at = now() WHERE job_id = $1 AND status = 'pending'",
+        )
+        .bind(job_id)
+        .bind(&error.code)
+        .bind(&error.message)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        let mut job = lock_job(&mut tx, None, job_id).await?;
+        if n > 0 {
+            let mut delta = JobDelta::default();
+            delta.add_status(ItemStatus::Pending, -n);
+            delta.add_status(ItemStatus::Cancelled, n);
+            job = apply_delta(&mut tx, job_id, &delta).await?;
+            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        }
+        if let Some(to) = finished_status(job.status, &job.counts) {
+            set_job_status(&mut tx, job_id, to).await?;
+            job = lock_job(&mut tx, None, job_id).await?;
+        }
         tx.commit().await?;
-        Ok(changed as u64)
+        Ok(job)
     }
 
     async fn append_event(&self, job_id: Uuid, kind: &str, data: &Value) -> StoreResult<()> {

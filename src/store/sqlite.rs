@@ -21,12 +21,12 @@ use uuid::Uuid;
 
 use super::common::{
     self, corrupt, duration_micros, event_from_row, finished_status, item_from_row, job_from_row,
-    parse_uuid, progress_json, recorded_from_row, shard_from_row, status_json, JobDelta, RowGet,
-    EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
+    parse_uuid, progress_json, recorded_from_row, shard_from_row, status_json, JobDelta,
+    LeftoverPlan, RowGet, EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
 };
 use super::{
-    CostTotals, IdempotencyState, JobCursor, NewShard, PlanItem, ShardPoll, Store, StoreError,
-    StoreResult,
+    CostTotals, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem, Settled,
+    ShardPoll, Store, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -197,6 +197,166 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+impl SqliteStore {
+    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
+    /// fenced statement.
+    async fn settle_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[(&ItemOutcome, bool)],
+        max_attempts: i32,
+    ) -> StoreResult<Settled> {
+        let rows: Vec<Value> = verdicts
+            .iter()
+            .map(|(o, retry)| {
+                json!({
+                    "custom_id": o.custom_id,
+                    "status": o.status.as_str(),
+                    "output": o.output.as_ref().map(json_text),
+                    "error_code": o.error.as_ref().map(|e| &e.code),
+                    "error_message": o.error.as_ref().map(|e| &e.message),
+                    "input_tokens": o.usage.map(|u| u.input_tokens),
+                    "cached_input_tokens": o.usage.map(|u| u.cached_input_tokens),
+                    "output_tokens": o.usage.map(|u| u.output_tokens),
+                    "reasoning_tokens": o.usage.map(|u| u.reasoning_tokens),
+                    "cost": o.cost_pico_usd,
+                    "individual": o.individual_pico_usd,
+                    "run_mode": o.run_mode.as_str(),
+                    "resolved_model": o.resolved_model,
+                    "retry": retry,
+                })
+            })
+            .collect();
+        let at = now();
+        let mut tx = self.write().await?;
+        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        if rows.is_empty() {
+            return Ok(Settled::default());
+        }
+        let job = find_job(&mut tx, None, job_id).await?;
+        let cancelling = job.status == JobStatus::Cancelling;
+        // $5: the job is cancelling; $6: max attempts. `back` = this item goes back.
+        let back = "(u.retry AND NOT $5 AND items.attempts < $6)";
+        // json_each drives the join through the (job_id, custom_id) index: CROSS JOIN
+        // fixes the loop order and MATERIALIZED keeps SQLite from flattening it back into
+        // a scan of the job's items per outcome.
+        let sql = format!(
+            "WITH u AS MATERIALIZED (SELECT i.rowid AS rid, \
+               o.value ->> 'status' AS status, o.value ->> 'output' AS output, \
+               o.value ->> 'error_code' AS error_code, \
+               o.value ->> 'error_message' AS error_message, \
+               o.value ->> 'input_tokens' AS input_tokens, \
+               o.value ->> 'cached_input_tokens' AS cached_input_tokens, \
+               o.value ->> 'output_tokens' AS output_tokens, \
+               o.value ->> 'reasoning_tokens' AS reasoning_tokens, \
+               o.value ->> 'cost' AS cost, o.value ->> 'individual' AS individual, \
+               o.value ->> 'run_mode' AS run_mode, \
+               o.value ->> 'resolved_model' AS resolved_model, \
+               o.value ->> 'retry' AS retry \
+               FROM json_each($3) AS o CROSS JOIN items AS i \
+               WHERE i.job_id = $1 AND i.custom_id = o.value ->> 'custom_id' \
+               AND i.shard_id = $2 AND i.status = 'submitted') \
+             UPDATE items SET \
+             status = CASE WHEN u.retry AND $5 THEN 'cancelled' WHEN {back} THEN 'pending' \
+               ELSE u.status END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE items.shard_id END, \
+             output = u.output, \
+             error_code = u.error_code, error_message = u.error_message, \
+             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
+             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
+             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
+             run_mode = u.run_mode, resolved_model = u.resolved_model, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE $4 END, updated_at = $4 \
+             FROM u WHERE items.rowid = u.rid RETURNING {OUTCOME_COLS}"
+        );
+        let returned = sqlx::query(&sql)
+            .bind(id(job_id))
+            .bind(id(shard_id))
+            .bind(Value::Array(rows).to_string())
+            .bind(at)
+            .bind(cancelling)
+            .bind(max_attempts)
+            .fetch_all(&mut *tx)
+            .await?;
+        if returned.is_empty() {
+            return Ok(Settled::default());
+        }
+        let recorded = returned
+            .iter()
+            .map(recorded_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut settled = Settled::default();
+        for r in &recorded {
+            settled.count(r.status);
+        }
+        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded), at).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        tx.commit().await?;
+        Ok(settled)
+    }
+
+    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
+    /// statement per starting status.
+    async fn settle_leftovers(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        let at = now();
+        let mut tx = self.write().await?;
+        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        let job = find_job(&mut tx, None, job_id).await?;
+        let plan = LeftoverPlan::new(leftover, job.status);
+        let back = "($4 OR ($5 AND attempts < $6))";
+        let sql = format!(
+            "UPDATE items SET \
+             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
+             attempts = CASE WHEN $7 THEN MAX(attempts - 1, 0) ELSE attempts END, \
+             error_code = $8, error_message = $9, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE $10 END, updated_at = $10 \
+             WHERE shard_id = $1 AND status = $2 RETURNING status"
+        );
+        let mut delta = JobDelta::default();
+        let mut settled = Settled::default();
+        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
+            let statuses: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(id(shard_id))
+                .bind(from.as_str())
+                .bind(plan.final_status.as_str())
+                .bind(plan.all_back)
+                .bind(plan.retry)
+                .bind(plan.max_attempts)
+                .bind(plan.uncount && from == ItemStatus::Submitted)
+                .bind(&error.code)
+                .bind(&error.message)
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+            for status in statuses {
+                let to: ItemStatus = status.parse().map_err(corrupt)?;
+                delta.add_status(from, -1);
+                delta.add_status(to, 1);
+                settled.count(to);
+            }
+        }
+        if settled.total() == 0 {
+            return Ok(settled);
+        }
+        let job = apply_delta(&mut tx, job_id, &delta, at).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 }
 
@@ -675,8 +835,8 @@ impl Store for SqliteStore {
 
     async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>> {
         let rows = sqlx::query(
-            "SELECT position, image_bytes FROM items WHERE job_id = $1 AND status = 'pending' \
-             AND shard_id IS NULL ORDER BY position",
+            "SELECT position, image_bytes, width, height FROM items WHERE job_id = $1 \
+             AND status = 'pending' AND shard_id IS NULL ORDER BY position",
         )
         .bind(id(job_id))
         .fetch_all(&self.pool)
@@ -686,6 +846,8 @@ impl Store for SqliteStore {
                 Ok(PlanItem {
                     position: r.int("position")?,
                     image_bytes: r.int("image_bytes")?,
+                    width: r.opt_int32("width")?,
+                    height: r.opt_int32("height")?,
                 })
             })
             .collect()
@@ -827,7 +989,7 @@ impl Store for SqliteStore {
                    AND d.status <> 'planned') AS rank \
                FROM shards s JOIN jobs j ON j.id = s.job_id \
                WHERE s.kind = 'individual' AND s.status IN ('planned', 'submitted') \
-                 AND j.status IN ('queued', 'running') \
+                 AND j.status IN ('queued', 'running', 'cancelling') \
                  AND (s.lease_until IS NULL OR s.lease_until <= $2)) \
                ORDER BY rank, next_poll_at, id LIMIT $4) \
              RETURNING {SHARD_COLS}"
@@ -1033,80 +1195,11 @@ impl Store for SqliteStore {
         token: i64,
         outcomes: &[ItemOutcome],
     ) -> StoreResult<u64> {
-        let outcomes = common::dedup_outcomes(outcomes)?;
-        let rows: Vec<Value> = outcomes
-            .iter()
-            .map(|o| {
-                json!({
-                    "custom_id": o.custom_id,
-                    "status": o.status.as_str(),
-                    "output": o.output.as_ref().map(json_text),
-                    "error_code": o.error.as_ref().map(|e| &e.code),
-                    "error_message": o.error.as_ref().map(|e| &e.message),
-                    "input_tokens": o.usage.map(|u| u.input_tokens),
-                    "cached_input_tokens": o.usage.map(|u| u.cached_input_tokens),
-                    "output_tokens": o.usage.map(|u| u.output_tokens),
-                    "reasoning_tokens": o.usage.map(|u| u.reasoning_tokens),
-                    "cost": o.cost_pico_usd,
-                    "individual": o.individual_pico_usd,
-                    "run_mode": o.run_mode.as_str(),
-                    "resolved_model": o.resolved_model,
-                })
-            })
-            .collect();
-        let at = now();
-        let mut tx = self.write().await?;
-        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
-            return Ok(0);
-        };
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // json_each drives the join through the (job_id, custom_id) index: CROSS JOIN
-        // fixes the loop order and MATERIALIZED keeps SQLite from flattening it back into
-        // a scan of the job's items per outcome.
-        let sql = format!(
-            "WITH u AS MATERIALIZED (SELECT i.rowid AS rid, \
-               o.value ->> 'status' AS status, o.value ->> 'output' AS output, \
-               o.value ->> 'error_code' AS error_code, \
-               o.value ->> 'error_message' AS error_message, \
-               o.value ->> 'input_tokens' AS input_tokens, \
-               o.value ->> 'cached_input_tokens' AS cached_input_tokens, \
-               o.value ->> 'output_tokens' AS output_tokens, \
-               o.value ->> 'reasoning_tokens' AS reasoning_tokens, \
-               o.value ->> 'cost' AS cost, o.value ->> 'individual' AS individual, \
-               o.value ->> 'run_mode' AS run_mode, \
-               o.value ->> 'resolved_model' AS resolved_model \
-               FROM json_each($3) AS o CROSS JOIN items AS i \
-               WHERE i.job_id = $1 AND i.custom_id = o.value ->> 'custom_id' \
-               AND i.shard_id = $2 AND i.status = 'submitted') \
-             UPDATE items SET status = u.status, output = u.output, \
-             error_code = u.error_code, error_message = u.error_message, \
-             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
-             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
-             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
-             run_mode = u.run_mode, resolved_model = u.resolved_model, \
-             finished_at = $4, updated_at = $4 \
-             FROM u WHERE items.rowid = u.rid RETURNING {OUTCOME_COLS}"
-        );
-        let returned = sqlx::query(&sql)
-            .bind(id(job_id))
-            .bind(id(shard_id))
-            .bind(Value::Array(rows).to_string())
-            .bind(at)
-            .fetch_all(&mut *tx)
-            .await?;
-        if returned.is_empty() {
-            return Ok(0);
-        }
-        let recorded = returned
-            .iter()
-            .map(recorded_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded), at).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
-        tx.commit().await?;
-        Ok(recorded.len() as u64)
+        let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
+        Ok(self
+            .settle_outcomes(shard_id, token, &verdicts, 0)
+            .await?
+            .total())
     }
 
     async fn fail_shard_items(
@@ -1115,36 +1208,129 @@ impl Store for SqliteStore {
         token: i64,
         error: &ItemError,
     ) -> StoreResult<u64> {
+        Ok(self
+            .settle_leftovers(shard_id, token, error, Leftover::Fail)
+            .await?
+            .total())
+    }
+
+    async fn settle_shard_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[Verdict],
+        max_attempts: i32,
+    ) -> StoreResult<Settled> {
+        let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
+        self.settle_outcomes(shard_id, token, &verdicts, max_attempts)
+            .await
+    }
+
+    async fn settle_shard_items(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        self.settle_leftovers(shard_id, token, error, leftover)
+            .await
+    }
+
+    async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
+        let rows: Vec<(Option<i32>, Option<i32>)> = sqlx::query_as(
+            "SELECT width, height FROM items WHERE shard_id = $1 \
+             AND status IN ('pending', 'submitted') ORDER BY position",
+        )
+        .bind(id(shard_id))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(common::dims).collect())
+    }
+
+    async fn set_shard_estimate(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        tokens: i64,
+    ) -> StoreResult<bool> {
+        let n = self
+            .write_one(
+                sqlx::query(
+                    "UPDATE shards SET estimated_tokens = $3 WHERE id = $1 AND lease_token = $2",
+                )
+                .bind(id(shard_id))
+                .bind(token)
+                .bind(tokens),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'submitted') AS in_flight, \
+             (SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
+               AND model = $1 AND status = 'submitted') AS in_flight_tokens, \
+             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
+             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+               AND status = 'done' AND batch_status = 'completed') AS last_completed_at",
+        )
+        .bind(model)
+        .bind(refusal_code)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ModelLoad {
+            in_flight: row.int("in_flight")?,
+            in_flight_tokens: row.int("in_flight_tokens")?,
+            last_refusal_at: row.opt_ts("last_refusal_at")?,
+            last_completed_at: row.opt_ts("last_completed_at")?,
+        })
+    }
+
+    async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job> {
         let at = now();
         let mut tx = self.write().await?;
-        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
-            return Ok(0);
-        };
-        let mut delta = JobDelta::default();
-        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
-            let n = sqlx::query(
-                "UPDATE items SET status = 'failed', error_code = $3, error_message = $4, \
-                 finished_at = $5, updated_at = $5 WHERE shard_id = $1 AND status = $2",
-            )
-            .bind(id(shard_id))
-            .bind(from.as_str())
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
-            delta.add_status(from, -n);
-            delta.add_status(ItemStatus::Failed, n);
+        let job = find_job(&mut tx, Some(tenant), job_id).await?;
+        if job.status.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "job is {}, only a job that has not finished can be cancelled",
+                job.status
+            )));
         }
-        let changed = delta.counts.failed;
-        if changed == 0 {
-            return Ok(0);
+        if job.status == JobStatus::Cancelling {
+            return Ok(job);
         }
-        let job = apply_delta(&mut tx, job_id, &delta, at).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        set_job_status(&mut tx, job_id, JobStatus::Cancelling, at).await?;
+        let error = common::job_cancelled_error();
+        let n = sqlx::query(
+            "UPDATE items SET status = 'cancelled', error_code = $2, error_message = $3, \
+             finished_at = $4, updated_at = $4 WHERE job_id = $1 AND status = 'pending'",
+        )
+        .bind(id(job_id))
+        .bind(&error.code)
+        .bind(&error.message)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        let mut job = find_job(&mut tx, None, job_id).await?;
+        if n > 0 {
+            let mut delta = JobDelta::default();
+            delta.add_status(ItemStatus::Pending, -n);
+            delta.add_status(ItemStatus::Cancelled, n);
+            job = apply_delta(&mut tx, job_id, &delta, at).await?;
+            insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        }
+        if let Some(to) = finished_status(job.status, &job.counts) {
+            set_job_status(&mut tx, job_id, to, at).await?;
+            job = find_job(&mut tx, None, job_id).await?;
+        }
         tx.commit().await?;
-        Ok(changed as u64)
+        Ok(job)
     }
 
     async fn append_event(&self, job_id: Uuid, kind: &str, data: &Value) -> StoreResult<()> {
