@@ -402,6 +402,9 @@ async fn listings_and_events(db: Db) {
     assert!(text.contains("event: progress"), "{text}");
     assert!(text.contains("event: status"));
     assert!(text.contains("\"completed\""), "{text}");
+    for id in &ids {
+        app.wait_terminal(id, Duration::from_secs(60)).await;
+    }
     let (_, done) = app.get("/v1/jobs?status=completed").await;
     assert_eq!(done["data"].as_array().unwrap().len(), 3);
     let (_, pricing) = app.get("/v1/pricing").await;
