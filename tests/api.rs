@@ -1,6 +1,7 @@
 //! The HTTP contract: problem+json errors, API keys and tenants, idempotent submits,
 //! jobs filled in chunks, listings, operations endpoints.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -414,21 +415,6 @@ async fn listings_and_events(db: Db) {
         .iter()
         .any(|m| m["model"] == "gpt-4o-mini"));
     app.shutdown().await;
-}
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Sqlite).await }
-            )+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Postgres).await }
-            )+
-        }
-    };
 }
 
 on_both!(

@@ -1,6 +1,7 @@
 //! Batch jobs end to end, on SQLite and on PostgreSQL: the real application against
 //! openai-sim, driven over HTTP.
 
+#[macro_use]
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -8,21 +9,6 @@ use std::time::Duration;
 
 use common::{fast_sim, mixed_items, Db, TestApp};
 use serde_json::{json, Value};
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Sqlite).await }
-            )+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Postgres).await }
-            )+
-        }
-    };
-}
 
 on_both!(
     a_thousand_mixed_items_complete_each_exactly_once,

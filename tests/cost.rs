@@ -2,6 +2,7 @@
 //! hand, individual calls would cost exactly twice, and the estimate made at submit is
 //! close to what it cost.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -187,21 +188,6 @@ async fn savings_over_a_period(db: Db) {
         .await;
     assert_eq!(status, 422, "{bad}");
     app.shutdown().await;
-}
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Sqlite).await }
-            )+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Postgres).await }
-            )+
-        }
-    };
 }
 
 on_both!(

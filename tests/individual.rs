@@ -1,6 +1,7 @@
 //! Individual mode end to end: small jobs run as one chat completion per image, with the
 //! same result records as batch mode, fairly between jobs, resuming after a restart.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -200,21 +201,6 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
         "{calls} calls for 60 items ({calls_at_kill} before the kill)"
     );
     second.kill();
-}
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Sqlite).await }
-            )+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Postgres).await }
-            )+
-        }
-    };
 }
 
 on_both!(

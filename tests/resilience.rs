@@ -2,6 +2,7 @@
 //! enqueued-token-limit refusals re-planned smaller, cancelling in both modes, attempt
 //! limits, and a chaos run of the real binary killed again and again under faults.
 
+#[macro_use]
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -15,21 +16,6 @@ use common::{fast_sim, mixed_items, Db, TestApp, TestDb};
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use rand::Rng;
 use serde_json::{json, Value};
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Sqlite).await }
-            )+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Db::Postgres).await }
-            )+
-        }
-    };
-}
 
 on_both!(
     an_expired_batch_is_finished_by_a_retry_shard,

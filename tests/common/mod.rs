@@ -1,6 +1,6 @@
 //! Test harness: the real application on port 0 against openai-sim and a fresh database
 //! (a temporary SQLite file, or a PostgreSQL database of its own that is dropped after).
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +13,23 @@ use batchlens::startup::Application;
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+
+/// Runs each listed `async fn name(db: Db)` as two tests, `sqlite::name` and
+/// `postgres::name` (the latter skips outside CI when DATABASE_URL is not PostgreSQL).
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Sqlite).await }
+            )+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Db::Postgres).await }
+            )+
+        }
+    };
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
