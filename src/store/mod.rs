@@ -132,7 +132,8 @@ impl std::ops::AddAssign for Settled {
 /// One model's batch shards as the submitter weighs them before creating another batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelLoad {
-    /// Batch shards of the model in `submitted` (their batch exists and is not done).
+    /// Batch shards of the model in `creating` or `submitted`: their batch is being
+    /// created, or exists and is not done.
     pub in_flight: i64,
     /// Their `estimated_tokens`, summed.
     pub in_flight_tokens: i64,
@@ -432,6 +433,17 @@ pub trait Store: Send + Sync + 'static {
     /// `leftover` says, fenced, counters moved, in one transaction. When the job is
     /// `cancelling`, items that `Retry` or `Requeue` would send back are cancelled instead.
     async fn settle_shard_items(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled>;
+
+    /// `settle_shard_items`, and the shard `failed` with `error`, in one transaction: the
+    /// planner never sees the items back before the failure (a refusal it plans by) that
+    /// sent them, and a crash cannot leave a failed shard with unsettled items.
+    async fn fail_shard(
         &self,
         shard_id: Uuid,
         token: i64,

@@ -241,6 +241,7 @@ impl PgStore {
         token: i64,
         error: &ItemError,
         leftover: Leftover,
+        fail_shard: bool,
     ) -> StoreResult<Settled> {
         let mut tx = self.pool.begin().await?;
         let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
@@ -280,7 +281,19 @@ impl PgStore {
                 settled.count(to);
             }
         }
+        if fail_shard {
+            sqlx::query(
+                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
+                 updated_at = now() WHERE id = $1",
+            )
+            .bind(shard_id)
+            .bind(&error.code)
+            .bind(&error.message)
+            .execute(&mut *tx)
+            .await?;
+        }
         if settled.total() == 0 {
+            tx.commit().await?;
             return Ok(settled);
         }
         let job = apply_delta(&mut tx, job_id, &delta).await?;
@@ -1163,7 +1176,7 @@ impl Store for PgStore {
         error: &ItemError,
     ) -> StoreResult<u64> {
         Ok(self
-            .settle_leftovers(shard_id, token, error, Leftover::Fail)
+            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
             .await?
             .total())
     }
@@ -1187,7 +1200,18 @@ impl Store for PgStore {
         error: &ItemError,
         leftover: Leftover,
     ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover)
+        self.settle_leftovers(shard_id, token, error, leftover, false)
+            .await
+    }
+
+    async fn fail_shard(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        self.settle_leftovers(shard_id, token, error, leftover, true)
             .await
     }
 
@@ -1223,9 +1247,9 @@ impl Store for PgStore {
         let row = sqlx::query(
             "SELECT \
              (SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
-               AND status = 'submitted')::bigint AS in_flight, \
+               AND status IN ('creating', 'submitted'))::bigint AS in_flight, \
              (SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
-               AND model = $1 AND status = 'submitted')::bigint AS in_flight_tokens, \
+               AND model = $1 AND status IN ('creating', 'submitted'))::bigint AS in_flight_tokens, \
              (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
                AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
              (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \

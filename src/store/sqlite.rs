@@ -309,6 +309,7 @@ impl SqliteStore {
         token: i64,
         error: &ItemError,
         leftover: Leftover,
+        fail_shard: bool,
     ) -> StoreResult<Settled> {
         let at = now();
         let mut tx = self.write().await?;
@@ -350,7 +351,20 @@ impl SqliteStore {
                 settled.count(to);
             }
         }
+        if fail_shard {
+            sqlx::query(
+                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
+                 updated_at = $4 WHERE id = $1",
+            )
+            .bind(id(shard_id))
+            .bind(&error.code)
+            .bind(&error.message)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
         if settled.total() == 0 {
+            tx.commit().await?;
             return Ok(settled);
         }
         let job = apply_delta(&mut tx, job_id, &delta, at).await?;
@@ -1209,7 +1223,7 @@ impl Store for SqliteStore {
         error: &ItemError,
     ) -> StoreResult<u64> {
         Ok(self
-            .settle_leftovers(shard_id, token, error, Leftover::Fail)
+            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
             .await?
             .total())
     }
@@ -1233,7 +1247,18 @@ impl Store for SqliteStore {
         error: &ItemError,
         leftover: Leftover,
     ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover)
+        self.settle_leftovers(shard_id, token, error, leftover, false)
+            .await
+    }
+
+    async fn fail_shard(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+    ) -> StoreResult<Settled> {
+        self.settle_leftovers(shard_id, token, error, leftover, true)
             .await
     }
 
@@ -1271,9 +1296,9 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT \
              (SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
-               AND status = 'submitted') AS in_flight, \
+               AND status IN ('creating', 'submitted')) AS in_flight, \
              (SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
-               AND model = $1 AND status = 'submitted') AS in_flight_tokens, \
+               AND model = $1 AND status IN ('creating', 'submitted')) AS in_flight_tokens, \
              (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
                AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
              (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
