@@ -3,8 +3,8 @@
 //! Prints achieved requests/min and tokens/min as a share of the limits and the 429s
 //! received, with the governor on and then off (the baseline).
 //!
-//! `cargo bench --bench individual` (`BENCH_ITEMS=…` for a shorter run; each run takes
-//! about items / 600 minutes).
+//! `cargo bench --bench individual` (`BENCH_ITEMS=…` for a shorter run, `BENCH_GOVERNOR=on`
+//! or `off` for one pass; each pass takes about items / 600 minutes).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +24,12 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
     println!("individual benchmark: {items} items, limits {RPM} RPM / {TPM} TPM, 200 ms latency");
-    for governor in [true, false] {
+    let passes: &[bool] = match std::env::var("BENCH_GOVERNOR").as_deref() {
+        Ok("on") => &[true],
+        Ok("off") => &[false],
+        _ => &[true, false],
+    };
+    for &governor in passes {
         run(items, governor).await;
     }
 }

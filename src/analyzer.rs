@@ -344,6 +344,9 @@ impl OutputValidator {
     /// Ok when `value` fits the schema; else the first few problems, short.
     pub fn validate(&self, value: &Value) -> Result<(), String> {
         const SHOWN: usize = 3;
+        if self.validator.is_valid(value) {
+            return Ok(());
+        }
         let mut shown = Vec::new();
         let mut more = 0usize;
         for e in self.validator.iter_errors(value) {

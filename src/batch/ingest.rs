@@ -9,8 +9,7 @@
 //! when complete, so a crash mid-download leaves nothing that is mistaken for the file.
 
 use std::path::{Path, PathBuf};
-
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::sync::Arc;
 
 use super::retry::{self, NOT_EXECUTED};
 use super::{jsonl, BatchContext, StepError};
@@ -21,7 +20,7 @@ use crate::openai::{Batch, BatchOutputLine, ChatCompletion};
 use crate::store::{Leftover, Settled, Verdict};
 
 /// Outcomes written per statement.
-pub const CHUNK: usize = 1000;
+pub const CHUNK: usize = 5000;
 
 /// What one ingestion changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +49,8 @@ pub async fn ingest(
     batch: &Batch,
 ) -> Result<IngestReport, StepError> {
     let job = ctx.job(shard.job_id).await?;
-    let validator = OutputValidator::new(&job.analyzer.schema).map_err(StepError::Invalid)?;
+    let validator =
+        Arc::new(OutputValidator::new(&job.analyzer.schema).map_err(StepError::Invalid)?);
     let dir = jsonl::shard_dir(&ctx.settings.data_dir, shard.job_id);
     let mut report = IngestReport::default();
     let files = [
@@ -121,37 +121,78 @@ async fn download(
     Ok(())
 }
 
+/// Reads, parses, validates and prices the file on a blocking thread while this task
+/// writes the chunks it hands over, so the CPU work and the database writes overlap.
+/// At most two chunks wait between them, which bounds memory whatever the file's size.
 async fn ingest_file(
     ctx: &BatchContext,
     shard: &Shard,
-    path: &PathBuf,
+    path: &Path,
     job_model: &str,
-    validator: &OutputValidator,
+    validator: &Arc<OutputValidator>,
 ) -> Result<Settled, StepError> {
-    let mut lines = BufReader::with_capacity(1 << 20, tokio::fs::File::open(path).await?).lines();
-    let mut chunk = Vec::with_capacity(CHUNK);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Verdict>>(2);
+    let judge = {
+        let file = std::fs::File::open(path)?;
+        let prices = ctx.prices.clone();
+        let job_model = job_model.to_string();
+        let validator = validator.clone();
+        let shard_id = shard.id;
+        tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            judge_lines(
+                reader,
+                shard_id,
+                CHUNK,
+                |line| verdict_of(&prices, line, &job_model, &validator),
+                |chunk| tx.blocking_send(chunk).is_ok(),
+            )
+        })
+    };
     let mut report = Settled::default();
-    let mut number = 0usize;
-    while let Some(line) = lines.next_line().await? {
-        number += 1;
+    while let Some(chunk) = rx.recv().await {
+        report += write(ctx, shard, &chunk).await?;
+    }
+    judge
+        .await
+        .map_err(|e| StepError::Invalid(format!("the batch file reader stopped: {e}")))??;
+    Ok(report)
+}
+
+/// Judges every line of `reader` and hands the verdicts to `send` `chunk_size` at a time;
+/// stops early when `send` says the receiver is gone. Unreadable lines are logged and
+/// skipped: their items end as `not_executed` with the rest of the leftovers.
+fn judge_lines(
+    reader: impl std::io::BufRead,
+    shard_id: uuid::Uuid,
+    chunk_size: usize,
+    mut judge: impl FnMut(BatchOutputLine) -> Verdict,
+    mut send: impl FnMut(Vec<Verdict>) -> bool,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(chunk_size);
+    for (index, line) in reader.lines().enumerate() {
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: BatchOutputLine = match serde_json::from_str(&line) {
-            Ok(parsed) => parsed,
+        match serde_json::from_str::<BatchOutputLine>(&line) {
+            Ok(parsed) => chunk.push(judge(parsed)),
             Err(err) => {
-                tracing::warn!(shard = %shard.id, line = number, error = %err, "unreadable line in a batch file");
+                tracing::warn!(shard = %shard_id, line = index + 1, error = %err, "unreadable line in a batch file");
                 continue;
             }
-        };
-        chunk.push(verdict_of(&ctx.prices, parsed, job_model, validator));
-        if chunk.len() == CHUNK {
-            report += write(ctx, shard, &chunk).await?;
-            chunk.clear();
+        }
+        if chunk.len() == chunk_size {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_size));
+            if !send(full) {
+                return Ok(());
+            }
         }
     }
-    report += write(ctx, shard, &chunk).await?;
-    Ok(report)
+    if !chunk.is_empty() {
+        send(chunk);
+    }
+    Ok(())
 }
 
 async fn write(ctx: &BatchContext, shard: &Shard, chunk: &[Verdict]) -> Result<Settled, StepError> {
@@ -316,16 +357,27 @@ mod tests {
         serde_json::Value::Object(out)
     }
 
-    fn success_line(custom_id: &str, content: &str) -> BatchOutputLine {
-        serde_json::from_value(serde_json::json!({
+    fn success_json(custom_id: &str, content: &str) -> serde_json::Value {
+        serde_json::json!({
             "id": "batch_req_1", "custom_id": custom_id,
             "response": {"status_code": 200, "request_id": "req_1", "body": {
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
                 "usage": {"prompt_tokens": 2900, "completion_tokens": 61, "total_tokens": 2961,
                           "prompt_tokens_details": {"cached_tokens": 0}}}},
-            "error": null}))
-        .unwrap()
+            "error": null})
+    }
+
+    fn success_line(custom_id: &str, content: &str) -> BatchOutputLine {
+        serde_json::from_value(success_json(custom_id, content)).unwrap()
+    }
+
+    /// A JSONL file of `n` successful lines `c0`, `c1`, …
+    fn success_file(n: usize) -> String {
+        let answer = sample_output().to_string();
+        (0..n)
+            .map(|i| format!("{}\n", success_json(&format!("c{i}"), &answer)))
+            .collect()
     }
 
     #[test]
@@ -353,6 +405,58 @@ mod tests {
         assert_eq!(o.status, ItemStatus::Failed);
         assert_eq!(o.error.unwrap().code, "invalid_output");
         assert!(o.cost_pico_usd.is_some());
+    }
+
+    #[test]
+    fn lines_are_judged_in_chunks_skipping_blank_and_unreadable_ones() {
+        let prices = PriceTable::defaults();
+        let validator = validator();
+        let mut text = success_file(7);
+        text.insert_str(
+            text.match_indices('\n').nth(3).unwrap().0 + 1,
+            "\n{not json\n",
+        );
+        let mut sent: Vec<Vec<String>> = Vec::new();
+        judge_lines(
+            text.as_bytes(),
+            uuid::Uuid::nil(),
+            3,
+            |line| verdict_of(&prices, line, "gpt-4o-mini", &validator),
+            |chunk| {
+                assert!(chunk
+                    .iter()
+                    .all(|v| v.outcome.status == ItemStatus::Succeeded));
+                sent.push(chunk.into_iter().map(|v| v.outcome.custom_id).collect());
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            sent,
+            vec![vec!["c0", "c1", "c2"], vec!["c3", "c4", "c5"], vec!["c6"]]
+        );
+    }
+
+    #[test]
+    fn judging_stops_when_the_writer_is_gone() {
+        let prices = PriceTable::defaults();
+        let validator = validator();
+        let (mut judged, mut calls) = (0, 0);
+        judge_lines(
+            success_file(10).as_bytes(),
+            uuid::Uuid::nil(),
+            2,
+            |line| {
+                judged += 1;
+                verdict_of(&prices, line, "gpt-4o-mini", &validator)
+            },
+            |_| {
+                calls += 1;
+                false
+            },
+        )
+        .unwrap();
+        assert_eq!((judged, calls), (2, 1));
     }
 
     #[test]
