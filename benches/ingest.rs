@@ -6,7 +6,6 @@
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench ingest`
 //! (`BENCH_LINES=…` to change the size). Prints figures; asserts nothing about time.
 
-#[path = "common.rs"]
 mod common;
 
 use std::io::Write;

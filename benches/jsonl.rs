@@ -4,7 +4,6 @@
 //!
 //! `cargo bench --bench jsonl` (`BENCH_IMAGES=…`, `BENCH_IMAGE_KB=…` to change the size).
 
-#[path = "common.rs"]
 mod common;
 
 use std::time::Instant;

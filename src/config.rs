@@ -26,6 +26,7 @@ pub struct Settings {
     pub intake: IntakeSettings,
     pub estimate: EstimateSettings,
     pub log: LogSettings,
+    pub webhooks: WebhookSettings,
     #[serde(default)]
     pub auth: AuthSettings,
     #[serde(default)]
@@ -105,6 +106,18 @@ pub struct IntakeSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct EstimateSettings {
     pub default_output_tokens: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Signs deliveries (Standard Webhooks, `whsec_<base64>`); empty sends them unsigned.
+    pub secret: SecretString,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubles after each (at most an hour).
+    pub retry_min_ms: u64,
+    /// Accept `http://` webhook URLs (development only).
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,6 +247,15 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.webhooks.max_attempts == 0 {
+            return Err(invalid("webhooks.max_attempts", "must be at least 1"));
+        }
+        if self.webhooks.timeout_secs == 0 {
+            return Err(invalid("webhooks.timeout_secs", "must be at least 1"));
+        }
+        if let Err(why) = crate::webhooks::signing_key(self.webhooks.secret.expose_secret()) {
+            return Err(invalid("webhooks.secret", why));
         }
         let db = self.database.url.expose_secret();
         if !(db.starts_with("sqlite:")

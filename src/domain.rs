@@ -59,6 +59,15 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// The delivery a finished job with a `webhook_url` owes.
+    WebhookState {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
+    }
+);
+
 impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
@@ -240,6 +249,10 @@ pub struct Job {
     pub analyzer: Analyzer,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
+    /// None until the job finishes (or without `webhook_url`).
+    pub webhook_state: Option<WebhookState>,
+    /// Delivery attempts made so far.
+    pub webhook_attempts: i32,
     pub status: JobStatus,
     pub counts: Counts,
     pub cost: CostSums,

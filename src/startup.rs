@@ -91,6 +91,7 @@ impl Application {
             prices: Arc::new(prices),
             settings: Arc::new(settings),
             openai,
+            metrics: crate::metrics::install(),
         };
         Ok(Application {
             listener,

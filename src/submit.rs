@@ -78,8 +78,9 @@ pub fn check_spec(settings: &Settings, req: &JobRequest) -> Result<JobSpec, ApiE
         }
     }
     if let Some(hook) = &req.webhook_url {
+        let scheme_ok = |s: &str| s == "https" || (s == "http" && settings.webhooks.allow_http);
         match url::Url::parse(hook) {
-            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(u) if scheme_ok(u.scheme()) && u.host().is_some() => {}
             Ok(_) => bad("webhook_url", "scheme must be https".into()),
             Err(e) => bad("webhook_url", format!("not a URL: {e}")),
         }

@@ -61,6 +61,27 @@ pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, trac
             }
         },
     );
+    if let Some(handle) = state.metrics.clone() {
+        // Drains histogram samples into their buckets between scrapes.
+        spawn_loop(
+            "metrics",
+            Duration::from_secs(5),
+            stop,
+            tracker,
+            move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    Ok::<_, String>(0)
+                }
+            },
+        );
+    }
+    let webhooks = crate::webhooks::Webhooks::new(state);
+    spawn_loop("webhooks", tick, stop, tracker, move || {
+        let w = webhooks.clone();
+        async move { w.run_once().await }
+    });
     let executor = individual::Executor::new(ctx.clone(), individual::governor(&state.settings));
     spawn_loop("individual", tick, stop, tracker, move || {
         let e = executor.clone();

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{b64, fast_sim, mixed_items, png, Db, TestApp};
@@ -72,6 +73,14 @@ async fn errors_are_problems_that_name_the_field(db: Db) {
     .await;
     assert_eq!(s, 422);
     assert_eq!(p["errors"][0]["field"], "analyzer.schema");
+    let (s, p) = problem(
+        post(r#"{"webhook_url": "http://x.test/hook", "items": [{"image_url": "https://x.test/a.jpg"}]}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(p["errors"][0]["field"], "webhook_url");
     // Over the body limit.
     let big = json!({"items": [{"image_base64": "A".repeat(200_000), "mime_type": "image/png"}]});
     let r = app
@@ -417,7 +426,198 @@ async fn listings_and_events(db: Db) {
     app.shutdown().await;
 }
 
+/// The value of the first sample of `name` whose labels include every `k="v"` of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or_default();
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn metrics_count_what_happened(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(4, 4)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let text = r.text().await.unwrap();
+    // Counters are process-wide (tests share one recorder), so each is at least this
+    // job's share; the gauges are read from this test's own database.
+    let at_least = |name: &str, labels: &[(&str, &str)], n: f64| {
+        let got = sample(&text, name, labels);
+        assert!(
+            got.is_some_and(|v| v >= n),
+            "{name}{labels:?} = {got:?}, want ≥ {n}\n{text}"
+        );
+    };
+    at_least(
+        "batchlens_http_requests_total",
+        &[("method", "POST"), ("route", "/v1/jobs"), ("status", "202")],
+        1.0,
+    );
+    at_least(
+        "batchlens_http_requests_total",
+        &[
+            ("method", "GET"),
+            ("route", "/v1/jobs/{id}"),
+            ("status", "200"),
+        ],
+        1.0,
+    );
+    at_least(
+        "batchlens_http_request_duration_seconds_count",
+        &[("method", "POST"), ("route", "/v1/jobs")],
+        1.0,
+    );
+    at_least("batchlens_jobs_created_total", &[("mode", "batch")], 1.0);
+    at_least("batchlens_items_accepted_total", &[], 3.0);
+    at_least("batchlens_items_rejected_total", &[], 1.0);
+    at_least(
+        "batchlens_openai_requests_total",
+        &[("endpoint", "POST batches"), ("status", "200")],
+        1.0,
+    );
+    at_least(
+        "batchlens_openai_requests_total",
+        &[("endpoint", "GET files/{id}/content"), ("status", "200")],
+        1.0,
+    );
+    at_least("batchlens_batches_submitted_total", &[], 1.0);
+    at_least(
+        "batchlens_batches_ended_total",
+        &[("status", "completed")],
+        1.0,
+    );
+    at_least(
+        "batchlens_items_settled_total",
+        &[("outcome", "succeeded")],
+        3.0,
+    );
+    at_least(
+        "batchlens_jobs_finished_total",
+        &[("status", "completed")],
+        1.0,
+    );
+    at_least("batchlens_jobs", &[("status", "completed")], 1.0);
+    assert_eq!(
+        sample(&text, "batchlens_items_waiting", &[("status", "pending")]),
+        Some(0.0)
+    );
+    // Routes are templates: no series per job.
+    assert!(!text.contains(&id), "a job id leaked into a label");
+    app.shutdown().await;
+}
+
+/// The calls a test receiver got: headers and body of each.
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A receiver that answers 500 to its first call and 204 after, keeping what it got.
+async fn hook_receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((headers, body.to_vec()));
+                    if seen.len() == 1 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+async fn a_finished_job_calls_its_webhook_until_it_answers(db: Db) {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let Some(app) = TestApp::spawn(
+        db,
+        fast_sim(),
+        &[
+            ("BATCHLENS__WEBHOOKS__ALLOW_HTTP", "true"),
+            ("BATCHLENS__WEBHOOKS__SECRET", SECRET),
+            ("BATCHLENS__WEBHOOKS__RETRY_MIN_MS", "200"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (hook, got) = hook_receiver().await;
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "webhook_url": hook, "items": mixed_items(3, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["webhook"]["state"], "waiting");
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_terminal(&id, Duration::from_secs(60)).await;
+    common::wait_until(Duration::from_secs(30), || async {
+        app.get(&format!("/v1/jobs/{id}")).await.1["webhook"]["state"] == "delivered"
+    })
+    .await;
+    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        2,
+        "one refused attempt, one delivery, nothing after"
+    );
+    let key = batchlens::webhooks::signing_key(SECRET).unwrap().unwrap();
+    for (headers, body) in &got {
+        let header = |name: &str| headers[name].to_str().unwrap().to_string();
+        assert_eq!(header("webhook-id"), id, "the same id on every attempt");
+        assert_eq!(header("content-type"), "application/json");
+        let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            header("webhook-signature"),
+            batchlens::webhooks::sign(&key, &id, timestamp, body)
+        );
+        let payload: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(payload["type"], "job.finished");
+        assert_eq!(payload["data"]["id"], id.as_str());
+        assert_eq!(payload["data"]["status"], "completed");
+        assert_eq!(payload["data"]["progress"]["succeeded"], 3);
+    }
+    app.shutdown().await;
+}
+
 on_both!(
+    a_finished_job_calls_its_webhook_until_it_answers,
+    metrics_count_what_happened,
     errors_are_problems_that_name_the_field,
     keys_scope_jobs_to_their_tenant,
     idempotent_submits,

@@ -36,7 +36,10 @@ pub struct JobRequest {
     /// Free-form labels kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
-    /// Called when the job finishes (https).
+    /// Receives one POST when the job finishes (completed, failed or cancelled): the job as
+    /// `GET /v1/jobs/{id}` shows it, signed as Standard Webhooks describe; retried with
+    /// back-off until it answers 2xx. https only.
+    #[schema(example = "https://example.com/hooks/batchlens")]
     pub webhook_url: Option<String>,
     /// Create the job in status `open` and add items with `POST /v1/jobs/{id}/items`.
     #[serde(default)]
@@ -173,7 +176,22 @@ pub struct JobView {
     pub estimate: EstimateSummary,
     pub cost: CostSummary,
     pub batches: Vec<BatchView>,
+    /// The delivery to `webhook_url`, when the job has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
     pub links: JobLinks,
+}
+
+/// Where a job's webhook delivery stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookView {
+    #[schema(example = "https://example.com/hooks/batchlens")]
+    pub url: String,
+    /// `waiting` until the job finishes, then `pending` (being sent or retried),
+    /// `delivered` or `failed` (every attempt refused; see the job's `webhook` events).
+    #[schema(example = "delivered")]
+    pub state: String,
+    pub attempts: i32,
 }
 
 impl JobView {
@@ -206,6 +224,14 @@ impl JobView {
                 unpriced_items: job.cost.unpriced_items,
             },
             batches: shards.iter().map(BatchView::from).collect(),
+            webhook: job.webhook_url.as_ref().map(|url| WebhookView {
+                url: url.clone(),
+                state: job
+                    .webhook_state
+                    .map_or("waiting", |s| s.as_str())
+                    .to_string(),
+                attempts: job.webhook_attempts,
+            }),
             links: JobLinks {
                 results: format!("{base}/results"),
                 posts: format!("{base}/posts"),

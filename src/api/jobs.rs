@@ -201,6 +201,8 @@ async fn create(state: &AppState, tenant: &Tenant, req: JobRequest) -> Result<Jo
         items = job.counts.total, rejected = job.counts.rejected,
         "job accepted"
     );
+    metrics::counter!(crate::metrics::JOBS_CREATED, "mode" => job.mode.as_str()).increment(1);
+    count_intake(prepared.intake.items.len(), prepared.intake.rejected.len());
     let mut view = JobView::new(&job, prepared.intake.rejected, &[]);
     view.rejected.truncate(1000);
     Ok(view)
@@ -289,9 +291,15 @@ pub async fn append_items(
         .append_items(&tenant.0, id, &intake.items)
         .await?;
     tracing::info!(job = %id, added = intake.items.len(), total = job.counts.total, "items appended");
+    count_intake(intake.items.len(), intake.rejected.len());
     let mut view = job_view(&state, &job).await?;
     view.rejected = intake.rejected;
     Ok(axum::Json(view))
+}
+
+fn count_intake(accepted: usize, rejected: usize) {
+    metrics::counter!(crate::metrics::ITEMS_ACCEPTED).increment(accepted as u64);
+    metrics::counter!(crate::metrics::ITEMS_REJECTED).increment(rejected as u64);
 }
 
 async fn taken_custom_ids(state: &AppState, job_id: Uuid) -> Result<HashSet<String>, ApiError> {

@@ -36,6 +36,8 @@ pub struct AppState {
     /// sha256(key) → tenant, from the configuration.
     pub keys: Arc<HashMap<String, String>>,
     pub openai: crate::openai::OpenAiClient,
+    /// Renders `/metrics`; None when another recorder took the process first.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -180,6 +182,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("this route does not answer that method".into())
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -164,6 +164,8 @@ impl BatchContext {
     /// Makes the job terminal once every item is; logs it.
     pub async fn finish_job(&self, job_id: Uuid) -> Result<(), StepError> {
         if let Some(status) = self.store.finish_job_if_done(job_id).await? {
+            metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => status.as_str())
+                .increment(1);
             let job = self.job(job_id).await?;
             tracing::info!(job = %job_id, %status, succeeded = job.counts.succeeded,
                 failed = job.counts.failed, rejected = job.counts.rejected,

@@ -89,6 +89,10 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
     if shard.batch_status.as_deref() != Some(batch.status.as_str()) {
         tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
             status = batch.status.as_str(), "batch status changed");
+        if batch.status.is_terminal() {
+            metrics::counter!(crate::metrics::BATCHES_ENDED, "status" => batch.status.as_str())
+                .increment(1);
+        }
     }
     tracing::info!(job = %shard.job_id, shard = %shard.id,
         "{}: Completed: {}/{} (failed {})", batch.status.as_str(),

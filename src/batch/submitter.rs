@@ -284,6 +284,7 @@ async fn record_submitted(
         return Err(StepError::LeaseLost);
     }
     tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch.id, items = shard.item_count, attempt = shard.attempt, "batch submitted");
+    metrics::counter!(crate::metrics::BATCHES_SUBMITTED).increment(1);
     Ok(())
 }
 

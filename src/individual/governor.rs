@@ -116,6 +116,7 @@ impl Governor {
         if !self.enabled {
             return;
         }
+        let started = Instant::now();
         loop {
             let wait = {
                 let mut models = self.models.lock().await;
@@ -135,6 +136,8 @@ impl Governor {
                 if wait.is_zero() {
                     state.requests.level -= 1.0;
                     state.tokens.level -= (tokens as f64).min(state.tokens.capacity);
+                    metrics::histogram!(crate::metrics::GOVERNOR_WAIT, "model" => model.to_string())
+                        .record((now - started).as_secs_f64());
                     return;
                 }
                 wait

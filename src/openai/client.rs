@@ -328,6 +328,20 @@ impl OpenAiClient {
         url
     }
 
+    /// The metrics label of `url`: its path below the base, ids hidden.
+    fn endpoint(&self, url: &Url) -> String {
+        let below = self
+            .inner
+            .base
+            .path_segments()
+            .map_or(0, |s| s.filter(|s| !s.is_empty()).count());
+        let segments: Vec<&str> = url
+            .path_segments()
+            .map(|s| s.skip(below).collect())
+            .unwrap_or_default();
+        crate::metrics::openai_endpoint(&segments)
+    }
+
     async fn call_json<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -412,7 +426,18 @@ impl OpenAiClient {
         attempt: u32,
     ) -> Result<Response, OpenAiError> {
         self.inner.attempts.fetch_add(1, Ordering::Relaxed);
-        let response = match request.send().await {
+        let endpoint = format!("{method} {}", self.endpoint(url));
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        metrics::histogram!(crate::metrics::OPENAI_DURATION, "endpoint" => endpoint.clone())
+            .record(started.elapsed().as_secs_f64());
+        let status_label = match &sent {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "error".to_string(),
+        };
+        metrics::counter!(crate::metrics::OPENAI_REQUESTS, "endpoint" => endpoint, "status" => status_label)
+            .increment(1);
+        let response = match sent {
             Ok(response) => response,
             Err(err) => {
                 let err = OpenAiError::from_reqwest(err);

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Leftover, StoreError, StoreResult};
+use super::{Leftover, Settled, StoreError, StoreResult};
 use crate::domain::{
     Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus,
     Mode, NewItem, Shard, Usage,
@@ -25,7 +25,19 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     failed, rejected, cancelled, input_tokens, cached_input_tokens, output_tokens, \
     actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
     individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
-    estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token";
+    estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
+    webhook_state, webhook_attempts";
+
+/// SET clauses that make a job that turns terminal owe its webhook: `terminal` is the SQL
+/// of "the new status is terminal", `now` of the current time. Only a job with a
+/// webhook_url that owed nothing yet starts owing (a job finishes once).
+pub(crate) fn owe_webhook_sql(terminal: &str, now: &str) -> String {
+    let owes = format!("{terminal} AND webhook_url IS NOT NULL AND webhook_state IS NULL");
+    format!(
+        "webhook_state = CASE WHEN {owes} THEN 'pending' ELSE webhook_state END, \
+         webhook_due_at = CASE WHEN {owes} THEN {now} ELSE webhook_due_at END"
+    )
+}
 
 pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image, width, height, \
     status, attempts, shard_id, output, error_code, error_message, input_tokens, \
@@ -59,6 +71,36 @@ pub(crate) fn corrupt(what: impl Display) -> StoreError {
 
 /// Typed column access over either backend's row, so the mapping to domain types is
 /// written once. Each backend decides how a uuid, a timestamp and JSON are stored.
+/// One row per job status: `status`, `jobs`, `pending`, `submitted` (read by
+/// [`gauges_from_rows`]); the same SQL on both databases.
+pub(crate) const GAUGES_SQL: &str = "SELECT status, count(*) AS jobs, \
+     CAST(COALESCE(sum(pending), 0) AS BIGINT) AS pending, \
+     CAST(COALESCE(sum(submitted), 0) AS BIGINT) AS submitted FROM jobs GROUP BY status";
+
+/// Records a webhook attempt, fenced by the claim: $1 job id, $2 the claim's due time,
+/// $3 the new state, $4 the next due time.
+pub(crate) const WEBHOOK_ATTEMPTED_SQL: &str = "UPDATE jobs SET webhook_state = $3, \
+     webhook_attempts = webhook_attempts + 1, webhook_due_at = $4 \
+     WHERE id = $1 AND webhook_due_at = $2 AND webhook_state = 'pending'";
+
+/// Claimed webhook deliveries from `RETURNING {JOB_COLS}, webhook_due_at` rows.
+pub(crate) fn claimed_webhooks<R: RowGet>(rows: &[R]) -> StoreResult<Vec<(Job, DateTime<Utc>)>> {
+    rows.iter()
+        .map(|r| Ok((job_from_row(r)?, r.ts("webhook_due_at")?)))
+        .collect()
+}
+
+pub(crate) fn gauges_from_rows<R: RowGet>(rows: &[R]) -> StoreResult<super::Gauges> {
+    let mut gauges = super::Gauges::default();
+    for row in rows {
+        gauges.jobs.push((row.parsed("status")?, row.int("jobs")?));
+        gauges.pending_items += row.int("pending")?;
+        gauges.submitted_items += row.int("submitted")?;
+    }
+    gauges.jobs.sort_by_key(|(status, _)| status.as_str());
+    Ok(gauges)
+}
+
 pub(crate) trait RowGet {
     fn text(&self, col: &str) -> StoreResult<String>;
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
@@ -126,6 +168,8 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
         analyzer,
         metadata: r.opt_json("metadata")?,
         webhook_url: r.opt_text("webhook_url")?,
+        webhook_state: r.opt_parsed("webhook_state")?,
+        webhook_attempts: r.int32("webhook_attempts")?,
         status: r.parsed("status")?,
         counts: counts_from_row(r)?,
         cost: CostSums {
@@ -238,7 +282,20 @@ pub(crate) struct Recorded {
     pub run_mode: Option<Mode>,
 }
 
-pub(crate) fn recorded_from_row<R: RowGet>(r: &R) -> StoreResult<Recorded> {
+/// The RETURNING rows of an outcome write, and how they settled.
+pub(crate) fn recorded_from_rows<R: RowGet>(rows: &[R]) -> StoreResult<(Vec<Recorded>, Settled)> {
+    let recorded = rows
+        .iter()
+        .map(recorded_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let mut settled = Settled::default();
+    for r in &recorded {
+        settled.count(r.status);
+    }
+    Ok((recorded, settled))
+}
+
+fn recorded_from_row<R: RowGet>(r: &R) -> StoreResult<Recorded> {
     Ok(Recorded {
         status: r.parsed("status")?,
         input_tokens: r.opt_int("input_tokens")?,

@@ -170,6 +170,8 @@ conformance!(
     settle_leftovers_as_asked,
     cancel_job_cancels_what_has_not_run,
     model_load_and_estimates,
+    gauges_count_jobs_and_waiting_items,
+    webhooks_are_owed_claimed_and_settled,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -2487,4 +2489,114 @@ async fn model_load_and_estimates(s: DynStore) {
     assert_eq!(load.in_flight, 0);
     assert!(load.last_completed_at.unwrap() >= refused_at);
     assert!(s.shard_item_dims(Uuid::new_v4()).await.unwrap().is_empty());
+}
+
+async fn gauges_count_jobs_and_waiting_items(s: DynStore) {
+    assert_eq!(s.gauges().await.unwrap(), crate::store::Gauges::default());
+    s.create_job(
+        &new_job("acme", JobStatus::Queued, Mode::Batch, Utc::now()),
+        &items(4),
+    )
+    .await
+    .unwrap();
+    // Another tenant's job counts too: the gauges cover the whole database.
+    let (_, _, _) = submitted_shard(&s, "globex", 3).await;
+    let g = s.gauges().await.unwrap();
+    assert_eq!(
+        g.jobs,
+        vec![(JobStatus::Queued, 1), (JobStatus::Running, 1)],
+        "{g:?}"
+    );
+    assert_eq!((g.pending_items, g.submitted_items), (4, 3));
+}
+
+async fn webhooks_are_owed_claimed_and_settled(s: DynStore) {
+    use crate::domain::WebhookState;
+    let lease = Duration::from_secs(60);
+    let mut quiet = new_job("acme", JobStatus::Queued, Mode::Batch, at(0));
+    quiet.webhook_url = None;
+    let quiet = s.create_job(&quiet, &[rejected("r")]).await.unwrap();
+    let hooked = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[rejected("r")],
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.claim_webhooks(lease, 10).await.unwrap().is_empty(),
+        "nothing finished yet"
+    );
+    for id in [quiet.id, hooked.id] {
+        assert_eq!(
+            s.finish_job_if_done(id).await.unwrap(),
+            Some(JobStatus::Failed)
+        );
+    }
+    assert_eq!(
+        s.get_job(None, quiet.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .webhook_state,
+        None
+    );
+
+    let claimed = s.claim_webhooks(lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "only the job with a webhook_url owes one");
+    let (job, claim) = claimed[0].clone();
+    assert_eq!(
+        (job.id, job.webhook_state),
+        (hooked.id, Some(WebhookState::Pending))
+    );
+    assert!(
+        s.claim_webhooks(lease, 10).await.unwrap().is_empty(),
+        "claimed"
+    );
+
+    // A failed attempt: due again at once (retry_at in the past), attempts counted.
+    let retry_at = Utc::now() - chrono::Duration::seconds(1);
+    let detail = json!({"state": "pending", "attempt": 1});
+    assert!(s
+        .webhook_attempted(
+            job.id,
+            claim,
+            WebhookState::Pending,
+            Some(retry_at),
+            &detail
+        )
+        .await
+        .unwrap());
+    assert!(
+        !s.webhook_attempted(job.id, claim, WebhookState::Delivered, None, &detail)
+            .await
+            .unwrap(),
+        "an old claim cannot settle the delivery"
+    );
+    let (again, claim) = s.claim_webhooks(lease, 10).await.unwrap()[0].clone();
+    assert_eq!(again.webhook_attempts, 1);
+    assert!(s
+        .webhook_attempted(
+            job.id,
+            claim,
+            WebhookState::Delivered,
+            None,
+            &json!({"state": "delivered"})
+        )
+        .await
+        .unwrap());
+    let done = s.get_job(None, job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.webhook_state, done.webhook_attempts),
+        (Some(WebhookState::Delivered), 2)
+    );
+    assert!(s
+        .claim_webhooks(Duration::ZERO, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let events = s.events_after(job.id, 0, 100).await.unwrap();
+    let hooks: Vec<_> = events.iter().filter(|e| e.kind == "webhook").collect();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[1].data["state"], "delivered");
 }

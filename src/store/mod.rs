@@ -25,7 +25,7 @@ pub use sqlite::SqliteStore;
 
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardKind, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus, WebhookState,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -118,6 +118,22 @@ impl Settled {
             _ => self.failed += 1,
         }
     }
+
+    /// Adds these to the `batchlens_items_settled_total` counters, and returns them.
+    fn counted(self) -> Self {
+        use crate::metrics::ITEMS_SETTLED;
+        for (outcome, n) in [
+            ("succeeded", self.succeeded),
+            ("failed", self.failed),
+            ("requeued", self.requeued),
+            ("cancelled", self.cancelled),
+        ] {
+            if n > 0 {
+                metrics::counter!(ITEMS_SETTLED, "outcome" => outcome).increment(n);
+            }
+        }
+        self
+    }
 }
 
 impl std::ops::AddAssign for Settled {
@@ -191,6 +207,16 @@ pub struct CostTotals {
     pub images: i64,
     pub actual_pico_usd: PicoUsd,
     pub individual_pico_usd: PicoUsd,
+}
+
+/// What `/metrics` reads from the database at each scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Jobs by status (statuses with no job are absent).
+    pub jobs: Vec<(JobStatus, i64)>,
+    /// Items of all jobs still `pending` and `submitted`.
+    pub pending_items: i64,
+    pub submitted_items: i64,
 }
 
 #[async_trait]
@@ -396,6 +422,29 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&ItemError>,
     ) -> StoreResult<bool>;
 
+    /// Writes outcomes of the shard's items, each with its retry mark, already
+    /// deduplicated by custom_id: the one writer behind [`Store::record_shard_outcomes`]
+    /// and [`Store::settle_shard_outcomes`], which callers use instead.
+    async fn settle_outcomes(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        verdicts: &[(&ItemOutcome, bool)],
+        max_attempts: i32,
+    ) -> StoreResult<Settled>;
+
+    /// Settles the shard's pending and submitted items with `error` as `leftover` says,
+    /// and fails the shard when `fail_shard`: the one writer behind the `*_shard_items`
+    /// methods and [`Store::fail_shard`], which callers use instead.
+    async fn settle_leftovers(
+        &self,
+        shard_id: Uuid,
+        token: i64,
+        error: &ItemError,
+        leftover: Leftover,
+        fail_shard: bool,
+    ) -> StoreResult<Settled>;
+
     /// Writes outcomes of the shard's items in one statement per call, fenced by the
     /// shard's lease token. Only items of this shard still `submitted` change, so
     /// writing the same outcomes twice changes nothing. Job counters and cost sums move
@@ -405,7 +454,11 @@ pub trait Store: Send + Sync + 'static {
         shard_id: Uuid,
         token: i64,
         outcomes: &[ItemOutcome],
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<u64> {
+        let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
+        let settled = self.settle_outcomes(shard_id, token, &verdicts, 0).await?;
+        Ok(settled.counted().total())
+    }
 
     /// Fails every item of the shard that is still pending or submitted with `error`,
     /// fenced, counters moved. Returns how many changed.
@@ -414,7 +467,12 @@ pub trait Store: Send + Sync + 'static {
         shard_id: Uuid,
         token: i64,
         error: &ItemError,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<u64> {
+        let settled = self
+            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
+            .await?;
+        Ok(settled.counted().total())
+    }
 
     /// `record_shard_outcomes` with a verdict per outcome, in one transaction: a failure
     /// marked `retry` goes back to `pending` with no shard (its error kept, `finished_at`
@@ -427,7 +485,13 @@ pub trait Store: Send + Sync + 'static {
         token: i64,
         verdicts: &[Verdict],
         max_attempts: i32,
-    ) -> StoreResult<Settled>;
+    ) -> StoreResult<Settled> {
+        let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
+        let settled = self
+            .settle_outcomes(shard_id, token, &verdicts, max_attempts)
+            .await?;
+        Ok(settled.counted())
+    }
 
     /// Settles every item of the shard still pending or submitted with `error` as
     /// `leftover` says, fenced, counters moved, in one transaction. When the job is
@@ -438,7 +502,12 @@ pub trait Store: Send + Sync + 'static {
         token: i64,
         error: &ItemError,
         leftover: Leftover,
-    ) -> StoreResult<Settled>;
+    ) -> StoreResult<Settled> {
+        let settled = self
+            .settle_leftovers(shard_id, token, error, leftover, false)
+            .await?;
+        Ok(settled.counted())
+    }
 
     /// `settle_shard_items`, and the shard `failed` with `error`, in one transaction: the
     /// planner never sees the items back before the failure (a refusal it plans by) that
@@ -449,7 +518,12 @@ pub trait Store: Send + Sync + 'static {
         token: i64,
         error: &ItemError,
         leftover: Leftover,
-    ) -> StoreResult<Settled>;
+    ) -> StoreResult<Settled> {
+        let settled = self
+            .settle_leftovers(shard_id, token, error, leftover, true)
+            .await?;
+        Ok(settled.counted())
+    }
 
     /// Width and height of the shard's pending and submitted items (None for URLs), in
     /// position order.
@@ -524,6 +598,33 @@ pub trait Store: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<CostTotals>;
+
+    /// Jobs by status and items waiting, over every tenant, for `/metrics`.
+    async fn gauges(&self) -> StoreResult<Gauges>;
+
+    // ---- webhooks -------------------------------------------------------------------
+
+    /// Finished jobs whose webhook delivery is due, oldest due first, each claimed by
+    /// moving its due time to now + `lease` (so no other replica delivers it meanwhile,
+    /// and a crash mid-delivery lets one try again after). Returns each job with that
+    /// new due time, the token that fences [`Store::webhook_attempted`].
+    async fn claim_webhooks(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<(Job, DateTime<Utc>)>>;
+
+    /// Records one delivery attempt, fenced by the claim's token: `state` (pending to try
+    /// again at `retry_at`, delivered or failed), attempts + 1, and a `webhook` event
+    /// with `detail`. False when the claim was lost.
+    async fn webhook_attempted(
+        &self,
+        job_id: Uuid,
+        claim: DateTime<Utc>,
+        state: WebhookState,
+        retry_at: Option<DateTime<Utc>>,
+        detail: &serde_json::Value,
+    ) -> StoreResult<bool>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -16,16 +16,16 @@ use uuid::Uuid;
 
 use super::common::{
     self, duration_micros, event_from_row, finished_status, item_from_row, job_from_row,
-    progress_json, recorded_from_row, shard_from_row, status_json, truncate_to_micros, JobDelta,
-    LeftoverPlan, RowGet, EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
+    progress_json, shard_from_row, status_json, truncate_to_micros, JobDelta, LeftoverPlan, RowGet,
+    EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
 };
 use super::{
-    CostTotals, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem, Settled,
-    ShardPoll, Store, StoreError, StoreResult, Verdict,
+    CostTotals, Gauges, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem,
+    Settled, ShardPoll, Store, StoreError, StoreResult,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardKind, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus, WebhookState,
 };
 
 const POOL_SIZE: u32 = 10;
@@ -114,192 +114,6 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(true)
-    }
-}
-
-impl PgStore {
-    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
-    /// fenced statement; the job row is locked first, as every writer of items does, so
-    /// a concurrent cancel and this never wait on each other in opposite orders.
-    async fn settle_outcomes(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        verdicts: &[(&ItemOutcome, bool)],
-        max_attempts: i32,
-    ) -> StoreResult<Settled> {
-        let mut tx = self.pool.begin().await?;
-        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
-            return Ok(Settled::default());
-        };
-        if verdicts.is_empty() {
-            return Ok(Settled::default());
-        }
-        // The planner cannot know how many rows `job_id = $1` or the UNNEST hold, and a
-        // nested loop it picks on a guess rescans one side per row of the other:
-        // 30 s per 1,000 outcomes on a 50,000-item shard in the ingest benchmark. A hash
-        // join over the shard's submitted rows is linear whatever the estimates.
-        sqlx::query("SET LOCAL enable_nestloop = off")
-            .execute(&mut *tx)
-            .await?;
-        let job = lock_job(&mut tx, None, job_id).await?;
-        let cancelling = job.status == JobStatus::Cancelling;
-        let outcomes: Vec<&ItemOutcome> = verdicts.iter().map(|(o, _)| *o).collect();
-        let retry: Vec<bool> = verdicts.iter().map(|(_, r)| *r).collect();
-        let custom_ids: Vec<&str> = outcomes.iter().map(|o| o.custom_id.as_str()).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-        let outputs: Vec<Option<&Value>> = outcomes.iter().map(|o| o.output.as_ref()).collect();
-        let codes: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.error.as_ref().map(|e| e.code.as_str()))
-            .collect();
-        let messages: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.error.as_ref().map(|e| e.message.as_str()))
-            .collect();
-        let usage = |f: fn(&crate::domain::Usage) -> i64| -> Vec<Option<i64>> {
-            outcomes.iter().map(|o| o.usage.as_ref().map(f)).collect()
-        };
-        let costs: Vec<Option<i64>> = outcomes.iter().map(|o| o.cost_pico_usd).collect();
-        let individual: Vec<Option<i64>> = outcomes.iter().map(|o| o.individual_pico_usd).collect();
-        let modes: Vec<&str> = outcomes.iter().map(|o| o.run_mode.as_str()).collect();
-        let models: Vec<Option<&str>> = outcomes
-            .iter()
-            .map(|o| o.resolved_model.as_deref())
-            .collect();
-        // $16: the job is cancelling; $17: max attempts. `back` = this item goes back.
-        let back = "(u.retry AND NOT $16 AND i.attempts < $17)";
-        let sql = format!(
-            "UPDATE items AS i SET \
-             status = CASE WHEN u.retry AND $16 THEN 'cancelled' WHEN {back} THEN 'pending' \
-               ELSE u.status END, \
-             shard_id = CASE WHEN {back} THEN NULL ELSE i.shard_id END, \
-             output = u.output, \
-             error_code = u.error_code, error_message = u.error_message, \
-             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
-             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
-             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
-             run_mode = u.run_mode, resolved_model = u.resolved_model, \
-             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
-             FROM UNNEST($3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
-             $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
-             $13::bigint[], $14::text[], $15::text[], $18::bool[]) \
-             AS u(custom_id, status, output, error_code, error_message, input_tokens, \
-             cached_input_tokens, output_tokens, reasoning_tokens, cost, individual, run_mode, \
-             resolved_model, retry) \
-             WHERE i.job_id = $1 AND i.shard_id = $2 AND i.custom_id = u.custom_id \
-             AND i.status = 'submitted' RETURNING {}",
-            OUTCOME_COLS
-                .split(", ")
-                .map(|c| format!("i.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let rows = sqlx::query(&sql)
-            .bind(job_id)
-            .bind(shard_id)
-            .bind(&custom_ids)
-            .bind(&statuses)
-            .bind(&outputs)
-            .bind(&codes)
-            .bind(&messages)
-            .bind(usage(|u| u.input_tokens))
-            .bind(usage(|u| u.cached_input_tokens))
-            .bind(usage(|u| u.output_tokens))
-            .bind(usage(|u| u.reasoning_tokens))
-            .bind(&costs)
-            .bind(&individual)
-            .bind(&modes)
-            .bind(&models)
-            .bind(cancelling)
-            .bind(max_attempts)
-            .bind(&retry)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(Settled::default());
-        }
-        let recorded = rows
-            .iter()
-            .map(recorded_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut settled = Settled::default();
-        for r in &recorded {
-            settled.count(r.status);
-        }
-        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded)).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
-        tx.commit().await?;
-        Ok(settled)
-    }
-
-    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
-    /// statement per starting status, the job row locked first.
-    async fn settle_leftovers(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-        leftover: Leftover,
-        fail_shard: bool,
-    ) -> StoreResult<Settled> {
-        let mut tx = self.pool.begin().await?;
-        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
-            return Ok(Settled::default());
-        };
-        let job = lock_job(&mut tx, None, job_id).await?;
-        let plan = LeftoverPlan::new(leftover, job.status);
-        let back = "($4 OR ($5 AND attempts < $6))";
-        let sql = format!(
-            "UPDATE items SET \
-             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
-             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
-             attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END, \
-             error_code = $8, error_message = $9, \
-             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
-             WHERE shard_id = $1 AND status = $2 RETURNING status"
-        );
-        let mut delta = JobDelta::default();
-        let mut settled = Settled::default();
-        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
-            let statuses: Vec<String> = sqlx::query_scalar(&sql)
-                .bind(shard_id)
-                .bind(from.as_str())
-                .bind(plan.final_status.as_str())
-                .bind(plan.all_back)
-                .bind(plan.retry)
-                .bind(plan.max_attempts)
-                .bind(plan.uncount && from == ItemStatus::Submitted)
-                .bind(&error.code)
-                .bind(&error.message)
-                .fetch_all(&mut *tx)
-                .await?;
-            for status in statuses {
-                let to: ItemStatus = status.parse().map_err(common::corrupt)?;
-                delta.add_status(from, -1);
-                delta.add_status(to, 1);
-                settled.count(to);
-            }
-        }
-        if fail_shard {
-            sqlx::query(
-                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
-                 updated_at = now() WHERE id = $1",
-            )
-            .bind(shard_id)
-            .bind(&error.code)
-            .bind(&error.message)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if settled.total() == 0 {
-            tx.commit().await?;
-            return Ok(settled);
-        }
-        let job = apply_delta(&mut tx, job_id, &delta).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
-        tx.commit().await?;
-        Ok(settled)
     }
 }
 
@@ -396,10 +210,11 @@ async fn set_job_status(
     job_id: Uuid,
     to: JobStatus,
 ) -> StoreResult<()> {
-    sqlx::query(
+    sqlx::query(&format!(
         "UPDATE jobs SET status = $2, updated_at = now(), \
-         completed_at = CASE WHEN $3 THEN now() ELSE completed_at END WHERE id = $1",
-    )
+             completed_at = CASE WHEN $3 THEN now() ELSE completed_at END, {} WHERE id = $1",
+        common::owe_webhook_sql("$3", "now()")
+    ))
     .bind(job_id)
     .bind(to.as_str())
     .bind(to.is_terminal())
@@ -701,11 +516,12 @@ impl Store for PgStore {
         to: JobStatus,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE jobs SET status = $2, updated_at = now(), \
-             completed_at = CASE WHEN $3 THEN now() ELSE completed_at END \
+             completed_at = CASE WHEN $3 THEN now() ELSE completed_at END, {} \
              WHERE id = $1 AND status = ANY($4::text[])",
-        )
+            common::owe_webhook_sql("$3", "now()")
+        ))
         .bind(id)
         .bind(to.as_str())
         .bind(to.is_terminal())
@@ -1156,63 +972,181 @@ impl Store for PgStore {
         Ok(res.rows_affected() == 1)
     }
 
-    async fn record_shard_outcomes(
+    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
+    /// fenced statement; the job row is locked first, as every writer of items does, so
+    /// a concurrent cancel and this never wait on each other in opposite orders.
+    async fn settle_outcomes(
         &self,
         shard_id: Uuid,
         token: i64,
-        outcomes: &[ItemOutcome],
-    ) -> StoreResult<u64> {
-        let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
-        Ok(self
-            .settle_outcomes(shard_id, token, &verdicts, 0)
-            .await?
-            .total())
-    }
-
-    async fn fail_shard_items(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-    ) -> StoreResult<u64> {
-        Ok(self
-            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
-            .await?
-            .total())
-    }
-
-    async fn settle_shard_outcomes(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        verdicts: &[Verdict],
+        verdicts: &[(&ItemOutcome, bool)],
         max_attempts: i32,
     ) -> StoreResult<Settled> {
-        let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
-        self.settle_outcomes(shard_id, token, &verdicts, max_attempts)
-            .await
+        let mut tx = self.pool.begin().await?;
+        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        if verdicts.is_empty() {
+            return Ok(Settled::default());
+        }
+        // The planner cannot know how many rows `job_id = $1` or the UNNEST hold, and a
+        // nested loop it picks on a guess rescans one side per row of the other:
+        // 30 s per 1,000 outcomes on a 50,000-item shard in the ingest benchmark. A hash
+        // join over the shard's submitted rows is linear whatever the estimates.
+        sqlx::query("SET LOCAL enable_nestloop = off")
+            .execute(&mut *tx)
+            .await?;
+        let job = lock_job(&mut tx, None, job_id).await?;
+        let cancelling = job.status == JobStatus::Cancelling;
+        let outcomes: Vec<&ItemOutcome> = verdicts.iter().map(|(o, _)| *o).collect();
+        let retry: Vec<bool> = verdicts.iter().map(|(_, r)| *r).collect();
+        let custom_ids: Vec<&str> = outcomes.iter().map(|o| o.custom_id.as_str()).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+        let outputs: Vec<Option<&Value>> = outcomes.iter().map(|o| o.output.as_ref()).collect();
+        let codes: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.error.as_ref().map(|e| e.code.as_str()))
+            .collect();
+        let messages: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.error.as_ref().map(|e| e.message.as_str()))
+            .collect();
+        let usage = |f: fn(&crate::domain::Usage) -> i64| -> Vec<Option<i64>> {
+            outcomes.iter().map(|o| o.usage.as_ref().map(f)).collect()
+        };
+        let costs: Vec<Option<i64>> = outcomes.iter().map(|o| o.cost_pico_usd).collect();
+        let individual: Vec<Option<i64>> = outcomes.iter().map(|o| o.individual_pico_usd).collect();
+        let modes: Vec<&str> = outcomes.iter().map(|o| o.run_mode.as_str()).collect();
+        let models: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.resolved_model.as_deref())
+            .collect();
+        // $16: the job is cancelling; $17: max attempts. `back` = this item goes back.
+        let back = "(u.retry AND NOT $16 AND i.attempts < $17)";
+        let sql = format!(
+            "UPDATE items AS i SET \
+             status = CASE WHEN u.retry AND $16 THEN 'cancelled' WHEN {back} THEN 'pending' \
+               ELSE u.status END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE i.shard_id END, \
+             output = u.output, \
+             error_code = u.error_code, error_message = u.error_message, \
+             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
+             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
+             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
+             run_mode = u.run_mode, resolved_model = u.resolved_model, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
+             FROM UNNEST($3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
+             $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+             $13::bigint[], $14::text[], $15::text[], $18::bool[]) \
+             AS u(custom_id, status, output, error_code, error_message, input_tokens, \
+             cached_input_tokens, output_tokens, reasoning_tokens, cost, individual, run_mode, \
+             resolved_model, retry) \
+             WHERE i.job_id = $1 AND i.shard_id = $2 AND i.custom_id = u.custom_id \
+             AND i.status = 'submitted' RETURNING {}",
+            OUTCOME_COLS
+                .split(", ")
+                .map(|c| format!("i.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(job_id)
+            .bind(shard_id)
+            .bind(&custom_ids)
+            .bind(&statuses)
+            .bind(&outputs)
+            .bind(&codes)
+            .bind(&messages)
+            .bind(usage(|u| u.input_tokens))
+            .bind(usage(|u| u.cached_input_tokens))
+            .bind(usage(|u| u.output_tokens))
+            .bind(usage(|u| u.reasoning_tokens))
+            .bind(&costs)
+            .bind(&individual)
+            .bind(&modes)
+            .bind(&models)
+            .bind(cancelling)
+            .bind(max_attempts)
+            .bind(&retry)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Settled::default());
+        }
+        let (recorded, settled) = common::recorded_from_rows(&rows)?;
+        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded)).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 
-    async fn settle_shard_items(
+    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
+    /// statement per starting status, the job row locked first.
+    async fn settle_leftovers(
         &self,
         shard_id: Uuid,
         token: i64,
         error: &ItemError,
         leftover: Leftover,
+        fail_shard: bool,
     ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover, false)
-            .await
-    }
-
-    async fn fail_shard(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-        leftover: Leftover,
-    ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover, true)
-            .await
+        let mut tx = self.pool.begin().await?;
+        let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        let job = lock_job(&mut tx, None, job_id).await?;
+        let plan = LeftoverPlan::new(leftover, job.status);
+        let back = "($4 OR ($5 AND attempts < $6))";
+        let sql = format!(
+            "UPDATE items SET \
+             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
+             attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END, \
+             error_code = $8, error_message = $9, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE now() END, updated_at = now() \
+             WHERE shard_id = $1 AND status = $2 RETURNING status"
+        );
+        let mut delta = JobDelta::default();
+        let mut settled = Settled::default();
+        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
+            let statuses: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(shard_id)
+                .bind(from.as_str())
+                .bind(plan.final_status.as_str())
+                .bind(plan.all_back)
+                .bind(plan.retry)
+                .bind(plan.max_attempts)
+                .bind(plan.uncount && from == ItemStatus::Submitted)
+                .bind(&error.code)
+                .bind(&error.message)
+                .fetch_all(&mut *tx)
+                .await?;
+            for status in statuses {
+                let to: ItemStatus = status.parse().map_err(common::corrupt)?;
+                delta.add_status(from, -1);
+                delta.add_status(to, 1);
+                settled.count(to);
+            }
+        }
+        if fail_shard {
+            sqlx::query(
+                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
+                 updated_at = now() WHERE id = $1",
+            )
+            .bind(shard_id)
+            .bind(&error.code)
+            .bind(&error.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if settled.total() == 0 {
+            tx.commit().await?;
+            return Ok(settled);
+        }
+        let job = apply_delta(&mut tx, job_id, &delta).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts)).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 
     async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
@@ -1436,6 +1370,57 @@ impl Store for PgStore {
             actual_pico_usd: row.try_get("actual")?,
             individual_pico_usd: row.try_get("individual")?,
         })
+    }
+
+    async fn gauges(&self) -> StoreResult<Gauges> {
+        let rows = sqlx::query(common::GAUGES_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        common::gauges_from_rows(&rows)
+    }
+
+    async fn claim_webhooks(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<(Job, DateTime<Utc>)>> {
+        let sql = format!(
+            "UPDATE jobs SET webhook_due_at = now() + $1::bigint * interval '1 microsecond' \
+             WHERE id IN (SELECT id FROM jobs WHERE webhook_state = 'pending' \
+               AND webhook_due_at <= now() ORDER BY webhook_due_at LIMIT $2 \
+               FOR UPDATE SKIP LOCKED) \
+             RETURNING {JOB_COLS}, webhook_due_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(duration_micros(lease))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        common::claimed_webhooks(&rows)
+    }
+
+    async fn webhook_attempted(
+        &self,
+        job_id: Uuid,
+        claim: DateTime<Utc>,
+        state: WebhookState,
+        retry_at: Option<DateTime<Utc>>,
+        detail: &Value,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(common::WEBHOOK_ATTEMPTED_SQL)
+            .bind(job_id)
+            .bind(claim)
+            .bind(state.as_str())
+            .bind(retry_at.map(truncate_to_micros))
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, job_id, "webhook", detail).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

@@ -21,16 +21,16 @@ use uuid::Uuid;
 
 use super::common::{
     self, corrupt, duration_micros, event_from_row, finished_status, item_from_row, job_from_row,
-    parse_uuid, progress_json, recorded_from_row, shard_from_row, status_json, JobDelta,
-    LeftoverPlan, RowGet, EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
+    parse_uuid, progress_json, shard_from_row, status_json, JobDelta, LeftoverPlan, RowGet,
+    EVENT_COLS, ITEM_COLS, JOB_COLS, OUTCOME_COLS, SHARD_COLS,
 };
 use super::{
-    CostTotals, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem, Settled,
-    ShardPoll, Store, StoreError, StoreResult, Verdict,
+    CostTotals, Gauges, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem,
+    Settled, ShardPoll, Store, StoreError, StoreResult,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardKind, ShardStatus,
+    PicoUsd, Shard, ShardKind, ShardStatus, WebhookState,
 };
 
 const POOL_SIZE: u32 = 4;
@@ -200,180 +200,6 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
-    /// fenced statement.
-    async fn settle_outcomes(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        verdicts: &[(&ItemOutcome, bool)],
-        max_attempts: i32,
-    ) -> StoreResult<Settled> {
-        let rows: Vec<Value> = verdicts
-            .iter()
-            .map(|(o, retry)| {
-                json!({
-                    "custom_id": o.custom_id,
-                    "status": o.status.as_str(),
-                    "output": o.output.as_ref().map(json_text),
-                    "error_code": o.error.as_ref().map(|e| &e.code),
-                    "error_message": o.error.as_ref().map(|e| &e.message),
-                    "input_tokens": o.usage.map(|u| u.input_tokens),
-                    "cached_input_tokens": o.usage.map(|u| u.cached_input_tokens),
-                    "output_tokens": o.usage.map(|u| u.output_tokens),
-                    "reasoning_tokens": o.usage.map(|u| u.reasoning_tokens),
-                    "cost": o.cost_pico_usd,
-                    "individual": o.individual_pico_usd,
-                    "run_mode": o.run_mode.as_str(),
-                    "resolved_model": o.resolved_model,
-                    "retry": retry,
-                })
-            })
-            .collect();
-        let at = now();
-        let mut tx = self.write().await?;
-        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
-            return Ok(Settled::default());
-        };
-        if rows.is_empty() {
-            return Ok(Settled::default());
-        }
-        let job = find_job(&mut tx, None, job_id).await?;
-        let cancelling = job.status == JobStatus::Cancelling;
-        // $5: the job is cancelling; $6: max attempts. `back` = this item goes back.
-        let back = "(u.retry AND NOT $5 AND items.attempts < $6)";
-        // json_each drives the join through the (job_id, custom_id) index: CROSS JOIN
-        // fixes the loop order and MATERIALIZED keeps SQLite from flattening it back into
-        // a scan of the job's items per outcome.
-        let sql = format!(
-            "WITH u AS MATERIALIZED (SELECT i.rowid AS rid, \
-               o.value ->> 'status' AS status, o.value ->> 'output' AS output, \
-               o.value ->> 'error_code' AS error_code, \
-               o.value ->> 'error_message' AS error_message, \
-               o.value ->> 'input_tokens' AS input_tokens, \
-               o.value ->> 'cached_input_tokens' AS cached_input_tokens, \
-               o.value ->> 'output_tokens' AS output_tokens, \
-               o.value ->> 'reasoning_tokens' AS reasoning_tokens, \
-               o.value ->> 'cost' AS cost, o.value ->> 'individual' AS individual, \
-               o.value ->> 'run_mode' AS run_mode, \
-               o.value ->> 'resolved_model' AS resolved_model, \
-               o.value ->> 'retry' AS retry \
-               FROM json_each($3) AS o CROSS JOIN items AS i \
-               WHERE i.job_id = $1 AND i.custom_id = o.value ->> 'custom_id' \
-               AND i.shard_id = $2 AND i.status = 'submitted') \
-             UPDATE items SET \
-             status = CASE WHEN u.retry AND $5 THEN 'cancelled' WHEN {back} THEN 'pending' \
-               ELSE u.status END, \
-             shard_id = CASE WHEN {back} THEN NULL ELSE items.shard_id END, \
-             output = u.output, \
-             error_code = u.error_code, error_message = u.error_message, \
-             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
-             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
-             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
-             run_mode = u.run_mode, resolved_model = u.resolved_model, \
-             finished_at = CASE WHEN {back} THEN NULL ELSE $4 END, updated_at = $4 \
-             FROM u WHERE items.rowid = u.rid RETURNING {OUTCOME_COLS}"
-        );
-        let returned = sqlx::query(&sql)
-            .bind(id(job_id))
-            .bind(id(shard_id))
-            .bind(Value::Array(rows).to_string())
-            .bind(at)
-            .bind(cancelling)
-            .bind(max_attempts)
-            .fetch_all(&mut *tx)
-            .await?;
-        if returned.is_empty() {
-            return Ok(Settled::default());
-        }
-        let recorded = returned
-            .iter()
-            .map(recorded_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut settled = Settled::default();
-        for r in &recorded {
-            settled.count(r.status);
-        }
-        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded), at).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
-        tx.commit().await?;
-        Ok(settled)
-    }
-
-    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
-    /// statement per starting status.
-    async fn settle_leftovers(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-        leftover: Leftover,
-        fail_shard: bool,
-    ) -> StoreResult<Settled> {
-        let at = now();
-        let mut tx = self.write().await?;
-        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
-            return Ok(Settled::default());
-        };
-        let job = find_job(&mut tx, None, job_id).await?;
-        let plan = LeftoverPlan::new(leftover, job.status);
-        let back = "($4 OR ($5 AND attempts < $6))";
-        let sql = format!(
-            "UPDATE items SET \
-             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
-             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
-             attempts = CASE WHEN $7 THEN MAX(attempts - 1, 0) ELSE attempts END, \
-             error_code = $8, error_message = $9, \
-             finished_at = CASE WHEN {back} THEN NULL ELSE $10 END, updated_at = $10 \
-             WHERE shard_id = $1 AND status = $2 RETURNING status"
-        );
-        let mut delta = JobDelta::default();
-        let mut settled = Settled::default();
-        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
-            let statuses: Vec<String> = sqlx::query_scalar(&sql)
-                .bind(id(shard_id))
-                .bind(from.as_str())
-                .bind(plan.final_status.as_str())
-                .bind(plan.all_back)
-                .bind(plan.retry)
-                .bind(plan.max_attempts)
-                .bind(plan.uncount && from == ItemStatus::Submitted)
-                .bind(&error.code)
-                .bind(&error.message)
-                .bind(at)
-                .fetch_all(&mut *tx)
-                .await?;
-            for status in statuses {
-                let to: ItemStatus = status.parse().map_err(corrupt)?;
-                delta.add_status(from, -1);
-                delta.add_status(to, 1);
-                settled.count(to);
-            }
-        }
-        if fail_shard {
-            sqlx::query(
-                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
-                 updated_at = $4 WHERE id = $1",
-            )
-            .bind(id(shard_id))
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if settled.total() == 0 {
-            tx.commit().await?;
-            return Ok(settled);
-        }
-        let job = apply_delta(&mut tx, job_id, &delta, at).await?;
-        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
-        tx.commit().await?;
-        Ok(settled)
-    }
-}
-
 impl RowGet for SqliteRow {
     fn text(&self, col: &str) -> StoreResult<String> {
         Ok(self.try_get(col)?)
@@ -450,10 +276,11 @@ async fn find_job(tx: &mut Tx, tenant: Option<&str>, job_id: Uuid) -> StoreResul
 }
 
 async fn set_job_status(tx: &mut Tx, job_id: Uuid, to: JobStatus, at: i64) -> StoreResult<()> {
-    sqlx::query(
+    sqlx::query(&format!(
         "UPDATE jobs SET status = $2, updated_at = $3, \
-         completed_at = CASE WHEN $4 THEN $3 ELSE completed_at END WHERE id = $1",
-    )
+             completed_at = CASE WHEN $4 THEN $3 ELSE completed_at END, {} WHERE id = $1",
+        common::owe_webhook_sql("$4", "$3")
+    ))
     .bind(id(job_id))
     .bind(to.as_str())
     .bind(at)
@@ -731,11 +558,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let at = now();
         let mut tx = self.write().await?;
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE jobs SET status = $2, updated_at = $3, \
-             completed_at = CASE WHEN $4 THEN $3 ELSE completed_at END \
+             completed_at = CASE WHEN $4 THEN $3 ELSE completed_at END, {} \
              WHERE id = $1 AND status IN (SELECT value FROM json_each($5))",
-        )
+            common::owe_webhook_sql("$4", "$3")
+        ))
         .bind(id(job_id))
         .bind(to.as_str())
         .bind(at)
@@ -1203,63 +1031,169 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    async fn record_shard_outcomes(
+    /// Writes outcomes (with their retry marks) of the shard's submitted items in one
+    /// fenced statement.
+    async fn settle_outcomes(
         &self,
         shard_id: Uuid,
         token: i64,
-        outcomes: &[ItemOutcome],
-    ) -> StoreResult<u64> {
-        let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
-        Ok(self
-            .settle_outcomes(shard_id, token, &verdicts, 0)
-            .await?
-            .total())
-    }
-
-    async fn fail_shard_items(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-    ) -> StoreResult<u64> {
-        Ok(self
-            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
-            .await?
-            .total())
-    }
-
-    async fn settle_shard_outcomes(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        verdicts: &[Verdict],
+        verdicts: &[(&ItemOutcome, bool)],
         max_attempts: i32,
     ) -> StoreResult<Settled> {
-        let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
-        self.settle_outcomes(shard_id, token, &verdicts, max_attempts)
-            .await
+        let rows: Vec<Value> = verdicts
+            .iter()
+            .map(|(o, retry)| {
+                json!({
+                    "custom_id": o.custom_id,
+                    "status": o.status.as_str(),
+                    "output": o.output.as_ref().map(json_text),
+                    "error_code": o.error.as_ref().map(|e| &e.code),
+                    "error_message": o.error.as_ref().map(|e| &e.message),
+                    "input_tokens": o.usage.map(|u| u.input_tokens),
+                    "cached_input_tokens": o.usage.map(|u| u.cached_input_tokens),
+                    "output_tokens": o.usage.map(|u| u.output_tokens),
+                    "reasoning_tokens": o.usage.map(|u| u.reasoning_tokens),
+                    "cost": o.cost_pico_usd,
+                    "individual": o.individual_pico_usd,
+                    "run_mode": o.run_mode.as_str(),
+                    "resolved_model": o.resolved_model,
+                    "retry": retry,
+                })
+            })
+            .collect();
+        let at = now();
+        let mut tx = self.write().await?;
+        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        if rows.is_empty() {
+            return Ok(Settled::default());
+        }
+        let job = find_job(&mut tx, None, job_id).await?;
+        let cancelling = job.status == JobStatus::Cancelling;
+        // $5: the job is cancelling; $6: max attempts. `back` = this item goes back.
+        let back = "(u.retry AND NOT $5 AND items.attempts < $6)";
+        // json_each drives the join through the (job_id, custom_id) index: CROSS JOIN
+        // fixes the loop order and MATERIALIZED keeps SQLite from flattening it back into
+        // a scan of the job's items per outcome.
+        let sql = format!(
+            "WITH u AS MATERIALIZED (SELECT i.rowid AS rid, \
+               o.value ->> 'status' AS status, o.value ->> 'output' AS output, \
+               o.value ->> 'error_code' AS error_code, \
+               o.value ->> 'error_message' AS error_message, \
+               o.value ->> 'input_tokens' AS input_tokens, \
+               o.value ->> 'cached_input_tokens' AS cached_input_tokens, \
+               o.value ->> 'output_tokens' AS output_tokens, \
+               o.value ->> 'reasoning_tokens' AS reasoning_tokens, \
+               o.value ->> 'cost' AS cost, o.value ->> 'individual' AS individual, \
+               o.value ->> 'run_mode' AS run_mode, \
+               o.value ->> 'resolved_model' AS resolved_model, \
+               o.value ->> 'retry' AS retry \
+               FROM json_each($3) AS o CROSS JOIN items AS i \
+               WHERE i.job_id = $1 AND i.custom_id = o.value ->> 'custom_id' \
+               AND i.shard_id = $2 AND i.status = 'submitted') \
+             UPDATE items SET \
+             status = CASE WHEN u.retry AND $5 THEN 'cancelled' WHEN {back} THEN 'pending' \
+               ELSE u.status END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE items.shard_id END, \
+             output = u.output, \
+             error_code = u.error_code, error_message = u.error_message, \
+             input_tokens = u.input_tokens, cached_input_tokens = u.cached_input_tokens, \
+             output_tokens = u.output_tokens, reasoning_tokens = u.reasoning_tokens, \
+             cost_pico_usd = u.cost, individual_pico_usd = u.individual, \
+             run_mode = u.run_mode, resolved_model = u.resolved_model, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE $4 END, updated_at = $4 \
+             FROM u WHERE items.rowid = u.rid RETURNING {OUTCOME_COLS}"
+        );
+        let returned = sqlx::query(&sql)
+            .bind(id(job_id))
+            .bind(id(shard_id))
+            .bind(Value::Array(rows).to_string())
+            .bind(at)
+            .bind(cancelling)
+            .bind(max_attempts)
+            .fetch_all(&mut *tx)
+            .await?;
+        if returned.is_empty() {
+            return Ok(Settled::default());
+        }
+        let (recorded, settled) = common::recorded_from_rows(&returned)?;
+        let job = apply_delta(&mut tx, job_id, &JobDelta::for_outcomes(&recorded), at).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 
-    async fn settle_shard_items(
+    /// Settles the shard's pending and submitted items as `leftover` says: one fenced
+    /// statement per starting status.
+    async fn settle_leftovers(
         &self,
         shard_id: Uuid,
         token: i64,
         error: &ItemError,
         leftover: Leftover,
+        fail_shard: bool,
     ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover, false)
-            .await
-    }
-
-    async fn fail_shard(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-        leftover: Leftover,
-    ) -> StoreResult<Settled> {
-        self.settle_leftovers(shard_id, token, error, leftover, true)
-            .await
+        let at = now();
+        let mut tx = self.write().await?;
+        let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            return Ok(Settled::default());
+        };
+        let job = find_job(&mut tx, None, job_id).await?;
+        let plan = LeftoverPlan::new(leftover, job.status);
+        let back = "($4 OR ($5 AND attempts < $6))";
+        let sql = format!(
+            "UPDATE items SET \
+             status = CASE WHEN {back} THEN 'pending' ELSE $3 END, \
+             shard_id = CASE WHEN {back} THEN NULL ELSE shard_id END, \
+             attempts = CASE WHEN $7 THEN MAX(attempts - 1, 0) ELSE attempts END, \
+             error_code = $8, error_message = $9, \
+             finished_at = CASE WHEN {back} THEN NULL ELSE $10 END, updated_at = $10 \
+             WHERE shard_id = $1 AND status = $2 RETURNING status"
+        );
+        let mut delta = JobDelta::default();
+        let mut settled = Settled::default();
+        for from in [ItemStatus::Pending, ItemStatus::Submitted] {
+            let statuses: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(id(shard_id))
+                .bind(from.as_str())
+                .bind(plan.final_status.as_str())
+                .bind(plan.all_back)
+                .bind(plan.retry)
+                .bind(plan.max_attempts)
+                .bind(plan.uncount && from == ItemStatus::Submitted)
+                .bind(&error.code)
+                .bind(&error.message)
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+            for status in statuses {
+                let to: ItemStatus = status.parse().map_err(corrupt)?;
+                delta.add_status(from, -1);
+                delta.add_status(to, 1);
+                settled.count(to);
+            }
+        }
+        if fail_shard {
+            sqlx::query(
+                "UPDATE shards SET status = 'failed', error_code = $2, error_message = $3, \
+                 updated_at = $4 WHERE id = $1",
+            )
+            .bind(id(shard_id))
+            .bind(&error.code)
+            .bind(&error.message)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if settled.total() == 0 {
+            tx.commit().await?;
+            return Ok(settled);
+        }
+        let job = apply_delta(&mut tx, job_id, &delta, at).await?;
+        insert_event(&mut tx, job_id, "progress", &progress_json(&job.counts), at).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 
     async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
@@ -1498,5 +1432,71 @@ impl Store for SqliteStore {
             actual_pico_usd: row.int("actual")?,
             individual_pico_usd: row.int("individual")?,
         })
+    }
+
+    async fn gauges(&self) -> StoreResult<Gauges> {
+        let rows = sqlx::query(common::GAUGES_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        common::gauges_from_rows(&rows)
+    }
+
+    async fn claim_webhooks(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<(Job, DateTime<Utc>)>> {
+        let at = now();
+        // A read first: most rounds find nothing, and need not take the write lock.
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE webhook_state = 'pending' \
+             AND webhook_due_at <= $1)",
+        )
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE jobs SET webhook_due_at = $1 + $2 \
+             WHERE id IN (SELECT id FROM jobs WHERE webhook_state = 'pending' \
+               AND webhook_due_at <= $1 ORDER BY webhook_due_at LIMIT $3) \
+             RETURNING {JOB_COLS}, webhook_due_at"
+        );
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(&sql)
+            .bind(at)
+            .bind(duration_micros(lease))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        common::claimed_webhooks(&rows)
+    }
+
+    async fn webhook_attempted(
+        &self,
+        job_id: Uuid,
+        claim: DateTime<Utc>,
+        state: WebhookState,
+        retry_at: Option<DateTime<Utc>>,
+        detail: &Value,
+    ) -> StoreResult<bool> {
+        let at = now();
+        let mut tx = self.write().await?;
+        let res = sqlx::query(common::WEBHOOK_ATTEMPTED_SQL)
+            .bind(id(job_id))
+            .bind(micros(claim))
+            .bind(state.as_str())
+            .bind(retry_at.map(micros))
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, job_id, "webhook", detail, at).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
