@@ -253,6 +253,8 @@ pub struct Job {
     pub webhook_state: Option<WebhookState>,
     /// Delivery attempts made so far.
     pub webhook_attempts: i32,
+    /// Why the last attempt was not delivered.
+    pub webhook_error: Option<String>,
     pub status: JobStatus,
     pub counts: Counts,
     pub cost: CostSums,

@@ -22,6 +22,7 @@ use sha2::Sha256;
 
 use crate::api::AppState;
 use crate::domain::{Job, WebhookState};
+use crate::store::WebhookAttempt;
 
 /// Deliveries claimed per round.
 const CLAIM: i64 = 16;
@@ -158,6 +159,12 @@ impl Webhooks {
         };
         let detail = json!({"state": state.as_str(), "attempt": attempt,
             "status_code": status_code, "error": error, "retry_at": retry_at});
+        let outcome = WebhookAttempt {
+            state,
+            retry_at,
+            error: error.clone(),
+            detail,
+        };
         metrics::counter!(crate::metrics::WEBHOOKS, "outcome" => if error.is_none() { "delivered" } else { "failed_attempt" })
             .increment(1);
         match &error {
@@ -169,7 +176,7 @@ impl Webhooks {
         let recorded = self
             .state
             .store
-            .webhook_attempted(job.id, claim, state, retry_at, &detail)
+            .webhook_attempted(job.id, claim, &outcome)
             .await
             .map_err(|e| e.to_string())?;
         if !recorded {

@@ -530,8 +530,9 @@ async fn metrics_count_what_happened(db: Db) {
 /// The calls a test receiver got: headers and body of each.
 type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
 
-/// A receiver that answers 500 to its first call and 204 after, keeping what it got.
-async fn hook_receiver() -> (String, Received) {
+/// A receiver that answers 500 to its first `refusals` calls and 204 after, keeping what
+/// it got.
+async fn hook_receiver(refusals: usize) -> (String, Received) {
     let got: Received = Arc::default();
     let seen = got.clone();
     let app = axum::Router::new().route(
@@ -542,7 +543,7 @@ async fn hook_receiver() -> (String, Received) {
                 async move {
                     let mut seen = seen.lock().unwrap();
                     seen.push((headers, body.to_vec()));
-                    if seen.len() == 1 {
+                    if seen.len() <= refusals {
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR
                     } else {
                         axum::http::StatusCode::NO_CONTENT
@@ -566,13 +567,15 @@ async fn a_finished_job_calls_its_webhook_until_it_answers(db: Db) {
             ("BATCHLENS__WEBHOOKS__ALLOW_HTTP", "true"),
             ("BATCHLENS__WEBHOOKS__SECRET", SECRET),
             ("BATCHLENS__WEBHOOKS__RETRY_MIN_MS", "200"),
+            ("BATCHLENS__WEBHOOKS__MAX_ATTEMPTS", "2"),
         ],
     )
     .await
     else {
         return;
     };
-    let (hook, got) = hook_receiver().await;
+    let (hook, got) = hook_receiver(1).await;
+    let (deaf, _) = hook_receiver(usize::MAX).await;
     let (status, job) = app
         .post(
             "/v1/jobs",
@@ -582,13 +585,33 @@ async fn a_finished_job_calls_its_webhook_until_it_answers(db: Db) {
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["webhook"]["state"], "waiting");
     let id = job["id"].as_str().unwrap().to_string();
-    app.wait_terminal(&id, Duration::from_secs(60)).await;
-    common::wait_until(Duration::from_secs(30), || async {
-        app.get(&format!("/v1/jobs/{id}")).await.1["webhook"]["state"] == "delivered"
-    })
-    .await;
+    let (_, unheard) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "webhook_url": deaf, "items": mixed_items(1, 0)}),
+        )
+        .await;
+    let unheard = unheard["id"].as_str().unwrap().to_string();
+    for job in [&id, &unheard] {
+        app.wait_terminal(job, Duration::from_secs(60)).await;
+        common::wait_until(Duration::from_secs(30), || async {
+            let state = &app.get(&format!("/v1/jobs/{job}")).await.1["webhook"]["state"];
+            state == "delivered" || state == "failed"
+        })
+        .await;
+    }
     let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["webhook"]["state"], "delivered", "{job}");
     assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+    assert!(job["webhook"].get("last_error").is_none(), "{job}");
+    // A receiver that never answers 2xx: given up after webhooks.max_attempts, with why.
+    let (_, job) = app.get(&format!("/v1/jobs/{unheard}")).await;
+    assert_eq!(job["webhook"]["state"], "failed", "{job}");
+    assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+    assert_eq!(
+        job["webhook"]["last_error"],
+        "the receiver answered HTTP 500"
+    );
 
     let got = got.lock().unwrap().clone();
     assert_eq!(

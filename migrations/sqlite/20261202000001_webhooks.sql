@@ -5,6 +5,8 @@
 -- NULL: nothing owed (no webhook_url, or not finished); 'pending', 'delivered', 'failed'.
 ALTER TABLE jobs ADD COLUMN webhook_state TEXT;
 ALTER TABLE jobs ADD COLUMN webhook_attempts INTEGER NOT NULL DEFAULT 0;
+-- Why the last attempt was not delivered (NULL after a delivery).
+ALTER TABLE jobs ADD COLUMN webhook_error TEXT;
 -- When the next attempt is due; a replica that claims the delivery moves it past its
 -- timeout, so a crash mid-delivery lets another replica try again later.
 ALTER TABLE jobs ADD COLUMN webhook_due_at INTEGER;

@@ -188,10 +188,14 @@ pub struct WebhookView {
     #[schema(example = "https://example.com/hooks/batchlens")]
     pub url: String,
     /// `waiting` until the job finishes, then `pending` (being sent or retried),
-    /// `delivered` or `failed` (every attempt refused; see the job's `webhook` events).
+    /// `delivered`, or `failed` (`webhooks.max_attempts` refused).
     #[schema(example = "delivered")]
     pub state: String,
     pub attempts: i32,
+    /// Why the last attempt was not delivered (absent after a delivery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "the receiver answered HTTP 500")]
+    pub last_error: Option<String>,
 }
 
 impl JobView {
@@ -231,6 +235,7 @@ impl JobView {
                     .map_or("waiting", |s| s.as_str())
                     .to_string(),
                 attempts: job.webhook_attempts,
+                last_error: job.webhook_error.clone(),
             }),
             links: JobLinks {
                 results: format!("{base}/results"),

@@ -26,7 +26,7 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
     individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
     estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
-    webhook_state, webhook_attempts";
+    webhook_state, webhook_attempts, webhook_error";
 
 /// SET clauses that make a job that turns terminal owe its webhook: `terminal` is the SQL
 /// of "the new status is terminal", `now` of the current time. Only a job with a
@@ -78,9 +78,9 @@ pub(crate) const GAUGES_SQL: &str = "SELECT status, count(*) AS jobs, \
      CAST(COALESCE(sum(submitted), 0) AS BIGINT) AS submitted FROM jobs GROUP BY status";
 
 /// Records a webhook attempt, fenced by the claim: $1 job id, $2 the claim's due time,
-/// $3 the new state, $4 the next due time.
+/// $3 the new state, $4 the next due time, $5 why it was not delivered.
 pub(crate) const WEBHOOK_ATTEMPTED_SQL: &str = "UPDATE jobs SET webhook_state = $3, \
-     webhook_attempts = webhook_attempts + 1, webhook_due_at = $4 \
+     webhook_attempts = webhook_attempts + 1, webhook_due_at = $4, webhook_error = $5 \
      WHERE id = $1 AND webhook_due_at = $2 AND webhook_state = 'pending'";
 
 /// Claimed webhook deliveries from `RETURNING {JOB_COLS}, webhook_due_at` rows.
@@ -170,6 +170,7 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
         webhook_url: r.opt_text("webhook_url")?,
         webhook_state: r.opt_parsed("webhook_state")?,
         webhook_attempts: r.int32("webhook_attempts")?,
+        webhook_error: r.opt_text("webhook_error")?,
         status: r.parsed("status")?,
         counts: counts_from_row(r)?,
         cost: CostSums {

@@ -2512,6 +2512,7 @@ async fn gauges_count_jobs_and_waiting_items(s: DynStore) {
 
 async fn webhooks_are_owed_claimed_and_settled(s: DynStore) {
     use crate::domain::WebhookState;
+    use crate::store::WebhookAttempt;
     let lease = Duration::from_secs(60);
     let mut quiet = new_job("acme", JobStatus::Queued, Mode::Batch, at(0));
     quiet.webhook_url = None;
@@ -2555,40 +2556,42 @@ async fn webhooks_are_owed_claimed_and_settled(s: DynStore) {
     );
 
     // A failed attempt: due again at once (retry_at in the past), attempts counted.
-    let retry_at = Utc::now() - chrono::Duration::seconds(1);
-    let detail = json!({"state": "pending", "attempt": 1});
-    assert!(s
-        .webhook_attempted(
-            job.id,
-            claim,
-            WebhookState::Pending,
-            Some(retry_at),
-            &detail
-        )
-        .await
-        .unwrap());
+    let refused = WebhookAttempt {
+        state: WebhookState::Pending,
+        retry_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+        error: Some("HTTP 500".into()),
+        detail: json!({"state": "pending", "attempt": 1}),
+    };
+    assert!(s.webhook_attempted(job.id, claim, &refused).await.unwrap());
+    let delivered = WebhookAttempt {
+        state: WebhookState::Delivered,
+        retry_at: None,
+        error: None,
+        detail: json!({"state": "delivered", "attempt": 2}),
+    };
     assert!(
-        !s.webhook_attempted(job.id, claim, WebhookState::Delivered, None, &detail)
+        !s.webhook_attempted(job.id, claim, &delivered)
             .await
             .unwrap(),
         "an old claim cannot settle the delivery"
     );
     let (again, claim) = s.claim_webhooks(lease, 10).await.unwrap()[0].clone();
-    assert_eq!(again.webhook_attempts, 1);
+    assert_eq!(
+        (again.webhook_attempts, again.webhook_error.as_deref()),
+        (1, Some("HTTP 500"))
+    );
     assert!(s
-        .webhook_attempted(
-            job.id,
-            claim,
-            WebhookState::Delivered,
-            None,
-            &json!({"state": "delivered"})
-        )
+        .webhook_attempted(job.id, claim, &delivered)
         .await
         .unwrap());
     let done = s.get_job(None, job.id).await.unwrap().unwrap();
     assert_eq!(
-        (done.webhook_state, done.webhook_attempts),
-        (Some(WebhookState::Delivered), 2)
+        (
+            done.webhook_state,
+            done.webhook_attempts,
+            done.webhook_error
+        ),
+        (Some(WebhookState::Delivered), 2, None)
     );
     assert!(s
         .claim_webhooks(Duration::ZERO, 10)

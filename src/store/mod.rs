@@ -209,6 +209,18 @@ pub struct CostTotals {
     pub individual_pico_usd: PicoUsd,
 }
 
+/// The outcome of one webhook delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAttempt {
+    pub state: WebhookState,
+    /// When to try again (state `Pending`).
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Why it was not delivered.
+    pub error: Option<String>,
+    /// The `webhook` event's data.
+    pub detail: serde_json::Value,
+}
+
 /// What `/metrics` reads from the database at each scrape.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -615,15 +627,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(Job, DateTime<Utc>)>>;
 
     /// Records one delivery attempt, fenced by the claim's token: `state` (pending to try
-    /// again at `retry_at`, delivered or failed), attempts + 1, and a `webhook` event
-    /// with `detail`. False when the claim was lost.
+    /// again at `retry_at`, delivered or failed), attempts + 1, `error` (None when
+    /// delivered), and a `webhook` event with `detail`. False when the claim was lost.
     async fn webhook_attempted(
         &self,
         job_id: Uuid,
         claim: DateTime<Utc>,
-        state: WebhookState,
-        retry_at: Option<DateTime<Utc>>,
-        detail: &serde_json::Value,
+        attempt: &WebhookAttempt,
     ) -> StoreResult<bool>;
 }
 

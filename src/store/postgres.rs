@@ -21,11 +21,11 @@ use super::common::{
 };
 use super::{
     CostTotals, Gauges, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem,
-    Settled, ShardPoll, Store, StoreError, StoreResult,
+    Settled, ShardPoll, Store, StoreError, StoreResult, WebhookAttempt,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardKind, ShardStatus, WebhookState,
+    PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
 const POOL_SIZE: u32 = 10;
@@ -1403,22 +1403,21 @@ impl Store for PgStore {
         &self,
         job_id: Uuid,
         claim: DateTime<Utc>,
-        state: WebhookState,
-        retry_at: Option<DateTime<Utc>>,
-        detail: &Value,
+        attempt: &WebhookAttempt,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(common::WEBHOOK_ATTEMPTED_SQL)
             .bind(job_id)
             .bind(claim)
-            .bind(state.as_str())
-            .bind(retry_at.map(truncate_to_micros))
+            .bind(attempt.state.as_str())
+            .bind(attempt.retry_at.map(truncate_to_micros))
+            .bind(&attempt.error)
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, job_id, "webhook", detail).await?;
+        insert_event(&mut tx, job_id, "webhook", &attempt.detail).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -26,11 +26,11 @@ use super::common::{
 };
 use super::{
     CostTotals, Gauges, IdempotencyState, JobCursor, Leftover, ModelLoad, NewShard, PlanItem,
-    Settled, ShardPoll, Store, StoreError, StoreResult,
+    Settled, ShardPoll, Store, StoreError, StoreResult, WebhookAttempt,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    PicoUsd, Shard, ShardKind, ShardStatus, WebhookState,
+    PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
 const POOL_SIZE: u32 = 4;
@@ -1479,23 +1479,22 @@ impl Store for SqliteStore {
         &self,
         job_id: Uuid,
         claim: DateTime<Utc>,
-        state: WebhookState,
-        retry_at: Option<DateTime<Utc>>,
-        detail: &Value,
+        attempt: &WebhookAttempt,
     ) -> StoreResult<bool> {
         let at = now();
         let mut tx = self.write().await?;
         let res = sqlx::query(common::WEBHOOK_ATTEMPTED_SQL)
             .bind(id(job_id))
             .bind(micros(claim))
-            .bind(state.as_str())
-            .bind(retry_at.map(micros))
+            .bind(attempt.state.as_str())
+            .bind(attempt.retry_at.map(micros))
+            .bind(&attempt.error)
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, job_id, "webhook", detail, at).await?;
+        insert_event(&mut tx, job_id, "webhook", &attempt.detail, at).await?;
         tx.commit().await?;
         Ok(true)
     }
