@@ -19,7 +19,8 @@ use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
 use crate::openai::{Batch, BatchOutputLine, ChatCompletion};
 use crate::store::{Leftover, Settled, Verdict};
 
-/// Outcomes written per statement.
+/// Outcomes written per statement (and per progress event). A few chunks at most are in
+/// memory at once: one being judged, up to two waiting, one being written.
 pub const CHUNK: usize = 5000;
 
 /// What one ingestion changed.

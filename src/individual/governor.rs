@@ -43,6 +43,18 @@ impl Bucket {
         self.level = (self.level + elapsed.as_secs_f64() * self.per_sec).min(self.capacity);
     }
 
+    /// Lowers the budget to the account's real limit per minute when it is below the
+    /// configured one (never raises it: a lower setting leaves room for other clients).
+    fn cap_at(&mut self, per_minute: u64) {
+        let capacity = per_minute as f64;
+        // 0 is no limit anyone could mean; ignore it rather than stop the model.
+        if per_minute > 0 && capacity < self.capacity {
+            self.capacity = capacity;
+            self.per_sec = capacity / 60.0;
+            self.level = self.level.min(capacity);
+        }
+    }
+
     /// How long until `amount` is available (zero when it is now).
     fn wait_for(&self, amount: f64) -> Duration {
         let amount = amount.min(self.capacity);
@@ -148,8 +160,13 @@ impl Governor {
         }
     }
 
-    /// Lowers the buckets to what OpenAI says is left (never raises them: our own
-    /// accounting already counts requests OpenAI has not seen yet).
+    /// Refines the buckets from OpenAI's `x-ratelimit-*` headers: the account's limits
+    /// (`limit-*`) when lower than configured, and the level to what is left
+    /// (`remaining-*`; never raised: our own accounting already counts requests OpenAI has
+    /// not seen yet). `reset-*` (the time until the whole budget is back) does not pace:
+    /// OpenAI's own example shows a nearly full token budget resetting in 6 minutes, so
+    /// reading a refill rate from it would stall; `remaining-*` already says what is left,
+    /// and a 429's `retry-after` pauses the model (`pause`).
     pub async fn observe(&self, model: &str, headers: &RateLimitHeaders) {
         if !self.enabled {
             return;
@@ -159,6 +176,12 @@ impl Governor {
             .entry(model.to_string())
             .or_insert_with(|| ModelState::new(self.limits(model)));
         state.refill(Instant::now());
+        if let Some(limit) = headers.limit_requests {
+            state.requests.cap_at(limit);
+        }
+        if let Some(limit) = headers.limit_tokens {
+            state.tokens.cap_at(limit);
+        }
         if let Some(remaining) = headers.remaining_requests {
             state.requests.level = state.requests.level.min(remaining as f64);
         }
@@ -243,6 +266,32 @@ mod tests {
         let start = Instant::now();
         g.acquire("other", 1).await;
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_account_limit_in_the_headers_wins_when_lower() {
+        let g = Governor::new(
+            Limits {
+                rpm: 6_000,
+                tpm: 1_000_000,
+            },
+            HashMap::new(),
+        );
+        g.acquire("m", 1).await;
+        let headers = RateLimitHeaders {
+            limit_requests: Some(60),
+            limit_tokens: Some(10_000_000),
+            ..RateLimitHeaders::default()
+        };
+        g.observe("m", &headers).await;
+        let start = Instant::now();
+        for _ in 0..70 {
+            g.acquire("m", 1).await;
+        }
+        // 60 at once at most (the real minute's budget), then one a second.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(12), "{elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]
