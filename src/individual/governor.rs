@@ -211,15 +211,13 @@ impl Governor {
 mod tests {
     use super::*;
 
+    fn governor(rpm: u32, tpm: u32) -> Governor {
+        Governor::new(Limits { rpm, tpm }, HashMap::new())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_are_spread_to_the_rpm() {
-        let g = Governor::new(
-            Limits {
-                rpm: 60,
-                tpm: 1_000_000,
-            },
-            HashMap::new(),
-        );
+        let g = governor(60, 1_000_000);
         let start = Instant::now();
         for _ in 0..20 {
             g.acquire("m", 10).await;
@@ -232,13 +230,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_token_budget_binds_when_requests_are_large() {
-        let g = Governor::new(
-            Limits {
-                rpm: 10_000,
-                tpm: 6_000,
-            },
-            HashMap::new(),
-        );
+        let g = governor(10_000, 6_000);
         let start = Instant::now();
         for _ in 0..4 {
             g.acquire("m", 1_000).await;
@@ -251,13 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_caller() {
-        let g = Governor::new(
-            Limits {
-                rpm: 6_000,
-                tpm: 1_000_000,
-            },
-            HashMap::new(),
-        );
+        let g = governor(6_000, 1_000_000);
         g.pause("m", Duration::from_secs(5)).await;
         let start = Instant::now();
         g.acquire("m", 1).await;
@@ -270,13 +256,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_account_limit_in_the_headers_wins_when_lower() {
-        let g = Governor::new(
-            Limits {
-                rpm: 6_000,
-                tpm: 1_000_000,
-            },
-            HashMap::new(),
-        );
+        let g = governor(6_000, 1_000_000);
         g.acquire("m", 1).await;
         let headers = RateLimitHeaders {
             limit_requests: Some(60),
@@ -296,13 +276,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn headers_lower_the_budget() {
-        let g = Governor::new(
-            Limits {
-                rpm: 600,
-                tpm: 1_000_000,
-            },
-            HashMap::new(),
-        );
+        let g = governor(600, 1_000_000);
         g.acquire("m", 1).await;
         let headers = RateLimitHeaders {
             remaining_requests: Some(0),
