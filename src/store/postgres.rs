@@ -91,6 +91,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job_id) = job_id else {
+            tx.rollback().await?;
             return Ok(false);
         };
         let job = lock_job(&mut tx, None, job_id).await?;
@@ -529,6 +530,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         insert_event(&mut tx, id, "status", &status_json(to)).await?;
@@ -540,6 +542,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let job = lock_job(&mut tx, None, id).await?;
         let Some(to) = finished_status(job.status, &job.counts) else {
+            tx.rollback().await?;
             return Ok(None);
         };
         set_job_status(&mut tx, id, to).await?;
@@ -663,7 +666,10 @@ impl Store for PgStore {
                 .await?;
         match current {
             None => return Err(StoreError::NotFound),
-            Some(t) if t != lease_token => return Ok(false),
+            Some(t) if t != lease_token => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             Some(_) => {}
         }
         for chunk in shards.chunks(common::CHUNK_ROWS) {
@@ -984,9 +990,11 @@ impl Store for PgStore {
     ) -> StoreResult<Settled> {
         let mut tx = self.pool.begin().await?;
         let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            tx.rollback().await?;
             return Ok(Settled::default());
         };
         if verdicts.is_empty() {
+            tx.rollback().await?;
             return Ok(Settled::default());
         }
         // The planner cannot know how many rows `job_id = $1` or the UNNEST hold, and a
@@ -1071,6 +1079,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(Settled::default());
         }
         let (recorded, settled) = common::recorded_from_rows(&rows)?;
@@ -1092,6 +1101,7 @@ impl Store for PgStore {
     ) -> StoreResult<Settled> {
         let mut tx = self.pool.begin().await?;
         let Some(job_id) = lock_shard(&mut tx, shard_id, token).await? else {
+            tx.rollback().await?;
             return Ok(Settled::default());
         };
         let job = lock_job(&mut tx, None, job_id).await?;
@@ -1205,12 +1215,14 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let job = lock_job(&mut tx, Some(tenant), job_id).await?;
         if job.status.is_terminal() {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "job is {}, only a job that has not finished can be cancelled",
                 job.status
             )));
         }
         if job.status == JobStatus::Cancelling {
+            tx.rollback().await?;
             return Ok(job);
         }
         set_job_status(&mut tx, job_id, JobStatus::Cancelling).await?;
@@ -1415,6 +1427,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         insert_event(&mut tx, job_id, "webhook", &attempt.detail).await?;

@@ -172,6 +172,7 @@ impl SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job_id) = job_id else {
+            tx.rollback().await?;
             return Ok(false);
         };
         let job_id = parse_uuid(&job_id)?;
@@ -572,6 +573,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         insert_event(&mut tx, job_id, "status", &status_json(to), at).await?;
@@ -584,6 +586,7 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         let job = find_job(&mut tx, None, job_id).await?;
         let Some(to) = finished_status(job.status, &job.counts) else {
+            tx.rollback().await?;
             return Ok(None);
         };
         set_job_status(&mut tx, job_id, to, at).await?;
@@ -710,7 +713,10 @@ impl Store for SqliteStore {
             .await?;
         match current {
             None => return Err(StoreError::NotFound),
-            Some(t) if t != lease_token => return Ok(false),
+            Some(t) if t != lease_token => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             Some(_) => {}
         }
         for chunk in shards.chunks(common::CHUNK_ROWS) {
@@ -1064,9 +1070,11 @@ impl Store for SqliteStore {
         let at = now();
         let mut tx = self.write().await?;
         let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            tx.rollback().await?;
             return Ok(Settled::default());
         };
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(Settled::default());
         }
         let job = find_job(&mut tx, None, job_id).await?;
@@ -1115,6 +1123,7 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
         if returned.is_empty() {
+            tx.rollback().await?;
             return Ok(Settled::default());
         }
         let (recorded, settled) = common::recorded_from_rows(&returned)?;
@@ -1137,6 +1146,7 @@ impl Store for SqliteStore {
         let at = now();
         let mut tx = self.write().await?;
         let Some(job_id) = check_shard(&mut tx, shard_id, token).await? else {
+            tx.rollback().await?;
             return Ok(Settled::default());
         };
         let job = find_job(&mut tx, None, job_id).await?;
@@ -1255,12 +1265,14 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         let job = find_job(&mut tx, Some(tenant), job_id).await?;
         if job.status.is_terminal() {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "job is {}, only a job that has not finished can be cancelled",
                 job.status
             )));
         }
         if job.status == JobStatus::Cancelling {
+            tx.rollback().await?;
             return Ok(job);
         }
         set_job_status(&mut tx, job_id, JobStatus::Cancelling, at).await?;
@@ -1492,6 +1504,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         insert_event(&mut tx, job_id, "webhook", &attempt.detail, at).await?;
