@@ -22,6 +22,7 @@ on_both!(
     a_token_limit_refusal_is_replanned_smaller_and_succeeds,
     a_configured_token_limit_keeps_batches_under_it,
     cancelling_a_batch_job_mid_flight_keeps_finished_results,
+    a_cancel_during_batch_creation_cancels_that_batch_too,
     cancelling_an_individual_job_stops_its_calls,
     retryable_failures_stop_at_max_attempts,
     non_retryable_failures_are_not_retried,
@@ -331,6 +332,59 @@ async fn cancelling_a_batch_job_mid_flight_keeps_finished_results(db: Db) {
     assert_eq!(status, 202, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["progress"]["cancelled"], 3);
+    app.shutdown().await;
+}
+
+/// The cancel lands while `POST /v1/batches` is on its way (OpenAI will create the batch):
+/// the shard's items are not cancelled under it, so the batch is recorded, cancelled at
+/// OpenAI and ingested, instead of running to the end, billed, for a job already over.
+async fn a_cancel_during_batch_creation_cancels_that_batch_too(db: Db) {
+    let sim = SimConfig {
+        in_progress_ms: 6_000,
+        faults: vec![FaultRule {
+            path_prefix: "/v1/batches".into(),
+            method: Some("POST".into()),
+            latency_ms: 1_500,
+            ..FaultRule::default()
+        }],
+        ..fast_sim()
+    };
+    let Some(app) = TestApp::spawn(db, sim, &[]).await else {
+        return;
+    };
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(10, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), || async {
+        let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+        (job["batches"][0]["status"] == "creating").then_some(())
+    })
+    .await;
+    let (status, cancelling) = app.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 202, "{cancelling}");
+    assert_eq!(cancelling["status"], "cancelling", "{cancelling}");
+    assert_eq!(cancelling["progress"]["pending"], 10, "{cancelling}");
+
+    let done = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    let stats = app.sim.sim().stats();
+    assert_eq!(stats.batches_created, 1, "{stats:?}");
+    assert!(
+        stats.cancel_requests >= 1,
+        "the batch was cancelled: {stats:?}"
+    );
+    assert_eq!(done["batches"][0]["status"], "cancelled", "{done}");
+    let p = &done["progress"];
+    assert_eq!(
+        p["succeeded"].as_i64().unwrap() + p["cancelled"].as_i64().unwrap(),
+        10,
+        "{done}"
+    );
     app.shutdown().await;
 }
 

@@ -363,9 +363,11 @@ pub async fn submit_job(
 
 /// Cancel a job.
 ///
-/// The job becomes `cancelling`: images not yet sent are cancelled at once, the job's
-/// batches in flight are cancelled at OpenAI in the background (individual calls stop
-/// before the next one), and results already finished are kept. Images OpenAI did not run
+/// The job becomes `cancelling`: images not yet planned into a batch are cancelled at
+/// once, a batch file being prepared is closed without a batch within a moment (or, if
+/// its batch was just created, cancelled like the others), the job's batches in flight
+/// are cancelled at OpenAI in the background (individual calls stop before the next one),
+/// and results already finished are kept, including those a batch ran before it stopped. Images OpenAI did not run
 /// end `cancelled`; the job becomes `cancelled` once nothing is in flight. Cancelling a
 /// job that is already cancelling answers it again; a finished job is a 409.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",

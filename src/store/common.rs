@@ -77,6 +77,14 @@ pub(crate) const GAUGES_SQL: &str = "SELECT status, count(*) AS jobs, \
      CAST(COALESCE(sum(pending), 0) AS BIGINT) AS pending, \
      CAST(COALESCE(sum(submitted), 0) AS BIGINT) AS submitted FROM jobs GROUP BY status";
 
+/// Which pending items a cancel settles itself (the condition on `items` of job `$1`):
+/// those in no shard yet, and those of individual shards (their executor stops calling).
+/// Items of a batch shard are left to the submitter: the shard may be mid-submission, and
+/// a batch created for it is cancelled at OpenAI and ingested, so lines it already ran
+/// are recorded (and paid for once) instead of lost behind a `cancelled` item.
+pub(crate) const CANCEL_AT_ONCE: &str = "(shard_id IS NULL OR shard_id IN \
+     (SELECT id FROM shards WHERE job_id = $1 AND kind = 'individual'))";
+
 /// Records a webhook attempt, fenced by the claim: $1 job id, $2 the claim's due time,
 /// $3 the new state, $4 the next due time, $5 why it was not delivered.
 pub(crate) const WEBHOOK_ATTEMPTED_SQL: &str = "UPDATE jobs SET webhook_state = $3, \

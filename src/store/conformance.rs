@@ -2270,7 +2270,8 @@ async fn settle_leftovers_as_asked(s: DynStore) {
 }
 
 async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
-    // Two items in flight, three not yet sent.
+    // Two items in flight, two planned into a batch shard (the submitter may be sending
+    // it right now), one not planned yet.
     let created = s
         .create_job(
             &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
@@ -2317,9 +2318,14 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
     assert_eq!(j.status, JobStatus::Cancelling);
     assert_eq!(
         (j.counts.pending, j.counts.submitted, j.counts.cancelled),
-        (0, 2, 3)
+        (2, 2, 1)
     );
-    let cancelled = item_named(&s, created.id, "item-2").await;
+    assert_eq!(
+        item_named(&s, created.id, "item-2").await.status,
+        ItemStatus::Pending,
+        "the planned batch shard's items are left to the submitter"
+    );
+    let cancelled = item_named(&s, created.id, "item-4").await;
     assert_eq!(cancelled.status, ItemStatus::Cancelled);
     assert_eq!(cancelled.error.as_ref().unwrap().code, "job_cancelled");
     assert!(cancelled.finished_at.is_some());
@@ -2357,6 +2363,23 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
         .await
         .unwrap();
     assert_eq!((settled.succeeded, settled.cancelled), (1, 1));
+    assert_eq!(s.finish_job_if_done(created.id).await.unwrap(), None);
+    // The submitter closes the planned shard of the cancelled job without a batch.
+    let planned_tok = claimed
+        .iter()
+        .find(|x| x.id == planned.id)
+        .unwrap()
+        .lease_token;
+    let closed = s
+        .settle_shard_items(
+            planned.id,
+            planned_tok,
+            &crate::store::job_cancelled_error(),
+            Leftover::Cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed.cancelled, 2);
     assert_eq!(
         s.finish_job_if_done(created.id).await.unwrap(),
         Some(JobStatus::Cancelled)

@@ -556,8 +556,9 @@ pub trait Store: Send + Sync + 'static {
     // ---- cancelling -----------------------------------------------------------------
 
     /// Starts cancelling a job of this tenant, in one transaction: status `cancelling`,
-    /// its pending items `cancelled` at once (counters moved), and the job `cancelled`
-    /// right away when nothing of it is in flight. A job already cancelling is returned
+    /// its pending items in no shard or in an individual shard `cancelled` at once
+    /// (counters moved; a batch shard's are left to the submitter, which may be sending
+    /// it), and the job `cancelled` right away when nothing of it is left. A job already cancelling is returned
     /// as it is. `Conflict` for a terminal job, `NotFound` for an unknown one.
     async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job>;
 

@@ -1227,10 +1227,12 @@ impl Store for PgStore {
         }
         set_job_status(&mut tx, job_id, JobStatus::Cancelling).await?;
         let error = common::job_cancelled_error();
-        let n = sqlx::query(
+        let n = sqlx::query(&format!(
             "UPDATE items SET status = 'cancelled', error_code = $2, error_message = $3, \
-             finished_at = now(), updated_at = now() WHERE job_id = $1 AND status = 'pending'",
-        )
+                 finished_at = now(), updated_at = now() WHERE job_id = $1 AND status = 'pending' \
+                 AND {}",
+            common::CANCEL_AT_ONCE
+        ))
         .bind(job_id)
         .bind(&error.code)
         .bind(&error.message)

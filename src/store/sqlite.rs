@@ -1277,10 +1277,12 @@ impl Store for SqliteStore {
         }
         set_job_status(&mut tx, job_id, JobStatus::Cancelling, at).await?;
         let error = common::job_cancelled_error();
-        let n = sqlx::query(
+        let n = sqlx::query(&format!(
             "UPDATE items SET status = 'cancelled', error_code = $2, error_message = $3, \
-             finished_at = $4, updated_at = $4 WHERE job_id = $1 AND status = 'pending'",
-        )
+                 finished_at = $4, updated_at = $4 WHERE job_id = $1 AND status = 'pending' \
+                 AND {}",
+            common::CANCEL_AT_ONCE
+        ))
         .bind(id(job_id))
         .bind(&error.code)
         .bind(&error.message)
