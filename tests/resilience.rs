@@ -32,6 +32,18 @@ on_both!(
     chaos_kills_and_faults_lose_and_repeat_nothing,
 );
 
+/// Submits a batch-mode job of `n` mixed images and returns its id.
+async fn submit_batch(app: &TestApp, n: usize) -> String {
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(n, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
 /// Polls `probe` until it yields a value or the deadline passes.
 async fn wait_for<T, F, Fut>(deadline: Duration, mut probe: F) -> T
 where
@@ -89,14 +101,7 @@ async fn an_expired_batch_is_finished_by_a_retry_shard(db: Db) {
     let Some(app) = TestApp::spawn(db, sim, &[]).await else {
         return;
     };
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(40, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = submit_batch(&app, 40).await;
     let batch_id = wait_for(Duration::from_secs(30), || async {
         let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
         let b = &job["batches"][0];
@@ -244,14 +249,7 @@ async fn cancelling_a_batch_job_mid_flight_keeps_finished_results(db: Db) {
     let Some(app) = TestApp::spawn(db, sim, &[]).await else {
         return;
     };
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(40, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = submit_batch(&app, 40).await;
     wait_for(Duration::from_secs(30), || async {
         let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
         (job["batches"][0]["request_counts"]["completed"]
@@ -352,14 +350,7 @@ async fn a_cancel_during_batch_creation_cancels_that_batch_too(db: Db) {
     let Some(app) = TestApp::spawn(db, sim, &[]).await else {
         return;
     };
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(10, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = submit_batch(&app, 10).await;
     wait_for(Duration::from_secs(30), || async {
         let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
         (job["batches"][0]["status"] == "creating").then_some(())
@@ -448,14 +439,7 @@ async fn retryable_failures_stop_at_max_attempts(db: Db) {
     else {
         return;
     };
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(12, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap();
+    let id = &submit_batch(&app, 12).await;
     let done = app.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["progress"]["failed"], 12);
@@ -483,14 +467,7 @@ async fn non_retryable_failures_are_not_retried(db: Db) {
     let Some(app) = TestApp::spawn(db, sim, &[]).await else {
         return;
     };
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(12, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap();
+    let id = &submit_batch(&app, 12).await;
     let done = app.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["batches"].as_array().unwrap().len(), 1, "{done}");
@@ -552,14 +529,7 @@ async fn an_individual_server_error_is_retried_in_a_new_shard(db: Db) {
 /// pipeline; returns the app and the finished job.
 async fn run_with_faults(db: Db, sim: SimConfig, n: usize) -> Option<(TestApp, Value)> {
     let app = TestApp::spawn(db, sim, &[("BATCHLENS__OPENAI__MAX_RETRIES", "0")]).await?;
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(n, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = submit_batch(&app, n).await;
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["succeeded"], n, "{done}");
