@@ -41,15 +41,12 @@ async fn killed_while_batches_are_in_flight(kind: Db) {
 
     let first = Service::start(&db.url, &sim, data.path(), port);
     first.wait_ready(&http).await;
-    let job: Value = http
-        .post(format!("{}/v1/jobs", first.base))
-        .json(&json!({"mode": "batch", "items": mixed_items(120, 0)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = common::post_json(
+        &http,
+        &format!("{}/v1/jobs", first.base),
+        &json!({"mode": "batch", "items": mixed_items(120, 0)}),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_string();
     // Wait until a batch is in flight at OpenAI, then kill the process.
     let start = Instant::now();

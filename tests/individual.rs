@@ -143,26 +143,16 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
     let extra = [("BATCHLENS__INDIVIDUAL__CONCURRENCY", "4"), UNLIMITED_TPM];
     let first = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
     first.wait_ready(&http).await;
-    let job: Value = http
-        .post(format!("{}/v1/jobs", first.base))
-        .json(&json!({"mode": "individual", "items": mixed_items(60, 0)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = common::post_json(
+        &http,
+        &format!("{}/v1/jobs", first.base),
+        &json!({"mode": "individual", "items": mixed_items(60, 0)}),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_string();
     let job_url = format!("{}/v1/jobs/{id}", first.base);
     wait_until(Duration::from_secs(30), || async {
-        let j: Value = http
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = common::get_json(&http, &job_url).await;
         j["progress"]["succeeded"].as_i64().unwrap_or(0) >= 20
     })
     .await;
@@ -172,25 +162,11 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
     let second = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
     second.wait_ready(&http).await;
     wait_until(Duration::from_secs(60), || async {
-        let j: Value = http
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = common::get_json(&http, &job_url).await;
         j["status"] == "completed"
     })
     .await;
-    let j: Value = http
-        .get(&job_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j = common::get_json(&http, &job_url).await;
     assert_eq!(j["progress"]["succeeded"], 60, "{j}");
     // Calls in flight at the kill may be repeated (at most the 4 call slots); items that
     // had succeeded never are.

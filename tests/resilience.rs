@@ -743,15 +743,12 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
 
     let mut service = Service::start(&db.url, &sim, data.path(), &extra).await;
     service.wait_ready(&http).await;
-    let job: Value = http
-        .post(format!("{}/v1/jobs", service.base))
-        .json(&json!({"mode": "batch", "items": mixed_items(ITEMS, 0)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = common::post_json(
+        &http,
+        &format!("{}/v1/jobs", service.base),
+        &json!({"mode": "batch", "items": mixed_items(ITEMS, 0)}),
+    )
+    .await;
     let id = job["id"].as_str().expect("job accepted").to_string();
     for _ in 0..KILLS {
         let after = Duration::from_millis(rand::thread_rng().gen_range(200..1_500));

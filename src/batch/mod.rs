@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::domain::Job;
+use crate::domain::{ItemError, Job, Shard, ShardStatus};
 use crate::openai::{OpenAiClient, OpenAiError};
 use crate::store::{DynStore, StoreError};
 
@@ -162,6 +162,23 @@ impl BatchContext {
     }
 
     /// Makes the job terminal once every item is; logs it.
+    /// Marks the shard `done` (with `error`, if any) under its lease, then finishes its
+    /// job when that was the last of it.
+    pub async fn shard_done(
+        &self,
+        shard: &Shard,
+        error: Option<&ItemError>,
+    ) -> Result<(), StepError> {
+        if !self
+            .store
+            .set_shard_status(shard.id, shard.lease_token, ShardStatus::Done, error)
+            .await?
+        {
+            return Err(StepError::LeaseLost);
+        }
+        self.finish_job(shard.job_id).await
+    }
+
     pub async fn finish_job(&self, job_id: Uuid) -> Result<(), StepError> {
         if let Some(status) = self.store.finish_job_if_done(job_id).await? {
             metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => status.as_str())

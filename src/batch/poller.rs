@@ -134,15 +134,7 @@ async fn finish(ctx: &BatchContext, shard: &Shard, batch: &Batch) -> Result<(), 
     let report = ingest::ingest(ctx, shard, batch).await?;
     tracing::info!(job = %shard.job_id, shard = %shard.id, succeeded = report.succeeded,
         failed = report.failed, not_executed = report.not_executed, "batch ingested");
-    if !ctx
-        .store
-        .set_shard_status(shard.id, token, ShardStatus::Done, None)
-        .await?
-    {
-        return Err(StepError::LeaseLost);
-    }
-    ctx.finish_job(shard.job_id).await?;
-    Ok(())
+    ctx.shard_done(shard, None).await
 }
 
 /// What becomes of a failed batch's items. A refusal for the enqueued-token limit ran

@@ -196,15 +196,8 @@ async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
             .settle_shard_items(shard.id, token, error, Leftover::Cancel)
             .await?;
     }
-    if !ctx
-        .store
-        .set_shard_status(shard.id, token, ShardStatus::Done, error.as_ref())
-        .await?
-    {
-        return Err(StepError::LeaseLost);
-    }
+    ctx.shard_done(&shard, error.as_ref()).await?;
     tracing::info!(job = %shard.job_id, shard = %shard.id, "shard closed without a batch");
-    ctx.finish_job(shard.job_id).await?;
     Ok(())
 }
 

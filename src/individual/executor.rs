@@ -124,15 +124,7 @@ impl Executor {
         if stop.load(Ordering::Relaxed) {
             return self.close(&shard).await;
         }
-        if !ctx
-            .store
-            .set_shard_status(shard.id, token, ShardStatus::Done, None)
-            .await?
-        {
-            return Err(StepError::LeaseLost);
-        }
-        ctx.finish_job(shard.job_id).await?;
-        Ok(())
+        ctx.shard_done(&shard, None).await
     }
 
     /// Ends the shard of a job that stopped: what did not run is cancelled (for a
@@ -143,16 +135,9 @@ impl Executor {
             .store
             .settle_shard_items(shard.id, token, &job_cancelled_error(), Leftover::Cancel)
             .await?;
-        if !ctx
-            .store
-            .set_shard_status(shard.id, token, ShardStatus::Done, None)
-            .await?
-        {
-            return Err(StepError::LeaseLost);
-        }
+        ctx.shard_done(shard, None).await?;
         tracing::info!(job = %shard.job_id, shard = %shard.id, cancelled = settled.cancelled,
             "individual shard stopped: the job is cancelled");
-        ctx.finish_job(shard.job_id).await?;
         Ok(())
     }
 

@@ -98,6 +98,27 @@ pub(crate) fn claimed_webhooks<R: RowGet>(rows: &[R]) -> StoreResult<Vec<(Job, D
         .collect()
 }
 
+/// One model's batch load (`$1` the model, `$2` the refusal code), read by
+/// [`model_load_from_row`]; the same SQL on both databases.
+pub(crate) const MODEL_LOAD_SQL: &str = "SELECT \
+     CAST((SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
+       AND status IN ('creating', 'submitted')) AS BIGINT) AS in_flight, \
+     CAST((SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
+       AND model = $1 AND status IN ('creating', 'submitted')) AS BIGINT) AS in_flight_tokens, \
+     (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+       AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
+     (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
+       AND status = 'done' AND batch_status = 'completed') AS last_completed_at";
+
+pub(crate) fn model_load_from_row<R: RowGet>(row: &R) -> StoreResult<super::ModelLoad> {
+    Ok(super::ModelLoad {
+        in_flight: row.int("in_flight")?,
+        in_flight_tokens: row.int("in_flight_tokens")?,
+        last_refusal_at: row.opt_ts("last_refusal_at")?,
+        last_completed_at: row.opt_ts("last_completed_at")?,
+    })
+}
+
 pub(crate) fn gauges_from_rows<R: RowGet>(rows: &[R]) -> StoreResult<super::Gauges> {
     let mut gauges = super::Gauges::default();
     for row in rows {

@@ -299,41 +299,8 @@ async fn submitted_shard(s: &DynStore, tenant: &str, n: usize) -> (Uuid, Uuid, i
         )
         .await
         .unwrap();
-    let claimed = s.claim_jobs_to_plan("planner", LEASE, 100).await.unwrap();
-    let (_, job_token) = claimed
-        .into_iter()
-        .find(|(j, _)| j.id == created.id)
-        .expect("job claimed for planning");
-    let shard = new_shard(
-        (0..n as i64).collect(),
-        Utc::now() - chrono::Duration::seconds(1),
-    );
-    assert!(s
-        .create_shards(created.id, job_token, std::slice::from_ref(&shard))
-        .await
-        .unwrap());
-    s.release_job(created.id, job_token).await.unwrap();
-    let token = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            Utc::now(),
-            "submitter",
-            LEASE,
-            100,
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|x| x.id == shard.id)
-        .expect("shard claimed")
-        .lease_token;
-    assert!(s.shard_uploaded(shard.id, token, "file-in").await.unwrap());
-    assert!(s
-        .shard_submitted(shard.id, token, "batch_1", Utc::now())
-        .await
-        .unwrap());
-    (created.id, shard.id, token)
+    let (shard, token) = resubmit(s, created.id, 1).await;
+    (created.id, shard, token)
 }
 
 // ---- jobs ---------------------------------------------------------------------------
@@ -1949,7 +1916,8 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
 
 // ---- retries and cancelling ---------------------------------------------------------
 
-/// Plans the job's unassigned items into one shard of `attempt`, uploads and submits it.
+/// Plans the job's unassigned items into one shard of `attempt`, uploads and submits it
+/// (the planner's and the submitter's steps, by hand).
 /// Returns (shard id, token).
 async fn resubmit(s: &DynStore, job_id: Uuid, attempt: i32) -> (Uuid, i64) {
     let claimed = s.claim_jobs_to_plan("planner", LEASE, 100).await.unwrap();

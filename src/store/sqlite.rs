@@ -1237,27 +1237,12 @@ impl Store for SqliteStore {
     }
 
     async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad> {
-        let row = sqlx::query(
-            "SELECT \
-             (SELECT count(*) FROM shards WHERE kind = 'batch' AND model = $1 \
-               AND status IN ('creating', 'submitted')) AS in_flight, \
-             (SELECT COALESCE(sum(estimated_tokens), 0) FROM shards WHERE kind = 'batch' \
-               AND model = $1 AND status IN ('creating', 'submitted')) AS in_flight_tokens, \
-             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
-               AND status = 'failed' AND error_code = $2) AS last_refusal_at, \
-             (SELECT max(updated_at) FROM shards WHERE kind = 'batch' AND model = $1 \
-               AND status = 'done' AND batch_status = 'completed') AS last_completed_at",
-        )
-        .bind(model)
-        .bind(refusal_code)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ModelLoad {
-            in_flight: row.int("in_flight")?,
-            in_flight_tokens: row.int("in_flight_tokens")?,
-            last_refusal_at: row.opt_ts("last_refusal_at")?,
-            last_completed_at: row.opt_ts("last_completed_at")?,
-        })
+        let row = sqlx::query(common::MODEL_LOAD_SQL)
+            .bind(model)
+            .bind(refusal_code)
+            .fetch_one(&self.pool)
+            .await?;
+        common::model_load_from_row(&row)
     }
 
     async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job> {

@@ -395,6 +395,23 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
         .collect()
 }
 
+/// GET `url`'s JSON body.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// POST `body` to `url` and read the JSON answer.
+pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Polls `probe` until it is true or the deadline passes.
 pub async fn wait_until<F, Fut>(deadline: Duration, mut probe: F)
 where
