@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{fast_sim, free_port, mixed_items, wait_until, Db, Service, TestApp, TestDb};
-use openai_sim::SimServer;
+use openai_sim::{FaultRule, SimConfig, SimServer};
 use serde_json::{json, Value};
 
 /// The default 200,000 tokens a minute would make these tests wait on the governor
@@ -179,8 +179,65 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
     second.kill();
 }
 
+/// One 429 asking for 1.5 s holds every sender to the model, not only the call that got it
+/// (a retry inside that call alone would let the others run into the limit too).
+async fn a_429_pauses_every_call_to_the_model(db: Db) {
+    const RETRY_AFTER_MS: u64 = 1_500;
+    const LATENCY_MS: u64 = 50;
+    let sim = SimConfig {
+        chat_latency_ms: LATENCY_MS,
+        faults: vec![FaultRule {
+            path_prefix: "/v1/chat/completions".into(),
+            fault_429_rate: 1.0,
+            retry_after_ms: RETRY_AFTER_MS,
+            remaining: Some(1),
+            ..FaultRule::default()
+        }],
+        ..fast_sim()
+    };
+    let extra = [UNLIMITED_TPM, ("BATCHLENS__INDIVIDUAL__CONCURRENCY", "4")];
+    let Some(app) = TestApp::spawn(db, sim, &extra).await else {
+        return;
+    };
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "individual", "items": mixed_items(20, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_terminal(id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["succeeded"], 20, "{done}");
+    // The throttled item was sent again in the same attempt, not failed.
+    assert!(app.all_results(id).await.iter().all(|r| r["attempts"] == 1));
+
+    let calls: Vec<(u64, u16)> = app
+        .sim
+        .sim()
+        .journal()
+        .iter()
+        .filter(|e| e.path == "/v1/chat/completions")
+        .map(|e| (e.at_ms, e.status))
+        .collect();
+    assert_eq!(calls.len(), 21, "{calls:?}");
+    let throttled_at = calls.iter().find(|(_, s)| *s == 429).unwrap().0;
+    // The other three slots' calls may already be on their way (and be stamped late by a
+    // busy test machine); nothing else arrives during the pause. Without it those three
+    // slots would have sent the other 19 images in a few hundred milliseconds.
+    let pause = throttled_at + 1..throttled_at + RETRY_AFTER_MS - 100;
+    let during: Vec<_> = calls.iter().filter(|(at, _)| pause.contains(at)).collect();
+    assert!(
+        during.len() <= 3,
+        "calls during the pause after the 429 at {throttled_at} ms: {during:?}"
+    );
+    app.shutdown().await;
+}
+
 on_both!(
     small_jobs_run_individually_with_batch_shaped_results,
     a_small_job_is_not_starved_by_a_large_one,
     a_restart_does_not_call_again_for_finished_items,
+    a_429_pauses_every_call_to_the_model,
 );

@@ -159,8 +159,10 @@ impl Executor {
         stopped
     }
 
-    /// One item, one call: waits for a slot and the governor, retries 429s the client
-    /// gave up on after the pause they asked for.
+    /// One item, one call: waits for a slot and the governor. A 429 (which the client hands
+    /// back at once) feeds its headers to the governor and pauses every sender to the
+    /// model for its `retry-after` (1 s when absent), then this call tries again, up to 5
+    /// times; after that it fails retryable, for the retry pass to take up.
     /// `None` when the job was cancelled before the call went out.
     async fn call(
         &self,
@@ -204,10 +206,13 @@ impl Executor {
         let mut rate_limited = 0;
         loop {
             self.governor.acquire(&job.model, tokens).await;
-            // Checked last before each call, after every wait: a cancel stops it at once.
+            self.governor.hold(&job.model).await;
+            // Checked after every wait: a cancel stops the call at once.
             if self.stopped(job.id, stop).await {
                 return None;
             }
+            // A 429 that came back to another call during that check holds this one too.
+            self.governor.hold(&job.model).await;
             match ctx.openai.chat_completion(&body).await {
                 Ok(response) => {
                     self.governor
@@ -228,10 +233,11 @@ impl Executor {
                 Err(OpenAiError::Api {
                     status: 429,
                     retry_after,
+                    rate_limits,
                     body,
-                    ..
                 }) if body.code.as_deref() != Some("insufficient_quota") && rate_limited < 5 => {
                     rate_limited += 1;
+                    self.governor.observe(&job.model, &rate_limits).await;
                     let wait = retry_after.unwrap_or(std::time::Duration::from_secs(1));
                     self.governor.pause(&job.model, wait).await;
                 }

@@ -1,8 +1,9 @@
 //! The RPM/TPM governor: one pair of token buckets (requests, tokens) per model, shared by
 //! every job on this replica. A request waits until both buckets hold enough; the buckets
-//! refill continuously at the configured per-minute rates, are pulled down to what
-//! OpenAI's `x-ratelimit-remaining-*` headers report, and a 429 pauses the whole model
-//! until its `retry-after` has passed, so waiting callers do not stampede.
+//! refill continuously at the configured per-minute rates, slowed to the rate OpenAI's
+//! `x-ratelimit-reset-*` headers imply when that is lower, are pulled down to what its
+//! `x-ratelimit-remaining-*` headers report, and a 429 pauses the whole model until its
+//! `retry-after` has passed, so waiting callers do not stampede.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,9 +51,32 @@ impl Bucket {
         // 0 is no limit anyone could mean; ignore it rather than stop the model.
         if per_minute > 0 && capacity < self.capacity {
             self.capacity = capacity;
-            self.per_sec = capacity / 60.0;
+            self.per_sec = self.per_sec.min(self.nominal_per_sec());
             self.level = self.level.min(capacity);
         }
+    }
+
+    /// The refill rate the budget itself allows, per second.
+    fn nominal_per_sec(&self) -> f64 {
+        self.capacity / 60.0
+    }
+
+    /// Refines the refill rate from one `limit`/`remaining`/`reset` reading: the account's
+    /// budget comes back from `remaining` to `limit` in `reset`, so it refills at
+    /// `(limit - remaining) / reset`. A slower rate than the nominal one (a window that
+    /// resets at its end, a limit lowered mid-minute) slows this bucket to it; a faster
+    /// one brings it back up to nominal, never above. A reading with under 5% of the
+    /// budget in use says too little (rounded headers; OpenAI's own example: 16 tokens
+    /// used, `6m0s` to reset) and is skipped. Never below a tenth of nominal: an odd
+    /// header can slow a model, not stop it.
+    fn refine_rate(&mut self, limit: u64, remaining: u64, reset: Duration) {
+        let used = limit.saturating_sub(remaining) as f64;
+        if limit == 0 || used < limit as f64 * 0.05 || reset.is_zero() {
+            return;
+        }
+        let implied = used / reset.as_secs_f64();
+        let nominal = self.nominal_per_sec();
+        self.per_sec = implied.clamp(nominal / 10.0, nominal);
     }
 
     /// How long until `amount` is available (zero when it is now).
@@ -160,13 +184,12 @@ impl Governor {
         }
     }
 
-    /// Refines the buckets from OpenAI's `x-ratelimit-*` headers: the account's limits
-    /// (`limit-*`) when lower than configured, and the level to what is left
-    /// (`remaining-*`; never raised: our own accounting already counts requests OpenAI has
-    /// not seen yet). `reset-*` (the time until the whole budget is back) does not pace:
-    /// OpenAI's own example shows a nearly full token budget resetting in 6 minutes, so
-    /// reading a refill rate from it would stall; `remaining-*` already says what is left,
-    /// and a 429's `retry-after` pauses the model (`pause`).
+    /// Refines the buckets from OpenAI's `x-ratelimit-*` headers (of a success or a 429):
+    /// the account's limits (`limit-*`) when lower than configured, the refill rate that
+    /// `remaining-*` and `reset-*` (the time until the whole budget is back) imply when
+    /// slower than the nominal one ([`Bucket::refine_rate`]), and the level to what is
+    /// left (`remaining-*`; never raised: our own accounting already counts requests
+    /// OpenAI has not seen yet). A 429's `retry-after` pauses the model ([`Self::pause`]).
     pub async fn observe(&self, model: &str, headers: &RateLimitHeaders) {
         if !self.enabled {
             return;
@@ -182,6 +205,17 @@ impl Governor {
         if let Some(limit) = headers.limit_tokens {
             state.tokens.cap_at(limit);
         }
+        if let (Some(remaining), Some(reset)) = (headers.remaining_requests, headers.reset_requests)
+        {
+            let limit = headers
+                .limit_requests
+                .unwrap_or(state.requests.capacity as u64);
+            state.requests.refine_rate(limit, remaining, reset);
+        }
+        if let (Some(remaining), Some(reset)) = (headers.remaining_tokens, headers.reset_tokens) {
+            let limit = headers.limit_tokens.unwrap_or(state.tokens.capacity as u64);
+            state.tokens.refine_rate(limit, remaining, reset);
+        }
         if let Some(remaining) = headers.remaining_requests {
             state.requests.level = state.requests.level.min(remaining as f64);
         }
@@ -190,9 +224,29 @@ impl Governor {
         }
     }
 
-    /// After a 429: nobody sends to this model until `retry_after` has passed.
+    /// Waits out a pause that began after this caller's `acquire` (a 429 that arrived while
+    /// it was on its way to the wire). Takes no budget.
+    pub async fn hold(&self, model: &str) {
+        if !self.enabled {
+            return;
+        }
+        loop {
+            let until = {
+                let models = self.models.lock().await;
+                models.get(model).and_then(|state| state.paused_until)
+            };
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// After a 429: nobody sends to this model until `retry_after` has passed. Disabled,
+    /// only the caller waits, as a plain client honouring `retry-after` would.
     pub async fn pause(&self, model: &str, retry_after: Duration) {
         if !self.enabled {
+            tokio::time::sleep(retry_after).await;
             return;
         }
         let mut models = self.models.lock().await;
@@ -272,6 +326,87 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
         assert!(elapsed <= Duration::from_secs(12), "{elapsed:?}");
+    }
+
+    fn reading(limit: u64, remaining: u64, reset: Duration) -> RateLimitHeaders {
+        RateLimitHeaders {
+            limit_requests: Some(limit),
+            remaining_requests: Some(remaining),
+            reset_requests: Some(reset),
+            ..RateLimitHeaders::default()
+        }
+    }
+
+    /// Seconds `count` more requests take once the bucket's level is spent.
+    async fn seconds_for(g: &Governor, count: usize) -> f64 {
+        // 600 rpm starts at 100; one taken before each reading leaves 99 at once.
+        for _ in 0..99 {
+            g.acquire("m", 1).await;
+        }
+        let start = Instant::now();
+        for _ in 0..count {
+            g.acquire("m", 1).await;
+        }
+        start.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slower_refill_in_the_reset_headers_paces_the_model() {
+        let g = governor(600, 1_000_000);
+        g.acquire("m", 1).await;
+        // 300 of 600 used, full again in a minute: 5 a second, not the nominal 10.
+        g.observe("m", &reading(600, 300, Duration::from_secs(60)))
+            .await;
+        let took = seconds_for(&g, 50).await;
+        assert!((9.5..=11.0).contains(&took), "{took}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_faster_reading_restores_the_nominal_rate_and_no_more() {
+        let g = governor(600, 1_000_000);
+        g.acquire("m", 1).await;
+        g.observe("m", &reading(600, 300, Duration::from_secs(60)))
+            .await;
+        // 30 a second implied: back to the configured 10, not above.
+        g.observe("m", &reading(600, 300, Duration::from_secs(10)))
+            .await;
+        let took = seconds_for(&g, 50).await;
+        assert!((4.5..=5.5).contains(&took), "{took}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_odd_reset_slows_a_model_but_never_stops_it() {
+        let g = governor(600, 1_000_000);
+        g.acquire("m", 1).await;
+        // Nothing left and an hour to reset would be 1 request every 6 s: floored at a
+        // tenth of nominal, one a second.
+        g.observe("m", &reading(600, 0, Duration::from_secs(3_600)))
+            .await;
+        let start = Instant::now();
+        for _ in 0..5 {
+            g.acquire("m", 1).await;
+        }
+        let took = start.elapsed().as_secs_f64();
+        assert!((4.5..=6.0).contains(&took), "{took}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_with_little_used_says_nothing_about_the_rate() {
+        // OpenAI's documented example: 16 of 150,000 tokens used, `6m0s` to reset.
+        let g = governor(10_000, 150_000);
+        g.acquire("m", 25_000).await;
+        let headers = RateLimitHeaders {
+            limit_tokens: Some(150_000),
+            remaining_tokens: Some(149_984),
+            reset_tokens: Some(Duration::from_secs(360)),
+            ..RateLimitHeaders::default()
+        };
+        g.observe("m", &headers).await;
+        // The bucket is empty; 2,500 tokens a second is the nominal refill.
+        let start = Instant::now();
+        g.acquire("m", 5_000).await;
+        let took = start.elapsed().as_secs_f64();
+        assert!((1.9..=2.2).contains(&took), "{took}");
     }
 
     #[tokio::test(start_paused = true)]

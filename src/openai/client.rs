@@ -158,7 +158,7 @@ impl OpenAiClient {
         purpose: &str,
     ) -> Result<FileObject, OpenAiError> {
         let url = self.url(&["files"]);
-        self.with_retries(&Method::POST, &url, |attempt| {
+        self.with_retries(&Method::POST, &url, On429::WaitHere, |attempt| {
             let url = url.clone();
             async move {
                 let file = tokio::fs::File::open(path).await?;
@@ -218,7 +218,7 @@ impl OpenAiClient {
         let url = self.url(&["files", file_id, "content"]);
         let tmp = tmp_path(dest);
         let tmp = tmp.as_path();
-        self.with_retries(&Method::GET, &url, |attempt| {
+        self.with_retries(&Method::GET, &url, On429::WaitHere, |attempt| {
             let url = url.clone();
             async move {
                 let request = self
@@ -295,8 +295,10 @@ impl OpenAiClient {
 
     // --- Chat ----------------------------------------------------------------------------
 
-    /// `POST /chat/completions` with `body` sent as is. Retried like every call; a caller
-    /// pacing itself reads `rate_limits`.
+    /// `POST /chat/completions` with `body` sent as is. Server errors and transport
+    /// failures are retried like every call; a 429 comes back at once (with its
+    /// `retry_after` and `rate_limits`), for the caller's governor to hold every sender to
+    /// the model, not only this one. A caller pacing itself reads `rate_limits`.
     pub async fn chat_completion(
         &self,
         body: &serde_json::Value,
@@ -309,6 +311,7 @@ impl OpenAiClient {
                 &["chat", "completions"],
                 &[],
                 Some(Bytes::from(body)),
+                On429::HandBack,
             )
             .await?;
         Ok(ChatResponse {
@@ -349,7 +352,7 @@ impl OpenAiClient {
         query: &[(&str, String)],
         json_body: Option<Bytes>,
     ) -> Result<T, OpenAiError> {
-        self.call_json_with_headers(method, segments, query, json_body)
+        self.call_json_with_headers(method, segments, query, json_body, On429::WaitHere)
             .await
             .map(|(value, _)| value)
     }
@@ -360,10 +363,11 @@ impl OpenAiClient {
         segments: &[&str],
         query: &[(&str, String)],
         json_body: Option<Bytes>,
+        on_429: On429,
     ) -> Result<(T, HeaderMap), OpenAiError> {
         let url = self.url(segments);
         let (method, url, json_body) = (&method, &url, &json_body);
-        self.with_retries(method, url, |attempt| async move {
+        self.with_retries(method, url, on_429, |attempt| async move {
             let mut request = self
                 .inner
                 .http
@@ -389,6 +393,7 @@ impl OpenAiClient {
         &self,
         method: &Method,
         url: &Url,
+        on_429: On429,
         mut attempt: F,
     ) -> Result<T, OpenAiError>
     where
@@ -401,6 +406,9 @@ impl OpenAiClient {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            if on_429 == On429::HandBack && err.status() == Some(429) {
+                return Err(err);
+            }
             let Some(delay) = self.inner.policy.delay_after(&err, retry) else {
                 return Err(err);
             };
@@ -451,14 +459,25 @@ impl OpenAiClient {
             return Ok(response);
         }
         let retry_after = parse_retry_after(response.headers());
+        let rate_limits = Box::new(RateLimitHeaders::from_headers(response.headers()));
         // A body cut off mid-read still leaves the status, which decides what happens next.
         let body = response.bytes().await.unwrap_or_default();
         Err(OpenAiError::Api {
             status: status.as_u16(),
             body: ApiError::from_body(&body),
             retry_after,
+            rate_limits,
         })
     }
+}
+
+/// What a call does with a 429 it could wait out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On429 {
+    /// Sleep for `retry-after` (or the back-off) and try again inside the call.
+    WaitHere,
+    /// Return it: the caller paces every request to the model and pauses them all.
+    HandBack,
 }
 
 fn parse_base_url(text: &str) -> Result<Url, OpenAiError> {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::ratelimit::RateLimitHeaders;
 use super::types::ApiError;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,9 @@ pub enum OpenAiError {
         body: ApiError,
         /// What `retry-after-ms` / `Retry-After` asked for, when present.
         retry_after: Option<Duration>,
+        /// The `x-ratelimit-*` headers of the answer (a 429 carries them too); boxed to
+        /// keep every `Result` of the client small.
+        rate_limits: Box<RateLimitHeaders>,
     },
     /// Connecting, sending or reading failed, or an attempt timed out (after all retries).
     #[error("transport error talking to OpenAI: {0}")]
@@ -117,6 +121,7 @@ mod tests {
                 code: code.map(str::to_string),
             },
             retry_after: None,
+            rate_limits: Box::default(),
         }
     }
 

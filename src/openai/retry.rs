@@ -157,6 +157,7 @@ mod tests {
             status: 429,
             body: ApiError::default(),
             retry_after,
+            rate_limits: Default::default(),
         }
     }
 
@@ -180,6 +181,7 @@ mod tests {
             status: 400,
             body: ApiError::default(),
             retry_after: Some(asked),
+            rate_limits: Default::default(),
         };
         assert_eq!(p.delay_after(&bad_request, 0), None);
     }

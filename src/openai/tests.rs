@@ -426,6 +426,42 @@ async fn chat_completion_returns_rate_limit_headers() {
     );
 }
 
+/// The individual executor's governor pauses every sender on a 429; a retry inside the
+/// call would hide it. Server errors are still retried here.
+#[tokio::test]
+async fn a_chat_429_comes_back_at_once_with_its_headers() {
+    let limited = || {
+        reply(
+            429,
+            r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        )
+        .header("retry-after-ms", "1500")
+        .header("x-ratelimit-limit-requests", "600")
+        .header("x-ratelimit-remaining-requests", "0")
+        .header("x-ratelimit-reset-requests", "100ms")
+    };
+    let script = Script::new([limited(), limited()]);
+    let client = client(&serve_script(&script).await);
+    let body = serde_json::json!({"model":"gpt-4o-mini","messages":[]});
+    let err = within(client.chat_completion(&body)).await.unwrap_err();
+    assert_eq!(
+        script.seen().len(),
+        1,
+        "a 429 is not retried inside the call"
+    );
+    assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+    let OpenAiError::Api { rate_limits, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(rate_limits.remaining_requests, Some(0));
+    assert_eq!(rate_limits.reset_requests, Some(Duration::from_millis(100)));
+
+    let script = Script::new([reply(503, "busy"), reply(200, "{}")]);
+    let client = self::client(&serve_script(&script).await);
+    within(client.chat_completion(&body)).await.unwrap();
+    assert_eq!(script.seen().len(), 2, "a 503 is retried inside the call");
+}
+
 #[tokio::test]
 async fn a_2xx_with_a_wrong_body_is_a_decode_error_not_retried() {
     let script = Script::new([
