@@ -1,13 +1,10 @@
 //! The HTTP contract: problem+json errors, API keys and tenants, idempotent submits,
 //! jobs filled in chunks, listings, operations endpoints.
 
-#[macro_use]
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{b64, fast_sim, mixed_items, png, Db, TestApp};
+use crate::common::{self, b64, fast_sim, mixed_items, png, Db, TestApp};
 use serde_json::{json, Value};
 
 async fn problem(r: reqwest::Response) -> (u16, Value) {

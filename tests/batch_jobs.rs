@@ -1,13 +1,10 @@
 //! Batch jobs end to end, on SQLite and on PostgreSQL: the real application against
 //! openai-sim, driven over HTTP.
 
-#[macro_use]
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{fast_sim, mixed_items, Db, TestApp};
+use crate::common::{self, fast_sim, mixed_items, Db, TestApp};
 use serde_json::{json, Value};
 
 on_both!(

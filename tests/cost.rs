@@ -2,12 +2,9 @@
 //! hand, individual calls would cost exactly twice, and the estimate made at submit is
 //! close to what it cost.
 
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
-use common::{b64, fast_sim, png, Db, TestApp};
+use crate::common::{b64, fast_sim, png, Db, TestApp};
 use serde_json::{json, Value};
 
 /// USD per 1M tokens, as the README and /v1/pricing state them for gpt-4o-mini.

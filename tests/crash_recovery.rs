@@ -1,12 +1,10 @@
 //! Crashes and replicas: the real binary killed mid-job and started again; two
 //! applications sharing one PostgreSQL database.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{fast_sim, free_port, mixed_items, Db, Service, TestApp, TestDb};
+use crate::common::{self, fast_sim, free_port, mixed_items, Db, Service, TestApp, TestDb};
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
 

@@ -1,13 +1,12 @@
 //! Individual mode end to end: small jobs run as one chat completion per image, with the
 //! same result records as batch mode, fairly between jobs, resuming after a restart.
 
-#[macro_use]
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{fast_sim, free_port, mixed_items, wait_until, Db, Service, TestApp, TestDb};
+use crate::common::{
+    self, fast_sim, free_port, mixed_items, wait_until, Db, Service, TestApp, TestDb,
+};
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use serde_json::{json, Value};
 

@@ -2,17 +2,14 @@
 //! enqueued-token-limit refusals re-planned smaller, cancelling in both modes, attempt
 //! limits, and a chaos run of the real binary killed again and again under faults.
 
-#[macro_use]
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, fast_sim, mixed_items, Db, TestApp, TestDb};
 use batchlens::analyzer::{chat_request_body, fashion, RequestOptions};
 use batchlens::cost::text_tokens::chat_request_input_tokens;
 use batchlens::domain::Detail;
-use common::{fast_sim, mixed_items, Db, TestApp, TestDb};
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use rand::Rng;
 use serde_json::{json, Value};

@@ -1,0 +1,15 @@
+//! The integration tests, one binary (one link, one copy of every dependency on disk):
+//! each module below is one area, run against the real application and openai-sim, on
+//! SQLite and on PostgreSQL. `autotests = false` in Cargo.toml: a new file here is a new
+//! `mod` line below. `cargo test --test service individual::` runs one area.
+
+#[macro_use]
+mod common;
+
+mod api;
+mod batch_jobs;
+mod cost;
+mod crash_recovery;
+mod individual;
+mod openapi;
+mod resilience;
