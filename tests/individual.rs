@@ -182,7 +182,7 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
 /// (a retry inside that call alone would let the others run into the limit too).
 async fn a_429_pauses_every_call_to_the_model(db: Db) {
     const RETRY_AFTER_MS: u64 = 1_500;
-    const LATENCY_MS: u64 = 50;
+    const LATENCY_MS: u64 = 200;
     let sim = SimConfig {
         chat_latency_ms: LATENCY_MS,
         faults: vec![FaultRule {
@@ -223,8 +223,9 @@ async fn a_429_pauses_every_call_to_the_model(db: Db) {
     assert_eq!(calls.len(), 21, "{calls:?}");
     let throttled_at = calls.iter().find(|(_, s)| *s == 429).unwrap().0;
     // The other three slots' calls may already be on their way (and be stamped late by a
-    // busy test machine); nothing else arrives during the pause. Without it those three
-    // slots would have sent the other 19 images in a few hundred milliseconds.
+    // busy test machine; a slot cannot finish one and start another in that moment, a
+    // call takes 200 ms); nothing else arrives during the pause. Without it those three
+    // slots would go on sending the other images all through it.
     let pause = throttled_at + 1..throttled_at + RETRY_AFTER_MS - 100;
     let during: Vec<_> = calls.iter().filter(|(at, _)| pause.contains(at)).collect();
     assert!(
