@@ -206,13 +206,13 @@ impl Executor {
         let mut rate_limited = 0;
         loop {
             self.governor.acquire(&job.model, tokens).await;
-            self.governor.hold(&job.model).await;
-            // Checked after every wait: a cancel stops the call at once.
-            if self.stopped(job.id, stop).await {
+            // Checked after every wait: a cancel stops the call at once. A 429 that came
+            // back to another call during that check holds this one too.
+            if self.stopped(job.id, stop).await
+                || (self.governor.hold(&job.model).await && self.stopped(job.id, stop).await)
+            {
                 return None;
             }
-            // A 429 that came back to another call during that check holds this one too.
-            self.governor.hold(&job.model).await;
             match ctx.openai.chat_completion(&body).await {
                 Ok(response) => {
                     self.governor

@@ -225,19 +225,23 @@ impl Governor {
     }
 
     /// Waits out a pause that began after this caller's `acquire` (a 429 that arrived while
-    /// it was on its way to the wire). Takes no budget.
-    pub async fn hold(&self, model: &str) {
+    /// it was on its way to the wire); true when it waited. Takes no budget.
+    pub async fn hold(&self, model: &str) -> bool {
         if !self.enabled {
-            return;
+            return false;
         }
+        let mut waited = false;
         loop {
             let until = {
                 let models = self.models.lock().await;
                 models.get(model).and_then(|state| state.paused_until)
             };
             match until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => return,
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until).await;
+                    waited = true;
+                }
+                _ => return waited,
             }
         }
     }

@@ -414,6 +414,23 @@ impl JobDelta {
         }
     }
 
+    /// Counts the items one settle statement moved from `from` to the statuses it
+    /// returned, here and in `settled`.
+    pub fn add_settled(
+        &mut self,
+        settled: &mut Settled,
+        from: ItemStatus,
+        returned: Vec<String>,
+    ) -> StoreResult<()> {
+        for status in returned {
+            let to: ItemStatus = status.parse().map_err(corrupt)?;
+            self.add_status(from, -1);
+            self.add_status(to, 1);
+            settled.count(to);
+        }
+        Ok(())
+    }
+
     /// Counters for newly inserted items.
     pub fn for_new_items(items: &[NewItem]) -> Self {
         let mut d = Self::default();

@@ -1131,12 +1131,7 @@ impl Store for PgStore {
                 .bind(&error.message)
                 .fetch_all(&mut *tx)
                 .await?;
-            for status in statuses {
-                let to: ItemStatus = status.parse().map_err(common::corrupt)?;
-                delta.add_status(from, -1);
-                delta.add_status(to, 1);
-                settled.count(to);
-            }
+            delta.add_settled(&mut settled, from, statuses)?;
         }
         if fail_shard {
             sqlx::query(

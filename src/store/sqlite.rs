@@ -1177,12 +1177,7 @@ impl Store for SqliteStore {
                 .bind(at)
                 .fetch_all(&mut *tx)
                 .await?;
-            for status in statuses {
-                let to: ItemStatus = status.parse().map_err(corrupt)?;
-                delta.add_status(from, -1);
-                delta.add_status(to, 1);
-                settled.count(to);
-            }
+            delta.add_settled(&mut settled, from, statuses)?;
         }
         if fail_shard {
             sqlx::query(
