@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchlens::analyzer::OutputValidator;
-use batchlens::batch::{ingest, BatchContext};
 use batchlens::config::Settings;
 use batchlens::cost::pricing::PriceTable;
 use batchlens::domain::{ItemStatus, ShardKind, ShardStatus};
-use batchlens::openai::{Batch, BatchOutputLine, OpenAiClient, OpenAiConfig};
+use batchlens::pipeline::batch::{ingest, BatchContext};
+use batchlens::providers::openai::{Batch, BatchOutputLine, OpenAiClient, OpenAiConfig};
 use chrono::Utc;
 use serde_json::json;
 
@@ -108,7 +108,7 @@ async fn run(url: &str, lines: usize) {
     })
     .await;
     let shard = submit(&store, shard_id).await;
-    let dir = batchlens::batch::jsonl::shard_dir(&settings.data_dir, job_id);
+    let dir = batchlens::pipeline::batch::jsonl::shard_dir(&settings.data_dir, job_id);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{shard_id}.output.jsonl"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());

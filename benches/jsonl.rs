@@ -9,8 +9,8 @@ mod common;
 use std::time::Instant;
 
 use base64::Engine;
-use batchlens::batch::jsonl::{write_shard_file, LineTemplate};
 use batchlens::domain::{Detail, ShardKind, ShardStatus};
+use batchlens::pipeline::batch::jsonl::{write_shard_file, LineTemplate};
 
 #[tokio::main]
 async fn main() {

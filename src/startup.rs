@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::openai::{OpenAiClient, OpenAiConfig};
+use crate::pipeline::workers;
+use crate::providers::openai::{OpenAiClient, OpenAiConfig};
 use crate::store::{self, DynStore};
-use crate::workers;
 
 /// A built application, listening, ready to run.
 pub struct Application {

@@ -616,7 +616,9 @@ async fn a_finished_job_calls_its_webhook_until_it_answers(db: Db) {
         2,
         "one refused attempt, one delivery, nothing after"
     );
-    let key = batchlens::webhooks::signing_key(SECRET).unwrap().unwrap();
+    let key = batchlens::pipeline::webhooks::signing_key(SECRET)
+        .unwrap()
+        .unwrap();
     for (headers, body) in &got {
         let header = |name: &str| headers[name].to_str().unwrap().to_string();
         assert_eq!(header("webhook-id"), id, "the same id on every attempt");
@@ -624,7 +626,7 @@ async fn a_finished_job_calls_its_webhook_until_it_answers(db: Db) {
         let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
         assert_eq!(
             header("webhook-signature"),
-            batchlens::webhooks::sign(&key, &id, timestamp, body)
+            batchlens::pipeline::webhooks::sign(&key, &id, timestamp, body)
         );
         let payload: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(payload["type"], "job.finished");

@@ -15,8 +15,8 @@ use super::dto::JobRequest;
 use super::jobs::load_job;
 use super::problem::{ApiError, ApiJson, Problem};
 use super::AppState;
+use crate::app::submit;
 use crate::domain::{pico_to_usd, ItemStatus};
-use crate::submit;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -25,10 +25,10 @@ use super::dto::{
 };
 use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
 use super::AppState;
+use crate::app::submit;
 use crate::domain::{ItemStatus, Job, JobStatus};
 use crate::intake::Rejection;
 use crate::store::{IdempotencyState, JobCursor};
-use crate::submit;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

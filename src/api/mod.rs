@@ -35,7 +35,7 @@ pub struct AppState {
     pub prices: Arc<PriceTable>,
     /// sha256(key) → tenant, from the configuration.
     pub keys: Arc<HashMap<String, String>>,
-    pub openai: crate::openai::OpenAiClient,
+    pub openai: crate::providers::openai::OpenAiClient,
     /// Renders `/metrics`; None when another recorder took the process first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -75,17 +75,17 @@ impl AppState {
     pub async fn prepare(
         &self,
         tenant: &str,
-        spec: crate::submit::JobSpec,
+        spec: crate::app::submit::JobSpec,
         req: dto::JobRequest,
         output_tokens: u32,
-    ) -> Result<crate::submit::Prepared, ApiError> {
+    ) -> Result<crate::app::submit::Prepared, ApiError> {
         let (settings, prices, tenant) = (
             self.settings.clone(),
             self.prices.clone(),
             tenant.to_string(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::submit::prepare(&settings, &prices, &tenant, spec, req, output_tokens)
+            crate::app::submit::prepare(&settings, &prices, &tenant, spec, req, output_tokens)
         })
         .await
         .map_err(ApiError::internal)?
@@ -105,7 +105,7 @@ impl AppState {
                 ))
             })
             .collect();
-        let spec = crate::submit::JobSpec {
+        let spec = crate::app::submit::JobSpec {
             name: job.name.clone(),
             model: job.model.clone(),
             requested_mode: job.requested_mode,
@@ -116,7 +116,7 @@ impl AppState {
         };
         Ok(crate::cost::estimate::estimate(
             &self.prices,
-            &crate::submit::estimate_input(
+            &crate::app::submit::estimate_input(
                 &self.settings,
                 &spec,
                 &dims,

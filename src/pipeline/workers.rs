@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::AppState;
-use crate::batch::{self, BatchContext};
-use crate::individual;
+use crate::pipeline::batch::{self, BatchContext};
+use crate::pipeline::individual;
 
 pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, tracker: &TaskTracker) {
     let ctx = BatchContext {
@@ -77,7 +77,7 @@ pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, trac
             },
         );
     }
-    let webhooks = crate::webhooks::Webhooks::new(state);
+    let webhooks = crate::pipeline::webhooks::Webhooks::new(state);
     spawn_loop("webhooks", tick, stop, tracker, move || {
         let w = webhooks.clone();
         async move { w.run_once().await }

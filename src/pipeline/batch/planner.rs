@@ -91,7 +91,7 @@ pub async fn run_once(ctx: &BatchContext) -> StoreResult<usize> {
         let existing = ctx.store.list_shards(job.id).await?;
         let (kind, cuts) = if job.mode == Mode::Individual {
             let cuts = items
-                .chunks(crate::individual::SHARD_ITEMS)
+                .chunks(crate::pipeline::individual::SHARD_ITEMS)
                 .map(|c| c.iter().map(|i| i.position).collect())
                 .collect();
             (ShardKind::Individual, cuts)

@@ -15,14 +15,14 @@ use uuid::Uuid;
 
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
-use crate::batch::ingest::{api_error, apply_completion};
-use crate::batch::retry::{self, REQUEST_FAILED};
-use crate::batch::{BatchContext, StepError};
 use crate::cost::text_tokens::chat_request_input_tokens;
 use crate::domain::{
     Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, Shard, ShardStatus,
 };
-use crate::openai::OpenAiError;
+use crate::pipeline::batch::ingest::{api_error, apply_completion};
+use crate::pipeline::batch::retry::{self, REQUEST_FAILED};
+use crate::pipeline::batch::{BatchContext, StepError};
+use crate::providers::openai::OpenAiError;
 use crate::store::{job_cancelled_error, Leftover, Verdict};
 
 /// What the executor shares between its tasks.

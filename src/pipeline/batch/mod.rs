@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
 use crate::domain::{ItemError, Job, Shard, ShardStatus};
-use crate::openai::{OpenAiClient, OpenAiError};
+use crate::providers::openai::{OpenAiClient, OpenAiError};
 use crate::store::{DynStore, StoreError};
 
 pub mod ingest;

@@ -20,7 +20,7 @@ use super::retry::TOKEN_LIMIT_EXCEEDED;
 use super::tokens::{limit_for, TokenEstimator};
 use super::{jsonl, BatchContext, LeaseKeeper, StepError};
 use crate::domain::{Job, JobStatus, Shard, ShardKind, ShardStatus};
-use crate::openai::{Batch, CreateBatchRequest};
+use crate::providers::openai::{Batch, CreateBatchRequest};
 use crate::store::{job_cancelled_error, Leftover, ModelLoad};
 
 pub const META_SHARD: &str = "batchlens_shard";

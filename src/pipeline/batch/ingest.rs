@@ -16,7 +16,7 @@ use super::{jsonl, BatchContext, StepError};
 use crate::analyzer::{parse_model_content, OutputValidator};
 use crate::cost::pricing::PriceTable;
 use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
-use crate::openai::{Batch, BatchOutputLine, ChatCompletion};
+use crate::providers::openai::{Batch, BatchOutputLine, ChatCompletion};
 use crate::store::{Leftover, Settled, Verdict};
 
 /// Outcomes written per statement (and per progress event). A few chunks at most are in

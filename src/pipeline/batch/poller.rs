@@ -8,7 +8,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use super::retry::{self, TOKEN_LIMIT_EXCEEDED};
 use super::{ingest, BatchContext, StepError};
 use crate::domain::{ItemError, JobStatus, Shard, ShardKind, ShardStatus};
-use crate::openai::{Batch, BatchStatus, OpenAiError};
+use crate::providers::openai::{Batch, BatchStatus, OpenAiError};
 use crate::store::{Leftover, ShardPoll};
 
 /// Shards polled at once by one replica.

@@ -1,0 +1,4 @@
+//! Model vendors: what a pipeline step needs from one (files, batches, chat). OpenAI is the
+//! one implementation today.
+
+pub mod openai;
