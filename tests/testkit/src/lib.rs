@@ -1,0 +1,30 @@
+//! Fixtures shared by every test of the workspace (unit tests in `src/`, the integration
+//! tests, the benchmarks, openai-sim's tests): images built in code, base64 and data URLs,
+//! and, with the `postgres` feature, a PostgreSQL database of one test's own.
+//!
+//! Dev-only: it must never depend on batchlens or openai-sim, which depend on it for tests.
+
+mod images;
+#[cfg(feature = "postgres")]
+mod postgres;
+
+pub use images::*;
+#[cfg(feature = "postgres")]
+pub use postgres::PgDatabase;
+
+use base64::Engine as _;
+
+/// Standard base64 (with padding) of `bytes`.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `data:{mime};base64,…` for `bytes`.
+pub fn data_url(mime: &str, bytes: &[u8]) -> String {
+    format!("data:{mime};base64,{}", b64(bytes))
+}
+
+/// `data:image/png;base64,…` for `bytes`.
+pub fn png_data_url(bytes: &[u8]) -> String {
+    data_url("image/png", bytes)
+}
