@@ -72,7 +72,7 @@ async fn run(items: usize, governor: bool) {
     let s = stop.clone();
     let handle = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
 
-    let png = openai_sim::testing::png_data_url(&openai_sim::testing::TINY_PNG);
+    let png = testkit::png_data_url(&testkit::TINY_PNG);
     let body = json!({
         "mode": "individual", "model": "gpt-4o", "detail": "low",
         "analyzer": {"prompt": "Name the main colour.", "schema": {

@@ -8,7 +8,6 @@ mod common;
 
 use std::time::Instant;
 
-use base64::Engine;
 use batchlens::domain::{Detail, ShardKind, ShardStatus};
 use batchlens::pipeline::batch::jsonl::{write_shard_file, LineTemplate};
 
@@ -31,10 +30,7 @@ async fn main() {
         for (j, b) in bytes.iter_mut().enumerate() {
             *b = (j.wrapping_mul(31) ^ i.wrapping_mul(7919)) as u8;
         }
-        format!(
-            "data:image/jpeg;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        )
+        testkit::data_url("image/jpeg", &bytes)
     };
     let (_, shard_id) = common::job_with_one_shard(&store, images, image).await;
     let shard = store

@@ -13,7 +13,6 @@ mod models;
 mod ratelimit;
 mod schema_gen;
 mod state;
-pub mod testing;
 mod tokens;
 pub mod vision;
 pub mod webhooks;

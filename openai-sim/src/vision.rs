@@ -262,11 +262,7 @@ mod tests {
 
     #[test]
     fn reads_png_header_from_data_url() {
-        let png = crate::testing::png_header(1800, 2400);
-        let url = format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(&png)
-        );
+        let url = testkit::png_data_url(&testkit::png_header(1800, 2400));
         assert_eq!(data_url_dimensions(&url), Ok((1800, 2400)));
         assert_eq!(
             data_url_dimensions("https://x/y.png"),

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{envelope, Harness, KEY};
-use openai_sim::testing::{png_data_url, png_header};
 use openai_sim::{FaultRule, ImageSize, SimConfig};
 use serde_json::{json, Value};
+use testkit::{png_data_url, png_header};
 
 fn image_request(model: &str, url: &str, detail: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": [

@@ -332,10 +332,10 @@ fn generate_id(
 
 #[cfg(test)]
 mod tests {
-    use super::image::fixtures::{gif, jpeg, pdf, png, webp};
     use super::*;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
     use base64::Engine as _;
+    use testkit::{gif, jpeg, pdf, png, webp};
 
     fn none() -> HashSet<String> {
         HashSet::new()
@@ -826,7 +826,7 @@ mod tests {
     #[test]
     fn with_downscaling_a_large_image_is_stored_at_the_size_the_model_sees() {
         use crate::domain::Detail;
-        let photo = resize::fixtures::jpeg_photo(1600, 1200);
+        let photo = testkit::jpeg_photo(1600, 1200);
         let inputs = [
             b64(&photo, "image/jpeg"),
             data(format!(
@@ -854,7 +854,7 @@ mod tests {
 
     #[test]
     fn without_downscaling_inline_images_are_stored_as_sent() {
-        let photo = resize::fixtures::jpeg_photo(1600, 1200);
+        let photo = testkit::jpeg_photo(1600, 1200);
         let it = accepted(b64(&photo, "image/jpeg"));
         assert_eq!(
             it.image,
@@ -866,7 +866,7 @@ mod tests {
     #[test]
     fn with_downscaling_small_images_and_urls_are_untouched() {
         let limits = downscaling("gpt-4o", crate::domain::Detail::High);
-        let small = resize::fixtures::jpeg_photo(300, 200);
+        let small = testkit::jpeg_photo(300, 200);
         let r = check_items(
             vec![b64(&small, "image/jpeg"), url("https://e.com/big.jpg")],
             0,
@@ -906,7 +906,7 @@ mod tests {
     #[test]
     fn with_downscaling_a_decompression_bomb_is_rejected() {
         let limits = downscaling("gpt-4o", crate::domain::Detail::Low);
-        let bomb = resize::fixtures::png_header_claiming(100_000, 100_000);
+        let bomb = testkit::png_header_claiming(100_000, 100_000);
         let text = format!("data:image/png;base64,{}", STANDARD.encode(&bomb));
         let r = check_items(vec![data(text)], 0, &none(), &limits);
         assert_eq!(
@@ -931,7 +931,7 @@ mod tests {
             .enumerate()
             .map(|(i, &(w, h))| {
                 with_id(
-                    b64(&resize::fixtures::jpeg_photo(w, h), "image/jpeg"),
+                    b64(&testkit::jpeg_photo(w, h), "image/jpeg"),
                     &format!("p-{i}"),
                 )
             })

@@ -6,13 +6,11 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor};
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::{
@@ -44,75 +42,17 @@ where
     store.close().await;
 }
 
-fn postgres_url() -> Option<String> {
-    let url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-    if url.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but DATABASE_URL names no PostgreSQL database");
-        }
-        eprintln!("skipping postgres test: DATABASE_URL not set");
-    }
-    url
-}
-
-/// A database of one test's own, dropped when the guard drops (also on panic).
-struct TestDatabase {
-    admin: PgConnectOptions,
-    name: String,
-}
-
-impl TestDatabase {
-    async fn create(url: &str) -> (Self, PgConnectOptions) {
-        let admin = PgConnectOptions::from_str(url).expect("DATABASE_URL");
-        let name = format!("bl_test_{}", Uuid::new_v4().simple());
-        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
-        conn.execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create test database");
-        conn.close().await.ok();
-        let opts = admin.clone().database(&name);
-        (Self { admin, name }, opts)
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread
-        // with a runtime of its own.
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut conn = admin.connect().await?;
-                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
-}
-
 async fn run_postgres<F, Fut>(test: F)
 where
     F: FnOnce(DynStore) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some(url) = postgres_url() else {
+    let Some(database) = testkit::PgDatabase::create("bl_test").await else {
         return;
     };
-    let (_guard, opts) = TestDatabase::create(&url).await;
     let pool = PgPoolOptions::new()
         .max_connections(5)
-        .connect_with(opts)
+        .connect_with(database.connect_options())
         .await
         .expect("connect to test database");
     let store = PgStore::from_pool(pool);

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use batchlens::config::Settings;
 use batchlens::startup::Application;
 use openai_sim::{SimConfig, SimServer};
@@ -40,7 +39,7 @@ pub enum Db {
 /// A database for one test; PostgreSQL ones are dropped when this is dropped.
 pub struct TestDb {
     pub url: String,
-    pg: Option<(String, String)>,
+    _pg: Option<testkit::PgDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -53,61 +52,18 @@ impl TestDb {
                 let url = format!("sqlite://{}", dir.path().join("t.db").display());
                 Some(TestDb {
                     url,
-                    pg: None,
+                    _pg: None,
                     _dir: Some(dir),
                 })
             }
             Db::Postgres => {
-                let admin = match std::env::var("DATABASE_URL") {
-                    Ok(url) if url.starts_with("postgres") => url,
-                    _ => {
-                        if std::env::var("CI").as_deref() == Ok("true") {
-                            panic!("CI=true but DATABASE_URL does not point at PostgreSQL");
-                        }
-                        eprintln!("skipping postgres test: DATABASE_URL not set");
-                        return None;
-                    }
-                };
-                let name = format!("bl_e2e_{}", uuid::Uuid::new_v4().simple());
-                let pool = sqlx::PgPool::connect(&admin)
-                    .await
-                    .expect("PostgreSQL answers");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
-                let (base, _) = admin.rsplit_once('/').unwrap();
+                let pg = testkit::PgDatabase::create("bl_e2e").await?;
                 Some(TestDb {
-                    url: format!("{base}/{name}"),
-                    pg: Some((admin, name)),
+                    url: pg.url().to_string(),
+                    _pg: Some(pg),
                     _dir: None,
                 })
             }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some((admin, name)) = self.pg.take() {
-            // A fresh runtime on another thread: Drop may run inside a runtime.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&pool)
-                                .await;
-                        pool.close().await;
-                    }
-                });
-            })
-            .join();
         }
     }
 }
@@ -287,90 +243,7 @@ impl TestApp {
     }
 }
 
-/// A real PNG of the given size (solid grey), as bytes. Memoized: big ones are slow to
-/// checksum in a debug build.
-pub fn png(width: u32, height: u32) -> Vec<u8> {
-    type Cache = std::sync::Mutex<HashMap<(u32, u32), Vec<u8>>>;
-    static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
-    if let Some(hit) = CACHE.lock().unwrap().get(&(width, height)) {
-        return hit.clone();
-    }
-    let made = make_png(width, height);
-    CACHE.lock().unwrap().insert((width, height), made.clone());
-    made
-}
-
-fn make_png(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(data: &[u8]) -> u32 {
-        static TABLE: std::sync::LazyLock<[u32; 256]> = std::sync::LazyLock::new(|| {
-            let mut t = [0u32; 256];
-            for (n, slot) in t.iter_mut().enumerate() {
-                let mut c = n as u32;
-                for _ in 0..8 {
-                    c = if c & 1 != 0 {
-                        0xedb8_8320 ^ (c >> 1)
-                    } else {
-                        c >> 1
-                    };
-                }
-                *slot = c;
-            }
-            t
-        });
-        let mut crc = 0xffff_ffffu32;
-        for &b in data {
-            crc = TABLE[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-        }
-        !crc
-    }
-    fn adler32(data: &[u8]) -> u32 {
-        let (mut a, mut b) = (1u32, 0u32);
-        for chunk in data.chunks(5552) {
-            for &d in chunk {
-                a += d as u32;
-                b += a;
-            }
-            a %= 65521;
-            b %= 65521;
-        }
-        (b << 16) | a
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut c = kind.to_vec();
-        c.extend_from_slice(data);
-        out.extend_from_slice(&c);
-        out.extend_from_slice(&crc32(&c).to_be_bytes());
-    }
-    // Raw scanlines (filter byte 0 + grey pixels), stored in uncompressed deflate blocks.
-    let mut raw = Vec::new();
-    for _ in 0..height {
-        raw.push(0);
-        raw.extend(std::iter::repeat_n(0x80u8, width as usize));
-    }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        z.push(u8::from(i == blocks.len() - 1));
-        z.extend_from_slice(&(block.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
-        z.extend_from_slice(block);
-    }
-    z.extend_from_slice(&adler32(&raw).to_be_bytes());
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &z);
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+pub use testkit::{b64, png};
 
 /// A job body of `n` items mixing the three sources; every `invalid_every`-th item is a
 /// broken image (0 = none).
