@@ -8,6 +8,7 @@ pub mod cost;
 pub mod domain;
 pub mod intake;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod providers;
 pub mod startup;

@@ -12,4 +12,5 @@ mod cost;
 mod crash_recovery;
 mod individual;
 mod openapi;
+mod outbound;
 mod resilience;
