@@ -141,6 +141,8 @@ pub struct State {
     pub rng: StdRng,
     pub rng_seed: u64,
     pub clock_offset_ms: u64,
+    /// Wall time the clock stands still at (`Sim::pause_clock`); `advance_clock` still moves it.
+    pub clock_paused_at: Option<u64>,
     pub webhooks: Vec<PendingWebhook>,
     pub chat_log: VecDeque<ChatCall>,
 }
@@ -161,16 +163,19 @@ impl State {
             rng: StdRng::seed_from_u64(seed),
             rng_seed: seed,
             clock_offset_ms: 0,
+            clock_paused_at: None,
             webhooks: Vec::new(),
             chat_log: VecDeque::new(),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall = self.clock_paused_at.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        });
         wall + self.clock_offset_ms
     }
 
@@ -311,6 +316,20 @@ impl Sim {
         st.clock_offset_ms += by.as_millis() as u64;
         let now = st.now_ms();
         st.advance(now);
+    }
+
+    /// Stops the clock where it is (only `advance_clock` moves it), so tests can read exact
+    /// `x-ratelimit-reset-*` and `retry-after` values.
+    pub fn pause_clock(&self) {
+        let mut st = self.lock();
+        if st.clock_paused_at.is_none() {
+            st.clock_paused_at = Some(st.now_ms() - st.clock_offset_ms);
+        }
+    }
+
+    /// Lets the clock run again; it jumps forward to wall time plus the offset.
+    pub fn resume_clock(&self) {
+        self.lock().clock_paused_at = None;
     }
 
     /// Forgets files, batches, journal, counters and rate-limit windows; keeps the config.
