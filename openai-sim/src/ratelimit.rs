@@ -483,4 +483,46 @@ mod tests {
             Err(Refusal::TooLarge { .. })
         ));
     }
+
+    /// The README's worked example: `rpm: 3`, requests at t = 0, 10, 20 s, then a 4th at 20 s.
+    #[test]
+    fn worked_example_for_each_kind() {
+        let run = |kind| {
+            let t0 = 600_000; // a minute boundary
+            let mut l2 = Limiter::default();
+            let mut snap = None;
+            for t in [0, 10_000, 20_000] {
+                snap = Some(l2.check("m", kind, 3, 0, 0, t0 + t).1);
+            }
+            let fourth = l2.check("m", kind, 3, 0, 0, t0 + 20_000);
+            (snap.unwrap(), fourth)
+        };
+        let (s, (r, s4)) = run(RateLimiterKind::TokenBucket);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (1, 40_000));
+        assert!(r.is_ok());
+        assert_eq!((s4.remaining_requests, s4.reset_requests_ms), (0, 60_000));
+
+        let (s, (r, s4)) = run(RateLimiterKind::SlidingWindow);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (0, 60_000));
+        assert!(matches!(
+            r,
+            Err(Refusal::Wait {
+                retry_after_ms: 40_000,
+                used: 3,
+                ..
+            })
+        ));
+        assert_eq!(s4.reset_requests_ms, 60_000);
+
+        let (s, (r, s4)) = run(RateLimiterKind::FixedWindow);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (0, 40_000));
+        assert!(matches!(
+            r,
+            Err(Refusal::Wait {
+                retry_after_ms: 40_000,
+                ..
+            })
+        ));
+        assert_eq!(s4.reset_requests_ms, 40_000);
+    }
 }
