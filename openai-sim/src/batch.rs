@@ -9,7 +9,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use crate::chat::{self, Prepared, Usage};
-use crate::config::SimConfig;
+use crate::config::{OutputOrder, SimConfig};
 use crate::error::ApiError;
 use crate::ids;
 
@@ -172,7 +172,7 @@ pub struct Batch {
     pub errors: Vec<BatchError>,
     /// The model the lines name, as written (e.g. `gpt-4o-mini`).
     pub request_model: Option<String>,
-    /// Lines in execution order: already shuffled, so output order is not input order.
+    /// Lines in execution order, which is also output order (`batch_output_order`).
     pub lines: Vec<Line>,
     /// Lines finished when a cancel or an expiry stopped the run.
     pub done_frozen: Option<usize>,
@@ -485,7 +485,7 @@ pub fn validate_input(
     }
 }
 
-/// Executes validated lines: answers, injected failures, then the shuffle.
+/// Executes validated lines: answers, injected failures, then the `batch_output_order`.
 pub fn run_lines<R: Rng>(
     parsed: Vec<ParsedLine>,
     cfg: &SimConfig,
@@ -516,7 +516,11 @@ pub fn run_lines<R: Rng>(
             }
         })
         .collect();
-    lines.shuffle(rng);
+    match cfg.batch_output_order {
+        OutputOrder::Shuffled => lines.shuffle(rng),
+        OutputOrder::Input => {}
+        OutputOrder::Reversed => lines.reverse(),
+    }
     lines
 }
 

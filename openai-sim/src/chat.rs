@@ -4,16 +4,12 @@
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::config::SimConfig;
+use crate::config::{SchemaTokens, SimConfig};
 use crate::error::ApiError;
 use crate::models;
 use crate::schema_gen;
 use crate::tokens;
 use crate::vision::{self, Detail, ImageUrlError};
-
-/// Tokens every message adds on top of its content, and the reply's priming.
-pub const TOKENS_PER_MESSAGE: u64 = 3;
-pub const TOKENS_PER_REPLY: u64 = 3;
 
 const ROLES: &[&str] = &[
     "system",
@@ -52,6 +48,8 @@ pub struct Prepared {
     pub format: ReplyFormat,
     pub max_completion_tokens: Option<u64>,
     pub n: u64,
+    /// `service_tier: "flex"` on a model that offers it.
+    pub flex: bool,
 }
 
 impl Prepared {
@@ -156,14 +154,24 @@ pub fn prepare(body: &Value, cfg: &SimConfig) -> Result<Prepared, ApiError> {
         .code("integer_above_max_value"));
     }
 
+    let flex = match obj.get("service_tier").and_then(Value::as_str) {
+        Some("flex") if cfg.offers_flex(&model) => true,
+        Some("flex") => {
+            return Err(
+                ApiError::invalid("Flex is not available for this model.").param("service_tier")
+            )
+        }
+        _ => false,
+    };
+
     let (mut text_tokens, image_tokens, all_text) =
         count_messages(obj.get("messages"), &model, cfg)?;
-    text_tokens += TOKENS_PER_REPLY;
+    text_tokens += cfg.tokens_per_reply;
 
     let format = reply_format(obj.get("response_format"))?;
     match &format {
         ReplyFormat::JsonSchema(schema) if obj_has_schema(obj) => {
-            text_tokens += tokens::count_memo(&serde_json::to_string(schema).unwrap_or_default());
+            text_tokens += schema_tokens(schema, cfg);
         }
         ReplyFormat::JsonObject if !all_text.to_lowercase().contains("json") => {
             return Err(ApiError::invalid(
@@ -177,12 +185,37 @@ pub fn prepare(body: &Value, cfg: &SimConfig) -> Result<Prepared, ApiError> {
     Ok(Prepared {
         model,
         reasoning,
-        text_tokens,
+        text_tokens: scale_text_tokens(text_tokens, cfg),
         image_tokens,
         format,
         max_completion_tokens,
         n,
+        flex,
     })
+}
+
+/// What a `response_format` schema adds to the prompt, by the `schema_tokens` knob.
+fn schema_tokens(schema: &Value, cfg: &SimConfig) -> u64 {
+    match cfg.schema_tokens {
+        SchemaTokens::None => 0,
+        SchemaTokens::Compact => {
+            tokens::count_memo(&serde_json::to_string(schema).unwrap_or_default())
+        }
+        SchemaTokens::Pretty => {
+            tokens::count_memo(&serde_json::to_string_pretty(schema).unwrap_or_default())
+        }
+        SchemaTokens::Fixed => cfg.schema_fixed_tokens,
+    }
+}
+
+/// `round(text × text_token_factor) + text_token_offset`, never below 0.
+fn scale_text_tokens(text: u64, cfg: &SimConfig) -> u64 {
+    let scaled = if cfg.text_token_factor == 1.0 {
+        text as i64
+    } else {
+        (text as f64 * cfg.text_token_factor.max(0.0)).round() as i64
+    };
+    scaled.saturating_add(cfg.text_token_offset).max(0) as u64
 }
 
 fn obj_has_schema(obj: &serde_json::Map<String, Value>) -> bool {
@@ -244,7 +277,7 @@ fn count_messages(
         if !ROLES.contains(&role) {
             return Err(ApiError::invalid_value(&format!("{at}.role"), role, ROLES));
         }
-        text += TOKENS_PER_MESSAGE;
+        text += cfg.tokens_per_message;
         match m.get("content") {
             Some(Value::String(s)) => {
                 text += tokens::count_memo(s);
@@ -343,7 +376,13 @@ fn image_part_tokens(
             .code("invalid_image_format"));
         }
     };
-    Ok(vision::image_tokens(model, w, h, detail))
+    let tokens = vision::image_tokens(model, w, h, detail);
+    if cfg.image_token_factor == 1.0 {
+        return Ok(tokens);
+    }
+    Ok((tokens as f64 * cfg.image_token_factor.max(0.0) - 1e-9)
+        .ceil()
+        .max(0.0) as u64)
 }
 
 fn reply_format(rf: Option<&Value>) -> Result<ReplyFormat, ApiError> {
@@ -467,7 +506,7 @@ pub fn complete<R: Rng>(
         "model": models::snapshot(&p.model),
         "choices": choices,
         "usage": usage.to_json(),
-        "service_tier": "default",
+        "service_tier": if p.flex { "flex" } else { "default" },
         "system_fingerprint": "fp_5im0pen4i1",
     });
     (body, usage)

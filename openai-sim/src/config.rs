@@ -51,10 +51,37 @@ pub struct SimConfig {
     /// Cut replies at `max_completion_tokens` with `finish_reason: "length"`, as OpenAI does.
     pub truncate_at_max_tokens: bool,
 
+    /// Text tokens every message adds on top of its content.
+    pub tokens_per_message: u64,
+    /// Text tokens added once per request for priming the reply.
+    pub tokens_per_reply: u64,
+    /// How a `response_format.json_schema.schema` counts: `none`, `compact`, `pretty`, `fixed`.
+    pub schema_tokens: SchemaTokens,
+    /// Tokens a schema counts when `schema_tokens` is `fixed`.
+    pub schema_fixed_tokens: u64,
+    /// Multiplies the prompt's text tokens (content, framing and schema); rounded.
+    pub text_token_factor: f64,
+    /// Added to the prompt's text tokens after `text_token_factor` (never below 0).
+    pub text_token_offset: i64,
+    /// Multiplies each image's tokens from the table in `vision.rs`; rounded up.
+    pub image_token_factor: f64,
+
+    /// Models that accept `service_tier: "flex"` (the name or its `-YYYY-MM-DD` snapshot).
+    pub flex_models: Vec<String>,
+    /// Extra delay before each flex chat answer.
+    pub flex_latency_ms: u64,
+    /// Probability a flex chat call is answered 429 `resource_unavailable`.
+    pub flex_unavailable_rate: f64,
+
+    /// Order of lines in batch output/error files: `shuffled`, `input`, `reversed`.
+    pub batch_output_order: OutputOrder,
+
     /// Requests per minute per model on chat completions (0 = unlimited).
     pub rpm: u64,
     /// Tokens per minute per model on chat completions (0 = unlimited).
     pub tpm: u64,
+    /// How `rpm`/`tpm` are enforced and reported: `token_bucket`, `sliding_window`, `fixed_window`.
+    pub rate_limiter: RateLimiterKind,
     /// Extra delay before every chat completion answer.
     pub chat_latency_ms: u64,
 
@@ -76,6 +103,93 @@ pub struct SimConfig {
     pub webhook_url: Option<String>,
     /// `whsec_…` secret signing webhooks the Standard Webhooks way.
     pub webhook_secret: Option<String>,
+    /// When events are sent: `at_completion`, `delayed` (by `webhook_delay_ms`), `duplicate`.
+    pub webhook_timing: WebhookTiming,
+    /// Delay of `delayed` events after the terminal status; gap between `duplicate` copies.
+    pub webhook_delay_ms: u64,
+}
+
+/// How the RPM/TPM limits are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum RateLimiterKind {
+    /// Continuous refill: the whole limit comes back evenly over 60 s.
+    #[default]
+    TokenBucket,
+    /// A request (and its tokens) counts for 60 s after it was accepted.
+    SlidingWindow,
+    /// The budget resets on every minute boundary of the simulator's clock.
+    FixedWindow,
+}
+
+/// How a response-format JSON schema adds to the prompt's text tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum SchemaTokens {
+    /// Not counted.
+    None,
+    /// o200k tokens of `serde_json::to_string(schema)`.
+    #[default]
+    Compact,
+    /// o200k tokens of `serde_json::to_string_pretty(schema)`.
+    Pretty,
+    /// `schema_fixed_tokens`, whatever the schema.
+    Fixed,
+}
+
+/// Order of the lines in a batch's output and error files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum OutputOrder {
+    /// Seeded shuffle (by `seed` and the batch's creation order).
+    #[default]
+    Shuffled,
+    /// The input file's order.
+    Input,
+    /// The input file's order, last line first.
+    Reversed,
+}
+
+/// When batch webhooks go out relative to the batch's terminal status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum WebhookTiming {
+    /// As soon as the status is reached (the next 50 ms tick).
+    #[default]
+    AtCompletion,
+    /// `webhook_delay_ms` after the status is reached.
+    Delayed,
+    /// Twice with the same `webhook-id`, the second `webhook_delay_ms` after the first.
+    Duplicate,
+}
+
+/// Models offering flex processing: o3 and o4-mini from OpenAI's flex processing guide
+/// (April 2025: "currently only available for o3 and o4-mini"), and the gpt-5 family, which
+/// the later guide defers to the pricing page for ("Supported models are listed on the
+/// pricing page"), where gpt-5, gpt-5-mini and gpt-5-nano have a Flex price.
+pub const DEFAULT_FLEX_MODELS: &[&str] = &["o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano"];
+
+impl SimConfig {
+    /// Whether `model` (a name or its dated snapshot) is in `flex_models`.
+    pub fn offers_flex(&self, model: &str) -> bool {
+        self.flex_models.iter().any(|m| {
+            model == m
+                || model.strip_prefix(m.as_str()).is_some_and(|rest| {
+                    let b = rest.as_bytes();
+                    b.len() == 11
+                        && b[0] == b'-'
+                        && b[5] == b'-'
+                        && b[8] == b'-'
+                        && [1, 2, 3, 4, 6, 7, 9, 10]
+                            .iter()
+                            .all(|&i| b[i].is_ascii_digit())
+                })
+        })
+    }
 }
 
 impl Default for SimConfig {
@@ -102,8 +216,20 @@ impl Default for SimConfig {
             reasoning_tokens: 0,
             cached_tokens_fraction: 0.0,
             truncate_at_max_tokens: true,
+            tokens_per_message: 3,
+            tokens_per_reply: 3,
+            schema_tokens: SchemaTokens::Compact,
+            schema_fixed_tokens: 0,
+            text_token_factor: 1.0,
+            text_token_offset: 0,
+            image_token_factor: 1.0,
+            flex_models: DEFAULT_FLEX_MODELS.iter().map(|m| m.to_string()).collect(),
+            flex_latency_ms: 0,
+            flex_unavailable_rate: 0.0,
+            batch_output_order: OutputOrder::Shuffled,
             rpm: 0,
             tpm: 0,
+            rate_limiter: RateLimiterKind::TokenBucket,
             chat_latency_ms: 0,
             latency_ms: 0,
             fault_5xx_rate: 0.0,
@@ -113,6 +239,8 @@ impl Default for SimConfig {
             journal_limit: 100_000,
             webhook_url: None,
             webhook_secret: None,
+            webhook_timing: WebhookTiming::AtCompletion,
+            webhook_delay_ms: 0,
         }
     }
 }

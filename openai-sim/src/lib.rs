@@ -22,9 +22,11 @@ use std::net::SocketAddr;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{FaultRule, ImageSize, SimConfig};
+pub use config::{
+    FaultRule, ImageSize, OutputOrder, RateLimiterKind, SchemaTokens, SimConfig, WebhookTiming,
+};
 pub use http::router;
-pub use state::{JournalEntry, Sim, Stats};
+pub use state::{ChatCall, JournalEntry, ModelCounts, Sim, Stats};
 
 /// A running simulator on a local port; dropping it (or `shutdown`) stops it.
 pub struct SimServer {

@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 
 use crate::batch::{self, Batch, BatchError, Stamps, Status, Timing};
+use crate::config::WebhookTiming;
 use crate::error::ApiError;
 use crate::files::{self, BATCH_FILE_TTL_S};
 use crate::ids;
@@ -365,13 +366,32 @@ impl State {
         self.queue_webhook(i, event, t);
     }
 
+    /// Queues the event for the webhook loop, when and as often as `webhook_timing` says.
     fn queue_webhook(&mut self, i: usize, event: &str, t: u64) {
-        if self.config.webhook_url.is_some() {
-            self.webhooks.push(PendingWebhook {
-                event_type: event.to_string(),
-                batch_id: self.batches[i].id.clone(),
-                at_ms: t,
-            });
+        if self.config.webhook_url.is_none() {
+            return;
+        }
+        let ev = PendingWebhook {
+            event_id: ids::event_id(),
+            event_type: event.to_string(),
+            batch_id: self.batches[i].id.clone(),
+            at_ms: t,
+            due_ms: t,
+        };
+        let delay = self.config.webhook_delay_ms;
+        match self.config.webhook_timing {
+            WebhookTiming::AtCompletion => self.webhooks.push(ev),
+            WebhookTiming::Delayed => self.webhooks.push(PendingWebhook {
+                due_ms: t + delay,
+                ..ev
+            }),
+            WebhookTiming::Duplicate => {
+                self.webhooks.push(ev.clone());
+                self.webhooks.push(PendingWebhook {
+                    due_ms: t + delay,
+                    ..ev
+                });
+            }
         }
     }
 }

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use openai_sim::{FaultRule, ImageSize, SimConfig, SimServer};
+use openai_sim::{
+    FaultRule, ImageSize, OutputOrder, RateLimiterKind, SchemaTokens, SimConfig, SimServer,
+    WebhookTiming,
+};
 
 /// A faithful simulator of OpenAI's Files, Batches and Chat Completions endpoints.
 /// Every flag is a knob of /_sim/config (see openai-sim/README.md); unset flags keep defaults.
@@ -79,6 +82,42 @@ struct Args {
     /// Chat tokens per minute per model, 0 = unlimited [default: 0]
     #[arg(long)]
     tpm: Option<u64>,
+    /// How RPM/TPM are kept: token_bucket, sliding_window, fixed_window [default: token_bucket]
+    #[arg(long, value_enum)]
+    rate_limiter: Option<RateLimiterKind>,
+    /// Text tokens each message adds on top of its content [default: 3]
+    #[arg(long)]
+    tokens_per_message: Option<u64>,
+    /// Text tokens added once for the reply's priming [default: 3]
+    #[arg(long)]
+    tokens_per_reply: Option<u64>,
+    /// How a json_schema counts: none, compact, pretty, fixed [default: compact]
+    #[arg(long, value_enum)]
+    schema_tokens: Option<SchemaTokens>,
+    /// Tokens a schema counts with --schema-tokens fixed [default: 0]
+    #[arg(long)]
+    schema_fixed_tokens: Option<u64>,
+    /// Factor on the prompt's text tokens [default: 1.0]
+    #[arg(long)]
+    text_token_factor: Option<f64>,
+    /// Offset added to the prompt's text tokens, may be negative [default: 0]
+    #[arg(long, allow_hyphen_values = true)]
+    text_token_offset: Option<i64>,
+    /// Factor on each image's tokens [default: 1.0]
+    #[arg(long)]
+    image_token_factor: Option<f64>,
+    /// A model offering service_tier=flex; repeatable, replaces the default list.
+    #[arg(long = "flex-model")]
+    flex_models: Vec<String>,
+    /// Extra delay before each flex chat answer [default: 0]
+    #[arg(long)]
+    flex_latency_ms: Option<u64>,
+    /// Probability of a 429 resource_unavailable on a flex chat call [default: 0]
+    #[arg(long)]
+    flex_unavailable_rate: Option<f64>,
+    /// Batch output line order: shuffled, input, reversed [default: shuffled]
+    #[arg(long, value_enum)]
+    batch_output_order: Option<OutputOrder>,
     /// Delay before each chat answer [default: 0]
     #[arg(long)]
     chat_latency_ms: Option<u64>,
@@ -106,6 +145,12 @@ struct Args {
     /// whsec_… secret signing webhooks
     #[arg(long)]
     webhook_secret: Option<String>,
+    /// When webhooks go out: at_completion, delayed, duplicate [default: at_completion]
+    #[arg(long, value_enum)]
+    webhook_timing: Option<WebhookTiming>,
+    /// Delay of delayed webhooks, gap between duplicate copies [default: 0]
+    #[arg(long)]
+    webhook_delay_ms: Option<u64>,
 }
 
 fn parse_limit(s: &str) -> Result<(String, u64), String> {
@@ -155,6 +200,19 @@ fn config_from(args: &Args) -> Result<SimConfig, String> {
         truncate_at_max_tokens,
         rpm,
         tpm,
+        rate_limiter,
+        tokens_per_message,
+        tokens_per_reply,
+        schema_tokens,
+        schema_fixed_tokens,
+        text_token_factor,
+        text_token_offset,
+        image_token_factor,
+        flex_latency_ms,
+        flex_unavailable_rate,
+        batch_output_order,
+        webhook_timing,
+        webhook_delay_ms,
         chat_latency_ms,
         latency_ms,
         fault_5xx_rate,
@@ -176,6 +234,9 @@ fn config_from(args: &Args) -> Result<SimConfig, String> {
         cfg.enqueued_token_limits.extend(limits);
     }
     cfg.faults.extend(args.faults.iter().cloned());
+    if !args.flex_models.is_empty() {
+        cfg.flex_models = args.flex_models.clone();
+    }
     Ok(cfg)
 }
 

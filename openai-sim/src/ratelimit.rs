@@ -1,9 +1,13 @@
-//! Per-model RPM/TPM token buckets (refilled continuously over a minute) and the
-//! `x-ratelimit-*` header values OpenAI sends with them.
+//! Per-model RPM/TPM limits, kept as token buckets (refilled continuously over a minute),
+//! 60 s sliding windows or fixed minute windows, and the `x-ratelimit-*` header values each
+//! would send.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use crate::config::RateLimiterKind;
 
 const MINUTE_MS: f64 = 60_000.0;
+const MINUTE: u64 = 60_000;
 /// Limits advertised in headers when a knob is 0 (unlimited): a generous paid tier.
 pub const NOMINAL_RPM: u64 = 30_000;
 pub const NOMINAL_TPM: u64 = 150_000_000;
@@ -98,9 +102,65 @@ pub enum Refusal {
     TooLarge { limit: u64, requested: u64 },
 }
 
+/// One model's limits, kept the way `RateLimiterKind` says.
+#[derive(Clone, Debug)]
+enum Window {
+    Bucket {
+        req: Bucket,
+        tok: Bucket,
+    },
+    /// Accepted requests of the last 60 s, oldest first: (accepted at, tokens).
+    Sliding {
+        entries: VecDeque<(u64, u64)>,
+    },
+    /// Usage since the minute boundary `start`.
+    Fixed {
+        start: u64,
+        requests: u64,
+        tokens: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct ModelLimit {
+    kind: RateLimiterKind,
+    cap_r: u64,
+    cap_t: u64,
+    window: Window,
+}
+
+impl ModelLimit {
+    fn new(kind: RateLimiterKind, cap_r: u64, cap_t: u64, now: u64) -> Self {
+        let window = match kind {
+            RateLimiterKind::TokenBucket => Window::Bucket {
+                req: Bucket::new(cap_r, now),
+                tok: Bucket::new(cap_t, now),
+            },
+            RateLimiterKind::SlidingWindow => Window::Sliding {
+                entries: VecDeque::new(),
+            },
+            RateLimiterKind::FixedWindow => Window::Fixed {
+                start: minute_start(now),
+                requests: 0,
+                tokens: 0,
+            },
+        };
+        ModelLimit {
+            kind,
+            cap_r,
+            cap_t,
+            window,
+        }
+    }
+}
+
+fn minute_start(now: u64) -> u64 {
+    now - now % MINUTE
+}
+
 #[derive(Default, Debug)]
 pub struct Limiter {
-    models: HashMap<String, (Bucket, Bucket)>,
+    models: HashMap<String, ModelLimit>,
 }
 
 impl Limiter {
@@ -109,9 +169,11 @@ impl Limiter {
     }
 
     /// Takes one request and `tokens` for `model`, or says why not. Always returns the headers.
+    /// A refused request takes nothing.
     pub fn check(
         &mut self,
         model: &str,
+        kind: RateLimiterKind,
         rpm: u64,
         tpm: u64,
         tokens: u64,
@@ -119,56 +181,218 @@ impl Limiter {
     ) -> (Result<(), Refusal>, Snapshot) {
         let cap_r = if rpm == 0 { NOMINAL_RPM } else { rpm };
         let cap_t = if tpm == 0 { NOMINAL_TPM } else { tpm };
-        let (req, tok) = self
+        let limit = self
             .models
             .entry(model.to_string())
-            .or_insert_with(|| (Bucket::new(cap_r, now), Bucket::new(cap_t, now)));
-        // A changed knob starts a fresh window.
-        if req.capacity != cap_r as f64 {
-            *req = Bucket::new(cap_r, now);
+            .or_insert_with(|| ModelLimit::new(kind, cap_r, cap_t, now));
+        if limit.kind != kind {
+            *limit = ModelLimit::new(kind, cap_r, cap_t, now);
         }
-        if tok.capacity != cap_t as f64 {
-            *tok = Bucket::new(cap_t, now);
-        }
-        req.refill(now);
-        tok.refill(now);
-
-        let outcome = if rpm != 0 && req.level < 1.0 {
-            Err(Refusal::Wait {
-                what: "requests",
-                limit: rpm,
-                used: (req.capacity - req.level).ceil() as u64,
-                requested: 1,
-                retry_after_ms: req.wait_ms(1.0),
-            })
-        } else if tpm != 0 && tokens > tpm {
-            Err(Refusal::TooLarge {
-                limit: tpm,
-                requested: tokens,
-            })
-        } else if tpm != 0 && tok.level < tokens as f64 {
-            Err(Refusal::Wait {
-                what: "tokens",
-                limit: tpm,
-                used: (tok.capacity - tok.level).ceil() as u64,
-                requested: tokens,
-                retry_after_ms: tok.wait_ms(tokens as f64),
-            })
-        } else {
-            req.level = (req.level - 1.0).max(0.0);
-            tok.level = (tok.level - tokens as f64).max(0.0);
-            Ok(())
+        let result = match &mut limit.window {
+            Window::Bucket { req, tok } => {
+                // A changed knob starts a fresh window.
+                if req.capacity != cap_r as f64 {
+                    *req = Bucket::new(cap_r, now);
+                }
+                if tok.capacity != cap_t as f64 {
+                    *tok = Bucket::new(cap_t, now);
+                }
+                bucket_check(req, tok, rpm, tpm, tokens, now)
+            }
+            Window::Sliding { entries } => {
+                if limit.cap_r != cap_r || limit.cap_t != cap_t {
+                    entries.clear();
+                }
+                sliding_check(entries, cap_r, cap_t, rpm, tpm, tokens, now)
+            }
+            Window::Fixed {
+                start,
+                requests,
+                tokens: used,
+            } => {
+                if limit.cap_r != cap_r || limit.cap_t != cap_t || *start != minute_start(now) {
+                    *start = minute_start(now);
+                    *requests = 0;
+                    *used = 0;
+                }
+                fixed_check(*start, requests, used, cap_r, cap_t, rpm, tpm, tokens, now)
+            }
         };
-        let snap = Snapshot {
-            limit_requests: cap_r,
-            remaining_requests: req.level.floor() as u64,
-            reset_requests_ms: req.reset_ms(),
-            limit_tokens: cap_t,
-            remaining_tokens: tok.level.floor() as u64,
-            reset_tokens_ms: tok.reset_ms(),
-        };
-        (outcome, snap)
+        limit.cap_r = cap_r;
+        limit.cap_t = cap_t;
+        result
     }
+}
+
+fn bucket_check(
+    req: &mut Bucket,
+    tok: &mut Bucket,
+    rpm: u64,
+    tpm: u64,
+    tokens: u64,
+    now: u64,
+) -> (Result<(), Refusal>, Snapshot) {
+    req.refill(now);
+    tok.refill(now);
+    let outcome = if rpm != 0 && req.level < 1.0 {
+        Err(Refusal::Wait {
+            what: "requests",
+            limit: rpm,
+            used: (req.capacity - req.level).ceil() as u64,
+            requested: 1,
+            retry_after_ms: req.wait_ms(1.0),
+        })
+    } else if tpm != 0 && tokens > tpm {
+        Err(Refusal::TooLarge {
+            limit: tpm,
+            requested: tokens,
+        })
+    } else if tpm != 0 && tok.level < tokens as f64 {
+        Err(Refusal::Wait {
+            what: "tokens",
+            limit: tpm,
+            used: (tok.capacity - tok.level).ceil() as u64,
+            requested: tokens,
+            retry_after_ms: tok.wait_ms(tokens as f64),
+        })
+    } else {
+        req.level = (req.level - 1.0).max(0.0);
+        tok.level = (tok.level - tokens as f64).max(0.0);
+        Ok(())
+    };
+    let snap = Snapshot {
+        limit_requests: req.capacity as u64,
+        remaining_requests: req.level.floor() as u64,
+        reset_requests_ms: req.reset_ms(),
+        limit_tokens: tok.capacity as u64,
+        remaining_tokens: tok.level.floor() as u64,
+        reset_tokens_ms: tok.reset_ms(),
+    };
+    (outcome, snap)
+}
+
+/// Every accepted request counts (with its tokens) for 60 s. `remaining` = limit − used in the
+/// last 60 s; `reset` = until the window is empty again (the newest counted request leaves),
+/// i.e. until the limit is back to its initial state; `retry-after` = until enough of the
+/// oldest requests have left for this one to fit.
+fn sliding_check(
+    entries: &mut VecDeque<(u64, u64)>,
+    cap_r: u64,
+    cap_t: u64,
+    rpm: u64,
+    tpm: u64,
+    tokens: u64,
+    now: u64,
+) -> (Result<(), Refusal>, Snapshot) {
+    while entries.front().is_some_and(|(at, _)| at + MINUTE <= now) {
+        entries.pop_front();
+    }
+    let leaves = |at: u64| at + MINUTE - now;
+    let used_r = entries.len() as u64;
+    let used_t: u64 = entries.iter().map(|(_, t)| t).sum();
+    let outcome = if rpm != 0 && used_r >= rpm {
+        // The (used − limit + 1) oldest requests must leave first.
+        let (at, _) = entries[(used_r - rpm) as usize];
+        Err(Refusal::Wait {
+            what: "requests",
+            limit: rpm,
+            used: used_r,
+            requested: 1,
+            retry_after_ms: leaves(at),
+        })
+    } else if tpm != 0 && tokens > tpm {
+        Err(Refusal::TooLarge {
+            limit: tpm,
+            requested: tokens,
+        })
+    } else if tpm != 0 && used_t + tokens > tpm {
+        let mut left = used_t;
+        let mut wait = 0;
+        for (at, t) in entries.iter() {
+            left -= t;
+            wait = leaves(*at);
+            if left + tokens <= tpm {
+                break;
+            }
+        }
+        Err(Refusal::Wait {
+            what: "tokens",
+            limit: tpm,
+            used: used_t,
+            requested: tokens,
+            retry_after_ms: wait,
+        })
+    } else {
+        entries.push_back((now, tokens));
+        Ok(())
+    };
+    let used_r = entries.len() as u64;
+    let used_t: u64 = entries.iter().map(|(_, t)| t).sum();
+    let snap = Snapshot {
+        limit_requests: cap_r,
+        remaining_requests: cap_r.saturating_sub(used_r),
+        reset_requests_ms: entries.back().map_or(0, |(at, _)| leaves(*at)),
+        limit_tokens: cap_t,
+        remaining_tokens: cap_t.saturating_sub(used_t),
+        reset_tokens_ms: entries
+            .iter()
+            .rev()
+            .find(|(_, t)| *t > 0)
+            .map_or(0, |(at, _)| leaves(*at)),
+    };
+    (outcome, snap)
+}
+
+/// The budget resets on each minute boundary; `reset` and `retry-after` are the time to the
+/// next boundary (`reset` is 0 while nothing of the budget is used).
+#[allow(clippy::too_many_arguments)]
+fn fixed_check(
+    start: u64,
+    requests: &mut u64,
+    used: &mut u64,
+    cap_r: u64,
+    cap_t: u64,
+    rpm: u64,
+    tpm: u64,
+    tokens: u64,
+    now: u64,
+) -> (Result<(), Refusal>, Snapshot) {
+    let to_boundary = start + MINUTE - now;
+    let outcome = if rpm != 0 && *requests >= rpm {
+        Err(Refusal::Wait {
+            what: "requests",
+            limit: rpm,
+            used: *requests,
+            requested: 1,
+            retry_after_ms: to_boundary,
+        })
+    } else if tpm != 0 && tokens > tpm {
+        Err(Refusal::TooLarge {
+            limit: tpm,
+            requested: tokens,
+        })
+    } else if tpm != 0 && *used + tokens > tpm {
+        Err(Refusal::Wait {
+            what: "tokens",
+            limit: tpm,
+            used: *used,
+            requested: tokens,
+            retry_after_ms: to_boundary,
+        })
+    } else {
+        *requests += 1;
+        *used += tokens;
+        Ok(())
+    };
+    let snap = Snapshot {
+        limit_requests: cap_r,
+        remaining_requests: cap_r.saturating_sub(*requests),
+        reset_requests_ms: if *requests > 0 { to_boundary } else { 0 },
+        limit_tokens: cap_t,
+        remaining_tokens: cap_t.saturating_sub(*used),
+        reset_tokens_ms: if *used > 0 { to_boundary } else { 0 },
+    };
+    (outcome, snap)
 }
 
 /// Go-style durations as OpenAI writes them: `120ms`, `1s`, `8.64s`, `6m0s`, `1h2m3s`.
@@ -212,9 +436,12 @@ mod tests {
     fn rpm_bucket_refuses_then_refills() {
         let mut l = Limiter::default();
         for _ in 0..2 {
-            assert!(l.check("m", 2, 0, 10, 0).0.is_ok());
+            assert!(l
+                .check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 0)
+                .0
+                .is_ok());
         }
-        let (r, snap) = l.check("m", 2, 0, 10, 0);
+        let (r, snap) = l.check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 0);
         match r {
             Err(Refusal::Wait {
                 what,
@@ -228,9 +455,14 @@ mod tests {
         }
         assert_eq!(snap.remaining_requests, 0);
         assert_eq!(snap.reset_requests_ms, 60_000);
-        assert!(l.check("m", 2, 0, 10, 30_000).0.is_ok());
+        assert!(l
+            .check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 30_000)
+            .0
+            .is_ok());
         assert!(
-            l.check("other", 2, 0, 10, 0).0.is_ok(),
+            l.check("other", RateLimiterKind::TokenBucket, 2, 0, 10, 0)
+                .0
+                .is_ok(),
             "limits are per model"
         );
     }
@@ -238,14 +470,59 @@ mod tests {
     #[test]
     fn tpm_counts_tokens() {
         let mut l = Limiter::default();
-        assert!(l.check("m", 0, 100, 60, 0).0.is_ok());
+        assert!(l
+            .check("m", RateLimiterKind::TokenBucket, 0, 100, 60, 0)
+            .0
+            .is_ok());
         assert!(matches!(
-            l.check("m", 0, 100, 60, 0).0,
+            l.check("m", RateLimiterKind::TokenBucket, 0, 100, 60, 0).0,
             Err(Refusal::Wait { what: "tokens", .. })
         ));
         assert!(matches!(
-            l.check("m", 0, 100, 101, 0).0,
+            l.check("m", RateLimiterKind::TokenBucket, 0, 100, 101, 0).0,
             Err(Refusal::TooLarge { .. })
         ));
+    }
+
+    /// The README's worked example: `rpm: 3`, requests at t = 0, 10, 20 s, then a 4th at 20 s.
+    #[test]
+    fn worked_example_for_each_kind() {
+        let run = |kind| {
+            let t0 = 600_000; // a minute boundary
+            let mut l2 = Limiter::default();
+            let mut snap = None;
+            for t in [0, 10_000, 20_000] {
+                snap = Some(l2.check("m", kind, 3, 0, 0, t0 + t).1);
+            }
+            let fourth = l2.check("m", kind, 3, 0, 0, t0 + 20_000);
+            (snap.unwrap(), fourth)
+        };
+        let (s, (r, s4)) = run(RateLimiterKind::TokenBucket);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (1, 40_000));
+        assert!(r.is_ok());
+        assert_eq!((s4.remaining_requests, s4.reset_requests_ms), (0, 60_000));
+
+        let (s, (r, s4)) = run(RateLimiterKind::SlidingWindow);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (0, 60_000));
+        assert!(matches!(
+            r,
+            Err(Refusal::Wait {
+                retry_after_ms: 40_000,
+                used: 3,
+                ..
+            })
+        ));
+        assert_eq!(s4.reset_requests_ms, 60_000);
+
+        let (s, (r, s4)) = run(RateLimiterKind::FixedWindow);
+        assert_eq!((s.remaining_requests, s.reset_requests_ms), (0, 40_000));
+        assert!(matches!(
+            r,
+            Err(Refusal::Wait {
+                retry_after_ms: 40_000,
+                ..
+            })
+        ));
+        assert_eq!(s4.reset_requests_ms, 40_000);
     }
 }

@@ -1,7 +1,7 @@
 //! The simulator's whole memory (files, batches, journal, counters, limiter) behind one lock,
 //! and `Sim`, the cheap handle tests and handlers share.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,6 +56,38 @@ pub struct Stats {
     pub insufficient_quota: u64,
     pub webhooks_sent: u64,
     pub webhooks_failed: u64,
+    /// 429 `resource_unavailable` answers to flex calls.
+    pub flex_unavailable: u64,
+    /// Chat calls that passed validation, by model as requested.
+    pub chat_by_model: BTreeMap<String, ModelCounts>,
+}
+
+/// Per-model chat counters: what a utilisation check needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCounts {
+    /// Answered 200.
+    pub accepted: u64,
+    /// 429 from the `rpm`/`tpm` limits (including "Request too large").
+    pub rate_limited: u64,
+    /// 429 `resource_unavailable` (flex).
+    pub flex_unavailable: u64,
+    /// Tokens the accepted calls counted against `tpm`.
+    pub tokens: u64,
+}
+
+/// One chat call that passed validation and met the limiter, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatCall {
+    /// The simulator's clock (Unix ms, with any `advance_clock` offset) the limiter used.
+    pub at_ms: u64,
+    /// As requested.
+    pub model: String,
+    /// `accepted`, `rate_limited`, `too_large` or `flex_unavailable`.
+    pub outcome: String,
+    pub status: u16,
+    /// What the call counts (or would have counted) against `tpm`.
+    pub tokens: u64,
+    pub flex: bool,
 }
 
 /// One answered request.
@@ -85,9 +117,14 @@ pub struct JournalEntry {
 /// A terminal batch event waiting to be POSTed to `webhook_url`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PendingWebhook {
+    /// `evt_…`, also the `webhook-id`; the same for both copies of a `duplicate` event.
+    pub event_id: String,
     pub event_type: String,
     pub batch_id: String,
+    /// When the batch reached its terminal status (simulator clock).
     pub at_ms: u64,
+    /// When the event may be sent (simulator clock).
+    pub due_ms: u64,
 }
 
 pub struct State {
@@ -104,7 +141,10 @@ pub struct State {
     pub rng: StdRng,
     pub rng_seed: u64,
     pub clock_offset_ms: u64,
+    /// Wall time the clock stands still at (`Sim::pause_clock`); `advance_clock` still moves it.
+    pub clock_paused_at: Option<u64>,
     pub webhooks: Vec<PendingWebhook>,
+    pub chat_log: VecDeque<ChatCall>,
 }
 
 impl State {
@@ -123,15 +163,19 @@ impl State {
             rng: StdRng::seed_from_u64(seed),
             rng_seed: seed,
             clock_offset_ms: 0,
+            clock_paused_at: None,
             webhooks: Vec::new(),
+            chat_log: VecDeque::new(),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall = self.clock_paused_at.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        });
         wall + self.clock_offset_ms
     }
 
@@ -149,6 +193,27 @@ impl State {
         self.journal.push_back(entry);
         while self.journal.len() > self.config.journal_limit.max(1) {
             self.journal.pop_front();
+        }
+    }
+
+    /// Logs a chat call that met the limiter and counts it per model.
+    pub fn record_chat(&mut self, call: ChatCall) {
+        let counts = self
+            .stats
+            .chat_by_model
+            .entry(call.model.clone())
+            .or_default();
+        match call.outcome.as_str() {
+            "accepted" => {
+                counts.accepted += 1;
+                counts.tokens += call.tokens;
+            }
+            "flex_unavailable" => counts.flex_unavailable += 1,
+            _ => counts.rate_limited += 1,
+        }
+        self.chat_log.push_back(call);
+        while self.chat_log.len() > self.config.journal_limit.max(1) {
+            self.chat_log.pop_front();
         }
     }
 
@@ -191,6 +256,11 @@ impl Sim {
 
     pub fn set_config(&self, c: SimConfig) {
         self.lock().set_config(c);
+    }
+
+    /// Chat calls that met the rate limiter, oldest first (up to `journal_limit`).
+    pub fn chat_calls(&self) -> Vec<ChatCall> {
+        self.lock().chat_log.iter().cloned().collect()
     }
 
     /// Every answered `/v1` request, oldest first (up to `journal_limit`).
@@ -246,6 +316,20 @@ impl Sim {
         st.clock_offset_ms += by.as_millis() as u64;
         let now = st.now_ms();
         st.advance(now);
+    }
+
+    /// Stops the clock where it is (only `advance_clock` moves it), so tests can read exact
+    /// `x-ratelimit-reset-*` and `retry-after` values.
+    pub fn pause_clock(&self) {
+        let mut st = self.lock();
+        if st.clock_paused_at.is_none() {
+            st.clock_paused_at = Some(st.now_ms() - st.clock_offset_ms);
+        }
+    }
+
+    /// Lets the clock run again; it jumps forward to wall time plus the offset.
+    pub fn resume_clock(&self) {
+        self.lock().clock_paused_at = None;
     }
 
     /// Forgets files, batches, journal, counters and rate-limit windows; keeps the config.

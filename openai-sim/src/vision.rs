@@ -11,7 +11,14 @@ pub enum ImageCost {
     Patch { multiplier: f64 },
 }
 
-/// Family prefix → cost; the longest matching prefix wins, unknown models price as gpt-4o.
+/// openai-sim's own image-token table (family prefix → cost; the longest matching prefix
+/// wins, unknown models price as gpt-4o). It implements the two formulas of OpenAI's vision
+/// guide ("Calculating costs"): *tile* models scale to fit 2048×2048, then to a 768-px
+/// shortest side, and cost `base + tile × ⌈w/512⌉·⌈h/512⌉` (`detail: low` = `base`; the
+/// guide's worked examples: 1024² → 765, 2048×4096 → 1105 on gpt-4o); *patch* models count
+/// 32-px patches capped at 1,536 (two-step shrink) times a per-model multiplier (1800×2400 →
+/// 1452 patches → 2353 on gpt-4.1-mini). The `image_token_factor` knob multiplies the result
+/// for "another reading" of the same formulas.
 pub const FAMILIES: &[(&str, ImageCost)] = &[
     (
         "gpt-4o",

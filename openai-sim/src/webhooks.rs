@@ -7,7 +7,6 @@ use base64::Engine;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::ids;
 use crate::state::{PendingWebhook, Sim};
 
 /// How often the loop moves the clock and looks for events.
@@ -76,11 +75,12 @@ pub async fn run(sim: Sim) {
             // Batches change status lazily; with a receiver waiting, time must move on its own.
             let now = st.now_ms();
             st.advance(now);
-            (
-                url,
-                st.config.webhook_secret.clone(),
-                std::mem::take(&mut st.webhooks),
-            )
+            // `webhook_timing` may hold events back (`delayed`, the second `duplicate` copy).
+            let (due, later) = std::mem::take(&mut st.webhooks)
+                .into_iter()
+                .partition(|ev| ev.due_ms <= now);
+            st.webhooks = later;
+            (url, st.config.webhook_secret.clone(), due)
         };
         for ev in due {
             let ok = deliver(&http, &url, secret.as_deref(), &ev).await;
@@ -100,8 +100,8 @@ async fn deliver(
     secret: Option<&str>,
     ev: &PendingWebhook,
 ) -> bool {
-    let event_id = ids::event_id();
-    let body = event_body(&event_id, ev);
+    let event_id = &ev.event_id;
+    let body = event_body(event_id, ev);
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
@@ -114,12 +114,12 @@ async fn deliver(
         let mut req = http
             .post(url)
             .header("content-type", "application/json")
-            .header("webhook-id", &event_id)
+            .header("webhook-id", event_id)
             .header("webhook-timestamp", ts.to_string())
             .timeout(Duration::from_secs(10))
             .body(body.clone());
         if let Some(secret) = secret {
-            req = req.header("webhook-signature", sign(secret, &event_id, ts, &body));
+            req = req.header("webhook-signature", sign(secret, event_id, ts, &body));
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => return true,

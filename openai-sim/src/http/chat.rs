@@ -5,13 +5,14 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
+use rand::Rng;
 
 use super::gate::{add_rate_headers, rate_limited_response};
 use super::{error_response, json_response, parse_json, with_note, Note};
 use crate::chat;
 use crate::error::ApiError;
 use crate::ratelimit::{format_duration, Refusal};
-use crate::state::Sim;
+use crate::state::{ChatCall, Sim};
 
 pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
@@ -37,12 +38,39 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
                 (error_response(&e), 0)
             }
             Ok(p) => {
+                let cost = p.rate_limit_cost();
+                let call = |outcome: &str, status: u16| ChatCall {
+                    at_ms: now,
+                    model: p.model.clone(),
+                    outcome: outcome.into(),
+                    status,
+                    tokens: cost,
+                    flex: p.flex,
+                };
+                // Capacity is checked before the limits: an unavailable flex call takes nothing.
+                if p.flex
+                    && cfg.flex_unavailable_rate > 0.0
+                    && st.rng.gen_bool(cfg.flex_unavailable_rate.min(1.0))
+                {
+                    st.stats.flex_unavailable += 1;
+                    st.record_chat(call("flex_unavailable", 429));
+                    let note = Note {
+                        fault: Some("flex_unavailable".into()),
+                        ..note.clone()
+                    };
+                    return with_note(error_response(&flex_unavailable(&p.model)), note);
+                }
                 let (outcome, snap) =
                     st.limiter
-                        .check(&p.model, cfg.rpm, cfg.tpm, p.rate_limit_cost(), now);
+                        .check(&p.model, cfg.rate_limiter, cfg.rpm, cfg.tpm, cost, now);
                 match outcome {
                     Err(refusal) => {
                         st.stats.rate_limited += 1;
+                        let kind = match refusal {
+                            Refusal::TooLarge { .. } => "too_large",
+                            Refusal::Wait { .. } => "rate_limited",
+                        };
+                        st.record_chat(call(kind, 429));
                         let (e, retry) = refusal_error(&refusal, &p.model, &cfg.organization);
                         let resp = rate_limited_response(&e, &snap, retry);
                         let note = Note {
@@ -56,9 +84,11 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
                         st.stats.chat_calls += 1;
                         st.stats.prompt_tokens += usage.prompt_tokens;
                         st.stats.completion_tokens += usage.completion_tokens;
+                        st.record_chat(call("accepted", 200));
                         let mut resp = json_response(200, &answer);
                         add_rate_headers(&mut resp, &snap);
-                        (resp, cfg.chat_latency_ms)
+                        let flex_latency = if p.flex { cfg.flex_latency_ms } else { 0 };
+                        (resp, cfg.chat_latency_ms + flex_latency)
                     }
                 }
             }
@@ -68,6 +98,19 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     with_note(resp, note)
+}
+
+/// The flex guide's "429 Resource Unavailable": not a rate limit, so no `x-ratelimit-*` and
+/// no `retry-after` (OpenAI documents only the status and the name; the code is ours).
+fn flex_unavailable(model: &str) -> ApiError {
+    ApiError::new(
+        429,
+        "resource_unavailable",
+        format!(
+            "Resource unavailable: there is not enough flex processing capacity for {model} right now. Please retry later or use the default service tier. You are not charged for this request."
+        ),
+    )
+    .code("resource_unavailable")
 }
 
 /// OpenAI's 429 body for a limit, and how long to wait when waiting helps.

@@ -20,6 +20,7 @@ pub(super) fn routes() -> Router<Sim> {
         .route("/config", get(config).patch(patch_config).put(put_config))
         .route("/journal", get(journal))
         .route("/stats", get(stats))
+        .route("/chat_calls", get(chat_calls))
         .route("/batches", get(batches))
         .route("/batches/{batch_id}/expire", post(expire))
         .route("/clock/advance", post(advance_clock))
@@ -31,6 +32,20 @@ fn bad(message: impl Into<String>) -> Response {
         400,
         &json!({"error": {"message": message.into(), "type": "invalid_request_error", "param": null, "code": null}}),
     )
+}
+
+/// `{"object": "list", "data": [ChatCall]}`, optionally only `?model=M`.
+async fn chat_calls(State(sim): State<Sim>, q: Params) -> Response {
+    let q = match params(q) {
+        Ok(q) => q,
+        Err(e) => return error_response(&e),
+    };
+    let data: Vec<_> = sim
+        .chat_calls()
+        .into_iter()
+        .filter(|c| q.get("model").is_none_or(|m| *m == c.model))
+        .collect();
+    json_response(200, &json!({"object": "list", "data": data}))
 }
 
 async fn config(State(sim): State<Sim>) -> Response {
