@@ -293,7 +293,7 @@ mod tests {
         assert!(job_at < cover_at && cover_at < look_at);
         let items = json!({"items": [
             {"file": "cover.png", "custom_id": "cover"},
-            {"file": "p7/look3.jpg", "custom_id": "p7/look3", "post_id": "p7"},
+            {"file": "p7/look3.jpg", "custom_id": "p7:look3", "post_id": "p7"},
         ]});
         assert!(
             text.contains(&format!("application/json\r\n\r\n{items}\r\n")),

@@ -164,7 +164,7 @@ mod tests {
         let a = ImageFile {
             path: "/x/p7/look3.jpg".into(),
             filename: "p7/look3.jpg".into(),
-            custom_id: "p7/look3".into(),
+            custom_id: "p7:look3".into(),
             post_id: Some("p7".into()),
             mime: "image/jpeg",
             bytes: 10,
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(
             job_part(&[&a, &b]),
             json!({"items": [
-                {"file": "p7/look3.jpg", "custom_id": "p7/look3", "post_id": "p7"},
+                {"file": "p7/look3.jpg", "custom_id": "p7:look3", "post_id": "p7"},
                 {"file": "cover.png", "custom_id": "cover"},
             ]})
         );

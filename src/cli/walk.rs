@@ -1,6 +1,6 @@
 //! Finding the images: walks folders (sorted, so a run is repeatable), keeps files whose
 //! first bytes are PNG, JPEG, WEBP or GIF, and names them: `custom_id` from the path
-//! relative to the folder given (without extension, `/` between folders), `post_id` from
+//! relative to the folder given (without extension, `:` between folders), `post_id` from
 //! the first sub-folder under it. Files named on the command line are named by their file
 //! name, with no post.
 
@@ -101,7 +101,7 @@ impl Found {
             Some(dot) if dot > filename.rfind('/').map_or(0, |s| s + 1) => &filename[..dot],
             _ => filename.as_str(),
         };
-        let custom_id = names.unique_id(stem);
+        let custom_id = names.unique_id(&id_for(stem));
         let filename = names.unique_file(&filename);
         self.images.push(ImageFile {
             path,
@@ -113,6 +113,19 @@ impl Found {
         });
         Ok(())
     }
+}
+
+/// A relative path (without extension) as a custom_id, in the characters the service takes
+/// (`A-Z a-z 0-9 _ . : -`): folders joined by `:` (`p7/look3` → `p7:look3`), anything else
+/// `_`.
+pub fn id_for(stem: &str) -> String {
+    stem.chars()
+        .map(|c| match c {
+            '/' => ':',
+            c if c.is_ascii_alphanumeric() || "_.:-".contains(c) => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// Ids and filenames already given, so two `look.jpg` named on the command line (or
@@ -233,26 +246,32 @@ mod tests {
             got,
             vec![
                 ("cover.png", "cover", None, "image/png"),
-                ("p1/look1.jpg", "p1/look1", Some("p1"), "image/jpeg"),
-                ("p1/look2.JPG", "p1/look2", Some("p1"), "image/jpeg"),
+                ("p1/look1.jpg", "p1:look1", Some("p1"), "image/jpeg"),
+                ("p1/look2.JPG", "p1:look2", Some("p1"), "image/jpeg"),
                 (
                     "p2/extra/deep.png",
-                    "p2/extra/deep",
+                    "p2:extra:deep",
                     Some("p2"),
                     "image/png"
                 ),
                 (
                     "p2/photo.jpeg.png",
-                    "p2/photo.jpeg",
+                    "p2:photo.jpeg",
                     Some("p2"),
                     "image/png"
                 ),
                 // The bytes decide, not the extension.
-                ("p2/renamed.txt", "p2/renamed", Some("p2"), "image/jpeg"),
+                ("p2/renamed.txt", "p2:renamed", Some("p2"), "image/jpeg"),
             ]
         );
         assert_eq!(found.skipped, 2, "notes.txt and .DS_Store");
         assert_eq!(found.images[1].bytes, JPEG.len() as u64);
+    }
+
+    #[test]
+    fn ids_use_only_the_characters_the_service_takes() {
+        assert_eq!(id_for("p7/look3"), "p7:look3");
+        assert_eq!(id_for("spring 2026/été (1)"), "spring_2026:_t___1_");
     }
 
     #[test]
