@@ -3,6 +3,7 @@
 pub mod analyzer;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod cost;
 pub mod domain;

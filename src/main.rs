@@ -1,14 +1,46 @@
-//! The batchlens service binary: configuration, tracing, the application, until a signal.
+//! The batchlens binary: `serve` (the default) runs the service; the other commands are the
+//! command-line client (`batchlens::cli`). Arguments are parsed before anything else, so
+//! `--help`, `--version` and a mistyped argument neither start the service nor create
+//! `./data`.
 
+use batchlens::cli::ClientCommand;
 use batchlens::config::Settings;
 use batchlens::startup::{shutdown_signal, Application};
 use batchlens::telemetry;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "batchlens",
+    version,
+    about = "Turns image sets into structured vision analyses through the OpenAI Batch API",
+    long_about = "Turns image sets into structured vision analyses through the OpenAI Batch API.\n\n\
+                  Without a command it runs the service (`batchlens serve`); the other commands \
+                  are a client of a running service (BATCHLENS_URL, BATCHLENS_API_KEY)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (configured by batchlens.toml and BATCHLENS__* variables).
+    Serve,
+    #[command(flatten)]
+    Client(Box<ClientCommand>),
+}
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        std::process::exit(healthcheck());
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Serve) => serve().await,
+        Some(Command::Client(command)) => std::process::exit(batchlens::cli::run(*command).await),
     }
+}
+
+async fn serve() {
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
@@ -28,26 +60,5 @@ async fn main() {
     if let Err(err) = app.run_until_stopped(shutdown_signal()).await {
         tracing::error!(error = %err, "batchlens stopped with an error");
         std::process::exit(1);
-    }
-}
-
-/// `batchlens healthcheck`: exit 0 when this host's service answers `/healthz` with 200.
-/// For container health checks in images without curl.
-fn healthcheck() -> i32 {
-    use std::io::{Read, Write};
-    let port = Settings::load().map(|s| s.server.port).unwrap_or(8080);
-    let probe = || -> std::io::Result<bool> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let mut conn =
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.1 200"))
-    };
-    match probe() {
-        Ok(true) => 0,
-        _ => 1,
     }
 }

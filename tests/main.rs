@@ -8,6 +8,7 @@ mod common;
 
 mod api;
 mod batch_jobs;
+mod cli;
 mod cost;
 mod crash_recovery;
 mod individual;

@@ -1,0 +1,221 @@
+//! The command-line client as a user runs it: the real binary against the real service and
+//! openai-sim. (`submit` end to end needs server-side multipart; its pieces are unit-tested
+//! in src/cli.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{b64, fast_sim, png, Db, TestApp};
+use serde_json::{json, Value};
+
+/// Runs `batchlens args…` in `cwd` with no BATCHLENS_* variables from the test's own
+/// environment; answers (exit code, stdout, stderr).
+async fn batchlens(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchlens"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("BATCHLENS_URL")
+        .env_remove("BATCHLENS_API_KEY")
+        .env_remove("BATCHLENS_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("batchlens finishes")
+        .expect("batchlens runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_and_version_exit_0_and_start_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, out, _) = batchlens(cwd.path(), &["--help"]).await;
+    assert_eq!(code, 0);
+    for command in [
+        "serve",
+        "healthcheck",
+        "submit",
+        "status",
+        "results",
+        "estimate",
+    ] {
+        assert!(out.contains(command), "{command} in --help: {out}");
+    }
+    let (code, out, _) = batchlens(cwd.path(), &["--version"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("batchlens {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, out, _) = batchlens(cwd.path(), &["submit", "--help"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--chunk-bytes") && out.contains("BATCHLENS_URL"),
+        "{out}"
+    );
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "--help/--version left {left:?} (no ./data)"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_argument_is_an_error_not_a_start() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, _, err) = batchlens(cwd.path(), &["--port", "9000"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unexpected argument '--port'"), "{err}");
+    let (code, _, err) = batchlens(cwd.path(), &["sumbit", "photos/"]).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = batchlens(cwd.path(), &["submit"]).await;
+    assert_eq!(code, 2, "submit needs a folder or files");
+    assert!(std::fs::read_dir(cwd.path()).unwrap().next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthcheck_is_0_for_a_running_service_and_1_otherwise() {
+    let app = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, _, err) = batchlens(cwd.path(), &["healthcheck", "--url", &app.base]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // A port held by a listener that never answers: connected, no 200 within 2 s.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (code, _, _) = batchlens(cwd.path(), &["healthcheck", "--url", &url]).await;
+    assert_eq!(code, 1);
+    // A closed port: refused.
+    let port = silent.local_addr().unwrap().port();
+    drop(silent);
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = batchlens(cwd.path(), &["healthcheck", "--url", &url]).await;
+    assert_eq!(code, 1, "{err}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_and_results_of_a_finished_job() {
+    let app = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await.unwrap();
+    let image = b64(&png(64, 48));
+    let items: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"custom_id": format!("p{i}:look"), "post_id": format!("p{i}"),
+                        "image_base64": image, "mime_type": "image/png"})
+        })
+        .collect();
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"name": "cli", "mode": "batch", "items": items}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, out, err) = batchlens(cwd.path(), &["status", &id, "--url", &app.base]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("(cli)"), "{out}");
+    assert!(
+        out.contains("completed") && out.contains("3/3 (100.0%) · 3 succeeded · 0 failed"),
+        "{out}"
+    );
+
+    let (code, csv, err) = batchlens(
+        cwd.path(),
+        &["results", &id, "--format", "csv", "--url", &app.base],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and a row per image: {csv}");
+    assert!(
+        lines[0].starts_with("custom_id,post_id,status,"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with(",input_tokens,output_tokens,cost_usd,error"),
+        "{}",
+        lines[0]
+    );
+    for (i, row) in lines[1..].iter().enumerate() {
+        assert!(
+            row.starts_with(&format!("p{i}:look,p{i},succeeded,")),
+            "{row}"
+        );
+    }
+
+    // NDJSON into a file: the service's own lines, one per image.
+    let (code, _, err) = batchlens(
+        cwd.path(),
+        &["results", &id, "--out", "r.ndjson", "--url", &app.base],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(cwd.path().join("r.ndjson")).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows, app.all_results(&id).await);
+
+    // A problem from the server: `batchlens: <title>: <detail>`, exit 1.
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let (code, _, err) = batchlens(cwd.path(), &["status", missing, "--url", &app.base]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("batchlens: Not found: "), "{err}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn estimate_prints_a_table_with_the_cheapest_marked() {
+    let app = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("p1")).unwrap();
+    std::fs::write(dir.path().join("p1/a.png"), png(64, 48)).unwrap();
+    std::fs::write(dir.path().join("p1/b.png"), png(640, 480)).unwrap();
+    std::fs::write(dir.path().join("c.png"), png(32, 32)).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+    let folder = dir.path().display().to_string();
+    let (code, out, err) = batchlens(
+        dir.path(),
+        &[
+            "estimate",
+            &folder,
+            "--url",
+            &app.base,
+            "--model",
+            "gpt-4o-mini",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 files skipped"), "{err}");
+    assert!(!err.contains("rejected"), "{err}");
+    assert!(out.starts_with("3 images · model gpt-4o-mini"), "{out}");
+    assert!(out.contains("per image") && out.contains("total"), "{out}");
+    let marked: Vec<&str> = out.lines().filter(|l| l.contains("◀ cheapest")).collect();
+    assert!(!marked.is_empty(), "{out}");
+    assert!(
+        marked
+            .iter()
+            .all(|l| l.contains("batch") || l.contains("flex")),
+        "{out}"
+    );
+    assert!(out.contains("individual"), "{out}");
+    let stats = app.sim.sim().stats();
+    assert_eq!(
+        (stats.chat_calls, stats.batches_created),
+        (0, 0),
+        "nothing sent to OpenAI"
+    );
+    app.shutdown().await;
+}
