@@ -37,7 +37,10 @@ impl Asset {
         let fresh = headers
             .get(IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == self.etag || t.trim() == "*"));
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim() == self.etag || t.trim() == "*")
+            });
         let status = if fresh {
             StatusCode::NOT_MODIFIED
         } else {

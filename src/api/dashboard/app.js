@@ -19,7 +19,7 @@
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     setAttrs(e, attrs);
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c !== null && c !== undefined && c !== false) e.append(c);
     }
     return e;
@@ -437,7 +437,7 @@
       thumb,
       el("div", {},
         el("div", { class: "id", title: String(r.custom_id) }, r.custom_id,
-          " ", el("span", { class: "status " + r.status }, r.status),
+          el("span", { class: "status " + r.status }, r.status),
           r.cost_usd ? el("span", { class: "usd" }, usd(r.cost_usd)) : null),
         out, err, reused));
   }
@@ -498,7 +498,7 @@
     drawChart(days, rows);
   }
   function drawChart(days, rows) {
-    const W = 900, H = 190, L = 52, R = 8, T = 10, B = 22;
+    const W = 1000, H = 200, L = 64, R = 8, T = 10, B = 22;
     const spend = rows.map((r) => Number(r.actual_usd) || 0);
     const saved = rows.map((r) => Math.max(0, Number(r.savings_usd) || 0));
     const max = Math.max(...spend, ...saved, 0);
@@ -506,7 +506,7 @@
     const y = (v) => T + (H - T - B) * (1 - v / top);
     const slot = (W - L - R) / days.length;
     const bw = Math.max(2, slot * 0.36);
-    const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "spend and savings per day" });
+    const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "spend and savings per day" });
     for (const v of max > 0 ? [0, top / 2, top] : [0]) {
       g.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
       g.append(svg("text", { x: L - 6, y: y(v) + 3, "text-anchor": "end" }, document.createTextNode(usd(v))));
