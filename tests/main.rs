@@ -11,6 +11,7 @@ mod batch_jobs;
 mod cli;
 mod cost;
 mod crash_recovery;
+mod dashboard;
 mod individual;
 mod openapi;
 mod outbound;

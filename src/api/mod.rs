@@ -20,6 +20,7 @@ use crate::store::DynStore;
 
 pub mod auth;
 pub mod costs;
+mod dashboard;
 pub mod dto;
 pub mod jobs;
 pub mod ops;
@@ -177,6 +178,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_router().split_for_parts();
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not answer that method".into())
