@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use common::{envelope, lines, Harness, KEY};
-use openai_sim::testing::{png_data_url, png_header};
+use testkit::{png_data_url, png_header};
 use openai_sim::{OutputOrder, RateLimiterKind, SchemaTokens, SimConfig, WebhookTiming};
 use serde_json::{json, Value};
 
