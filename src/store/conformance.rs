@@ -163,7 +163,6 @@ conformance!(
     idempotency_lifecycle,
     idempotency_concurrent_begin_starts_once,
     cost_totals_over_period,
-    api_keys_replace,
     bulk_outcomes,
     individual_shards_round_robin_and_start,
     settle_outcomes_retries_within_attempts,
@@ -1704,43 +1703,6 @@ async fn cost_totals_over_period(s: DynStore) {
         .await
         .unwrap();
     assert_eq!(empty, Default::default());
-}
-
-async fn api_keys_replace(s: DynStore) {
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(t, k)| (t.to_string(), k.to_string()))
-            .collect()
-    };
-    s.replace_api_keys(&pairs(&[("acme", "h1"), ("globex", "h2")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.tenant_for_key("h1").await.unwrap().as_deref(),
-        Some("acme")
-    );
-    assert_eq!(
-        s.tenant_for_key("h2").await.unwrap().as_deref(),
-        Some("globex")
-    );
-    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
-
-    s.replace_api_keys(&pairs(&[("initech", "h1"), ("acme", "h3")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.tenant_for_key("h1").await.unwrap().as_deref(),
-        Some("initech")
-    );
-    assert_eq!(s.tenant_for_key("h2").await.unwrap(), None);
-    assert_eq!(
-        s.tenant_for_key("h3").await.unwrap().as_deref(),
-        Some("acme")
-    );
-
-    s.replace_api_keys(&[]).await.unwrap();
-    assert_eq!(s.tenant_for_key("h1").await.unwrap(), None);
-    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
 }
 
 // ---- bulk ---------------------------------------------------------------------------

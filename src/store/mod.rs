@@ -239,14 +239,6 @@ pub trait Store: Send + Sync + 'static {
     /// Closes the pool (graceful shutdown).
     async fn close(&self);
 
-    // ---- API keys -------------------------------------------------------------------
-
-    /// Makes the `api_keys` table hold exactly these `(tenant, sha256_hex)` pairs.
-    async fn replace_api_keys(&self, keys: &[(String, String)]) -> StoreResult<()>;
-
-    /// The tenant whose key hashes to `sha256_hex`.
-    async fn tenant_for_key(&self, sha256_hex: &str) -> StoreResult<Option<String>>;
-
     // ---- jobs -----------------------------------------------------------------------
 
     /// Creates the job and its items (positions 0..n in the given order) in one

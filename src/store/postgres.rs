@@ -316,41 +316,6 @@ impl Store for PgStore {
         self.pool.close().await;
     }
 
-    async fn replace_api_keys(&self, keys: &[(String, String)]) -> StoreResult<()> {
-        // Last pair wins for a repeated hash; ON CONFLICT cannot touch a row twice.
-        let map: std::collections::BTreeMap<&str, &str> = keys
-            .iter()
-            .map(|(tenant, sha)| (sha.as_str(), tenant.as_str()))
-            .collect();
-        let shas: Vec<&str> = map.keys().copied().collect();
-        let tenants: Vec<&str> = map.values().copied().collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM api_keys WHERE sha256 <> ALL($1::text[])")
-            .bind(&shas)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO api_keys (sha256, tenant, created_at) \
-             SELECT u.sha256, u.tenant, now() FROM UNNEST($1::text[], $2::text[]) AS u(sha256, tenant) \
-             ON CONFLICT (sha256) DO UPDATE SET tenant = EXCLUDED.tenant",
-        )
-        .bind(&shas)
-        .bind(&tenants)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn tenant_for_key(&self, sha256_hex: &str) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tenant FROM api_keys WHERE sha256 = $1")
-                .bind(sha256_hex)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
     async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job> {
         if let Some(dup) = common::duplicate_custom_id(items) {
             return Err(StoreError::DuplicateCustomId(dup.to_string()));

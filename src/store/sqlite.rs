@@ -357,40 +357,6 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
-    async fn replace_api_keys(&self, keys: &[(String, String)]) -> StoreResult<()> {
-        let map: std::collections::BTreeMap<&str, &str> = keys
-            .iter()
-            .map(|(tenant, sha)| (sha.as_str(), tenant.as_str()))
-            .collect();
-        let at = now();
-        let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM api_keys WHERE sha256 NOT IN (SELECT value FROM json_each($1))")
-            .bind(json_array(map.keys()))
-            .execute(&mut *tx)
-            .await?;
-        let pairs: Vec<(&str, &str)> = map.into_iter().collect();
-        for chunk in pairs.chunks(common::CHUNK_ROWS) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO api_keys (sha256, tenant, created_at) ");
-            qb.push_values(chunk, |mut b, (sha, tenant)| {
-                b.push_bind(*sha).push_bind(*tenant).push_bind(at);
-            });
-            qb.push(" ON CONFLICT (sha256) DO UPDATE SET tenant = excluded.tenant");
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn tenant_for_key(&self, sha256_hex: &str) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tenant FROM api_keys WHERE sha256 = $1")
-                .bind(sha256_hex)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
     async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job> {
         if let Some(dup) = common::duplicate_custom_id(items) {
             return Err(StoreError::DuplicateCustomId(dup.to_string()));
