@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use uuid::Uuid;
 
 use super::{
-    truncate_to_micros, DynStore, IdempotencyState, JobCursor, JobLease, Leftover, NewShard,
-    PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
+    truncate_to_micros, DynStore, IdempotencyState, JobCursor, JobLease, LeasedShard, Leftover,
+    NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
     Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -33,6 +33,19 @@ fn lease(shard_id: Uuid, token: i64) -> ShardLease {
 
 fn job_lease(job_id: Uuid, token: i64) -> JobLease {
     JobLease::new(job_id, token)
+}
+
+/// Claims up to `limit` batch shards in one of `statuses` due by `due`, for `LEASE`.
+async fn claim(
+    s: &DynStore,
+    statuses: &[ShardStatus],
+    due: DateTime<Utc>,
+    owner: &str,
+    limit: i64,
+) -> Vec<LeasedShard> {
+    s.claim_shards(ShardKind::Batch, statuses, due, owner, LEASE, limit)
+        .await
+        .unwrap()
 }
 
 /// `claim_jobs_to_plan`, each job with its lease's token.
@@ -854,59 +867,28 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
         .unwrap());
 
     let now = at(100);
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Submitted],
-            now,
-            "w",
-            LEASE,
-            10
-        )
+    assert!(claim(&s, &[ShardStatus::Submitted], now, "w", 10)
         .await
-        .unwrap()
         .is_empty());
-    let first = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w1",
-            LEASE,
-            1,
-        )
-        .await
-        .unwrap();
+    let first = claim(&s, &[ShardStatus::Planned], now, "w1", 1).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id, due_early.id, "oldest next_poll_at first");
     assert_eq!(first[0].lease_token, 1);
-    let rest = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned, ShardStatus::Creating],
-            now,
-            "w2",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let rest = claim(
+        &s,
+        &[ShardStatus::Planned, ShardStatus::Creating],
+        now,
+        "w2",
+        10,
+    )
+    .await;
     assert_eq!(
         rest.iter().map(|x| x.id).collect::<Vec<_>>(),
         vec![due_late.id],
         "leased and not-yet-due shards are skipped"
     );
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w3",
-            LEASE,
-            10
-        )
+    assert!(claim(&s, &[ShardStatus::Planned], now, "w3", 10)
         .await
-        .unwrap()
         .is_empty());
 
     // Renewal keeps the lease; a zero-length one lets the next claimer in.
@@ -916,17 +898,7 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
         .renew_shard(&lease(due_early.id, 1), Duration::ZERO)
         .await
         .unwrap());
-    let again = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w4",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let again = claim(&s, &[ShardStatus::Planned], now, "w4", 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, due_early.id);
     assert_eq!(again[0].lease_token, 2);
@@ -937,44 +909,15 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
 
     // A stale release changes nothing; a current one frees the shard.
     s.release_shard(&lease(due_early.id, 1)).await.unwrap();
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w5",
-            LEASE,
-            10
-        )
+    assert!(claim(&s, &[ShardStatus::Planned], now, "w5", 10)
         .await
-        .unwrap()
         .is_empty());
     s.release_shard(&lease(due_early.id, 2)).await.unwrap();
-    let freed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w5",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let freed = claim(&s, &[ShardStatus::Planned], now, "w5", 10).await;
     assert_eq!(freed.len(), 1);
     assert_eq!(freed[0].lease_token, 3);
 
-    let later = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(5000),
-            "w6",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let later = claim(&s, &[ShardStatus::Planned], at(5000), "w6", 10).await;
     assert_eq!(
         later.iter().map(|x| x.id).collect::<Vec<_>>(),
         vec![future.id]
@@ -1002,16 +945,14 @@ async fn concurrent_shard_claimers_are_disjoint(s: DynStore) {
             let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                s.claim_shards(
-                    ShardKind::Batch,
+                claim(
+                    &s,
                     &[ShardStatus::Planned],
                     at(10_000),
                     &format!("worker-{w}"),
-                    LEASE,
                     (SHARDS / 4) as i64,
                 )
                 .await
-                .unwrap()
             })
         })
         .collect();
@@ -1055,18 +996,7 @@ async fn shard_steps_are_fenced(s: DynStore) {
         .await
         .unwrap()[0]
         .lease_token;
-    let tok = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w2",
-            LEASE,
-            1,
-        )
-        .await
-        .unwrap()[0]
-        .lease_token;
+    let tok = claim(&s, &[ShardStatus::Planned], at(10), "w2", 1).await[0].lease_token;
     assert!(tok > old);
     let before = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(before.lease_token, tok);
@@ -1324,17 +1254,7 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         .create_shards(&job_lease(j.id, t), &[sent.clone(), planned.clone()])
         .await
         .unwrap());
-    let claimed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let claimed = claim(&s, &[ShardStatus::Planned], at(10), "w", 10).await;
     let tok = |id: Uuid| claimed.iter().find(|x| x.id == id).unwrap().lease_token;
     assert!(s
         .shard_uploaded(&lease(sent.id, tok(sent.id)), "f")
@@ -1834,17 +1754,7 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
         }
     }
     // Batch claimers do not see individual shards.
-    let batch = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(100_000),
-            "b",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let batch = claim(&s, &[ShardStatus::Planned], at(100_000), "b", 10).await;
     assert!(batch.is_empty());
 
     let first = s.claim_individual_shards("x", LEASE, 2).await.unwrap();
@@ -1926,17 +1836,8 @@ async fn resubmit(s: &DynStore, job_id: Uuid, attempt: i32) -> (Uuid, i64) {
         .await
         .unwrap());
     s.release_job(&job_lease(job_id, job_token)).await.unwrap();
-    let token = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            Utc::now(),
-            "submitter",
-            LEASE,
-            100,
-        )
+    let token = claim(s, &[ShardStatus::Planned], Utc::now(), "submitter", 100)
         .await
-        .unwrap()
         .into_iter()
         .find(|x| x.id == shard.id)
         .expect("shard claimed")
@@ -2259,17 +2160,7 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
         .await
         .unwrap());
     s.release_job(&job_lease(created.id, t)).await.unwrap();
-    let claimed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let claimed = claim(&s, &[ShardStatus::Planned], at(10), "w", 10).await;
     let tok = claimed
         .iter()
         .find(|x| x.id == sent.id)
