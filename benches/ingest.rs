@@ -192,7 +192,7 @@ async fn run(url: &str, lines: usize) {
 async fn submit(
     store: &batchlens::store::DynStore,
     shard_id: uuid::Uuid,
-) -> batchlens::domain::Shard {
+) -> batchlens::store::LeasedShard {
     let lease = Duration::from_secs(600);
     let claimed = store
         .claim_shards(
@@ -206,12 +206,9 @@ async fn submit(
         .await
         .unwrap();
     let shard = claimed.into_iter().find(|s| s.id == shard_id).unwrap();
+    assert!(store.shard_uploaded(&shard.lease, "file-in").await.unwrap());
     assert!(store
-        .shard_uploaded(shard.id, shard.lease_token, "file-in")
-        .await
-        .unwrap());
-    assert!(store
-        .shard_submitted(shard.id, shard.lease_token, "batch_bench", Utc::now())
+        .shard_submitted(&shard.lease, "batch_bench", Utc::now())
         .await
         .unwrap());
     shard

@@ -61,7 +61,6 @@ impl Application {
             .iter()
             .map(|k| (k.tenant.clone(), k.sha256.clone()))
             .collect();
-        store.replace_api_keys(&keys).await?;
         if keys.is_empty() {
             tracing::warn!(
                 "no [[auth.keys]] configured: the API is open to anyone who can reach it, \

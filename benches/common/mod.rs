@@ -105,10 +105,10 @@ pub async fn job_with_one_shard(
         poll_interval_ms: 1000,
     };
     assert!(store
-        .create_shards(job.id, token, std::slice::from_ref(&shard))
+        .create_shards(&token, std::slice::from_ref(&shard))
         .await
         .unwrap());
-    store.release_job(job.id, token).await.unwrap();
+    store.release_job(&token).await.unwrap();
     (job.id, shard.id)
 }
 

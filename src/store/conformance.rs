@@ -14,8 +14,8 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::{
-    truncate_to_micros, DynStore, IdempotencyState, JobCursor, Leftover, NewShard, PgStore,
-    Settled, ShardPoll, StoreError, Verdict,
+    truncate_to_micros, DynStore, IdempotencyState, JobCursor, JobLease, LeasedShard, Leftover,
+    NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
     Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -23,6 +23,39 @@ use crate::domain::{
 };
 
 const LEASE: Duration = Duration::from_secs(300);
+
+/// The lease a claim of the shard with this token would have made.
+fn lease(shard_id: Uuid, token: i64) -> ShardLease {
+    ShardLease::new(shard_id, token)
+}
+
+fn job_lease(job_id: Uuid, token: i64) -> JobLease {
+    JobLease::new(job_id, token)
+}
+
+/// Claims up to `limit` batch shards in one of `statuses` due by `due`, for `LEASE`.
+async fn claim(
+    s: &DynStore,
+    statuses: &[ShardStatus],
+    due: DateTime<Utc>,
+    owner: &str,
+    limit: i64,
+) -> Vec<LeasedShard> {
+    s.claim_shards(ShardKind::Batch, statuses, due, owner, LEASE, limit)
+        .await
+        .unwrap()
+}
+
+/// `claim_jobs_to_plan`, each job with its lease's token.
+async fn claim_plan(
+    s: &DynStore,
+    owner: &str,
+    lease_for: Duration,
+    limit: i64,
+) -> StoreResult<Vec<(Job, i64)>> {
+    let claimed = s.claim_jobs_to_plan(owner, lease_for, limit).await?;
+    Ok(claimed.into_iter().map(|(j, l)| (j, l.token())).collect())
+}
 
 // ---- runners ------------------------------------------------------------------------
 
@@ -103,7 +136,6 @@ conformance!(
     idempotency_lifecycle,
     idempotency_concurrent_begin_starts_once,
     cost_totals_over_period,
-    api_keys_replace,
     bulk_outcomes,
     individual_shards_round_robin_and_start,
     settle_outcomes_retries_within_attempts,
@@ -379,10 +411,10 @@ async fn timestamps_round_trip(s: DynStore) {
     assert_eq!(job(&s, created.id).await, created);
 
     let (token, shard_id) = {
-        let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+        let (_, t) = claim_plan(&s, "p", LEASE, 1).await.unwrap().remove(0);
         let shard = new_shard(vec![0], precise);
         assert!(s
-            .create_shards(created.id, t, std::slice::from_ref(&shard))
+            .create_shards(&job_lease(created.id, t), std::slice::from_ref(&shard))
             .await
             .unwrap());
         (t, shard.id)
@@ -393,7 +425,7 @@ async fn timestamps_round_trip(s: DynStore) {
         s.list_shards(created.id).await.unwrap(),
         vec![shard.clone()]
     );
-    s.release_job(created.id, token).await.unwrap();
+    s.release_job(&job_lease(created.id, token)).await.unwrap();
 
     // A cursor built from a value read back finds the row strictly after it.
     let page = s
@@ -639,13 +671,13 @@ async fn plan_claim_and_create_shards(s: DynStore) {
             .unwrap();
     }
 
-    let claimed = s.claim_jobs_to_plan("planner-1", LEASE, 10).await.unwrap();
+    let claimed = claim_plan(&s, "planner-1", LEASE, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let (claimed_job, token) = claimed.into_iter().next().unwrap();
     assert_eq!(claimed_job.id, batch.id);
     assert!(token > 0);
     assert!(
-        s.claim_jobs_to_plan("planner-2", LEASE, 10)
+        claim_plan(&s, "planner-2", LEASE, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -669,7 +701,7 @@ async fn plan_claim_and_create_shards(s: DynStore) {
         ..new_shard(vec![3, 4], at(100))
     };
     assert!(!s
-        .create_shards(batch.id, token + 1, &[s1.clone(), s2.clone()])
+        .create_shards(&job_lease(batch.id, token + 1), &[s1.clone(), s2.clone()])
         .await
         .unwrap());
     assert!(
@@ -678,12 +710,13 @@ async fn plan_claim_and_create_shards(s: DynStore) {
     );
     assert_eq!(s.unassigned_items(batch.id).await.unwrap().len(), 4);
     assert!(matches!(
-        s.create_shards(Uuid::new_v4(), token, &[]).await,
+        s.create_shards(&job_lease(Uuid::new_v4(), token), &[])
+            .await,
         Err(StoreError::NotFound)
     ));
 
     assert!(s
-        .create_shards(batch.id, token, &[s1.clone(), s2.clone()])
+        .create_shards(&job_lease(batch.id, token), &[s1.clone(), s2.clone()])
         .await
         .unwrap());
     assert!(s.unassigned_items(batch.id).await.unwrap().is_empty());
@@ -713,9 +746,8 @@ async fn plan_claim_and_create_shards(s: DynStore) {
     assert_eq!(page[0].position, 4);
 
     // Released, but nothing is left to plan.
-    s.release_job(batch.id, token).await.unwrap();
-    assert!(s
-        .claim_jobs_to_plan("planner-2", LEASE, 10)
+    s.release_job(&job_lease(batch.id, token)).await.unwrap();
+    assert!(claim_plan(&s, "planner-2", LEASE, 10)
         .await
         .unwrap()
         .is_empty());
@@ -729,38 +761,25 @@ async fn planning_lease_expires_and_fences(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t1) = s
-        .claim_jobs_to_plan("p1", Duration::ZERO, 10)
+    let (_, t1) = claim_plan(&s, "p1", Duration::ZERO, 10)
         .await
         .unwrap()
         .remove(0);
     // The zero-length lease is already over: another planner takes the job.
-    let (_, t2) = s
-        .claim_jobs_to_plan("p2", LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    let (_, t2) = claim_plan(&s, "p2", LEASE, 10).await.unwrap().remove(0);
     assert!(t2 > t1);
     assert!(!s
-        .create_shards(j.id, t1, &[new_shard(vec![0], at(0))])
+        .create_shards(&job_lease(j.id, t1), &[new_shard(vec![0], at(0))])
         .await
         .unwrap());
     // A stale release leaves the new lease in place.
-    s.release_job(j.id, t1).await.unwrap();
-    assert!(s
-        .claim_jobs_to_plan("p3", LEASE, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    s.release_job(j.id, t2).await.unwrap();
-    let (_, t3) = s
-        .claim_jobs_to_plan("p3", LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    s.release_job(&job_lease(j.id, t1)).await.unwrap();
+    assert!(claim_plan(&s, "p3", LEASE, 10).await.unwrap().is_empty());
+    s.release_job(&job_lease(j.id, t2)).await.unwrap();
+    let (_, t3) = claim_plan(&s, "p3", LEASE, 10).await.unwrap().remove(0);
     assert!(t3 > t2);
     assert!(s
-        .create_shards(j.id, t3, &[new_shard(vec![0], at(0))])
+        .create_shards(&job_lease(j.id, t3), &[new_shard(vec![0], at(0))])
         .await
         .unwrap());
 }
@@ -775,141 +794,70 @@ async fn claim_shards_respects_leases_and_due_time(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let (_, t) = claim_plan(&s, "p", LEASE, 1).await.unwrap().remove(0);
     let due_early = new_shard(vec![0], at(10));
     let due_late = new_shard(vec![1], at(20));
     let future = new_shard(vec![2], at(1000));
     assert!(s
         .create_shards(
-            j.id,
-            t,
+            &job_lease(j.id, t),
             &[future.clone(), due_late.clone(), due_early.clone()]
         )
         .await
         .unwrap());
 
     let now = at(100);
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Submitted],
-            now,
-            "w",
-            LEASE,
-            10
-        )
+    assert!(claim(&s, &[ShardStatus::Submitted], now, "w", 10)
         .await
-        .unwrap()
         .is_empty());
-    let first = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w1",
-            LEASE,
-            1,
-        )
-        .await
-        .unwrap();
+    let first = claim(&s, &[ShardStatus::Planned], now, "w1", 1).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id, due_early.id, "oldest next_poll_at first");
     assert_eq!(first[0].lease_token, 1);
-    let rest = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned, ShardStatus::Creating],
-            now,
-            "w2",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let rest = claim(
+        &s,
+        &[ShardStatus::Planned, ShardStatus::Creating],
+        now,
+        "w2",
+        10,
+    )
+    .await;
     assert_eq!(
         rest.iter().map(|x| x.id).collect::<Vec<_>>(),
         vec![due_late.id],
         "leased and not-yet-due shards are skipped"
     );
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w3",
-            LEASE,
-            10
-        )
+    assert!(claim(&s, &[ShardStatus::Planned], now, "w3", 10)
         .await
-        .unwrap()
         .is_empty());
 
     // Renewal keeps the lease; a zero-length one lets the next claimer in.
-    assert!(s.renew_shard(due_early.id, 1, LEASE).await.unwrap());
-    assert!(!s.renew_shard(due_early.id, 7, LEASE).await.unwrap());
+    assert!(s.renew_shard(&lease(due_early.id, 1), LEASE).await.unwrap());
+    assert!(!s.renew_shard(&lease(due_early.id, 7), LEASE).await.unwrap());
     assert!(s
-        .renew_shard(due_early.id, 1, Duration::ZERO)
+        .renew_shard(&lease(due_early.id, 1), Duration::ZERO)
         .await
         .unwrap());
-    let again = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w4",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let again = claim(&s, &[ShardStatus::Planned], now, "w4", 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, due_early.id);
     assert_eq!(again[0].lease_token, 2);
     assert!(
-        !s.renew_shard(due_early.id, 1, LEASE).await.unwrap(),
+        !s.renew_shard(&lease(due_early.id, 1), LEASE).await.unwrap(),
         "old token is fenced"
     );
 
     // A stale release changes nothing; a current one frees the shard.
-    s.release_shard(due_early.id, 1).await.unwrap();
-    assert!(s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w5",
-            LEASE,
-            10
-        )
+    s.release_shard(&lease(due_early.id, 1)).await.unwrap();
+    assert!(claim(&s, &[ShardStatus::Planned], now, "w5", 10)
         .await
-        .unwrap()
         .is_empty());
-    s.release_shard(due_early.id, 2).await.unwrap();
-    let freed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            now,
-            "w5",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    s.release_shard(&lease(due_early.id, 2)).await.unwrap();
+    let freed = claim(&s, &[ShardStatus::Planned], now, "w5", 10).await;
     assert_eq!(freed.len(), 1);
     assert_eq!(freed[0].lease_token, 3);
 
-    let later = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(5000),
-            "w6",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let later = claim(&s, &[ShardStatus::Planned], at(5000), "w6", 10).await;
     assert_eq!(
         later.iter().map(|x| x.id).collect::<Vec<_>>(),
         vec![future.id]
@@ -925,11 +873,11 @@ async fn concurrent_shard_claimers_are_disjoint(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let (_, t) = claim_plan(&s, "p", LEASE, 1).await.unwrap().remove(0);
     let shards: Vec<NewShard> = (0..SHARDS as i64)
         .map(|i| new_shard(vec![i], at(i)))
         .collect();
-    assert!(s.create_shards(j.id, t, &shards).await.unwrap());
+    assert!(s.create_shards(&job_lease(j.id, t), &shards).await.unwrap());
 
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(4));
     let tasks: Vec<_> = (0..4)
@@ -937,16 +885,14 @@ async fn concurrent_shard_claimers_are_disjoint(s: DynStore) {
             let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                s.claim_shards(
-                    ShardKind::Batch,
+                claim(
+                    &s,
                     &[ShardStatus::Planned],
                     at(10_000),
                     &format!("worker-{w}"),
-                    LEASE,
                     (SHARDS / 4) as i64,
                 )
                 .await
-                .unwrap()
             })
         })
         .collect();
@@ -971,10 +917,10 @@ async fn shard_steps_are_fenced(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let (_, t) = claim_plan(&s, "p", LEASE, 1).await.unwrap().remove(0);
     let shard = new_shard(vec![0, 1], at(0));
     assert!(s
-        .create_shards(j.id, t, std::slice::from_ref(&shard))
+        .create_shards(&job_lease(j.id, t), std::slice::from_ref(&shard))
         .await
         .unwrap());
 
@@ -990,26 +936,18 @@ async fn shard_steps_are_fenced(s: DynStore) {
         .await
         .unwrap()[0]
         .lease_token;
-    let tok = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w2",
-            LEASE,
-            1,
-        )
-        .await
-        .unwrap()[0]
-        .lease_token;
+    let tok = claim(&s, &[ShardStatus::Planned], at(10), "w2", 1).await[0].lease_token;
     assert!(tok > old);
     let before = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(before.lease_token, tok);
 
     // Every step with the stale token changes nothing.
-    assert!(!s.shard_uploaded(shard.id, old, "file-old").await.unwrap());
     assert!(!s
-        .shard_submitted(shard.id, old, "batch-old", at(50))
+        .shard_uploaded(&lease(shard.id, old), "file-old")
+        .await
+        .unwrap());
+    assert!(!s
+        .shard_submitted(&lease(shard.id, old), "batch-old", at(50))
         .await
         .unwrap());
     let poll = ShardPoll {
@@ -1022,26 +960,32 @@ async fn shard_steps_are_fenced(s: DynStore) {
         next_poll_at: at(60),
         poll_interval_ms: 60_000,
     };
-    assert!(!s.shard_polled(shard.id, old, &poll).await.unwrap());
+    assert!(!s.shard_polled(&lease(shard.id, old), &poll).await.unwrap());
     assert!(!s
-        .set_shard_status(shard.id, old, ShardStatus::Failed, None)
+        .set_shard_status(&lease(shard.id, old), ShardStatus::Failed, None)
         .await
         .unwrap());
     assert_eq!(s.get_shard(shard.id).await.unwrap().unwrap(), before);
 
     // Submitting needs the upload first.
     assert!(!s
-        .shard_submitted(shard.id, tok, "batch_1", at(50))
+        .shard_submitted(&lease(shard.id, tok), "batch_1", at(50))
         .await
         .unwrap());
-    assert!(s.shard_uploaded(shard.id, tok, "file-in").await.unwrap());
-    assert!(!s.shard_uploaded(shard.id, tok, "file-again").await.unwrap());
+    assert!(s
+        .shard_uploaded(&lease(shard.id, tok), "file-in")
+        .await
+        .unwrap());
+    assert!(!s
+        .shard_uploaded(&lease(shard.id, tok), "file-again")
+        .await
+        .unwrap());
     let uploaded = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(uploaded.status, ShardStatus::Creating);
     assert_eq!(uploaded.input_file_id.as_deref(), Some("file-in"));
 
     assert!(s
-        .shard_submitted(shard.id, tok, "batch_1", at(50))
+        .shard_submitted(&lease(shard.id, tok), "batch_1", at(50))
         .await
         .unwrap());
     let submitted = s.get_shard(shard.id).await.unwrap().unwrap();
@@ -1062,12 +1006,12 @@ async fn shard_steps_are_fenced(s: DynStore) {
         .iter()
         .any(|e| e.kind == "status" && e.data == json!({"status": "running"})));
     assert!(!s
-        .shard_submitted(shard.id, tok, "batch_2", at(50))
+        .shard_submitted(&lease(shard.id, tok), "batch_2", at(50))
         .await
         .unwrap());
     assert_eq!(job(&s, j.id).await.counts, running.counts, "no double move");
 
-    assert!(s.shard_polled(shard.id, tok, &poll).await.unwrap());
+    assert!(s.shard_polled(&lease(shard.id, tok), &poll).await.unwrap());
     let polled = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(polled.batch_status.as_deref(), Some("in_progress"));
     assert_eq!(
@@ -1088,7 +1032,7 @@ async fn shard_steps_are_fenced(s: DynStore) {
         batch_status: "completed".into(),
         ..poll.clone()
     };
-    assert!(s.shard_polled(shard.id, tok, &quiet).await.unwrap());
+    assert!(s.shard_polled(&lease(shard.id, tok), &quiet).await.unwrap());
     let polled = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(polled.output_file_id.as_deref(), Some("file-out"));
     assert_eq!(polled.error_file_id.as_deref(), Some("file-err"));
@@ -1098,7 +1042,7 @@ async fn shard_steps_are_fenced(s: DynStore) {
         message: "OpenAI refused the batch".into(),
     };
     assert!(s
-        .set_shard_status(shard.id, tok, ShardStatus::Failed, Some(&error))
+        .set_shard_status(&lease(shard.id, tok), ShardStatus::Failed, Some(&error))
         .await
         .unwrap());
     let failed = s.get_shard(shard.id).await.unwrap().unwrap();
@@ -1123,7 +1067,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
         succeeded("not-in-shard", Some(1_000_000), Mode::Batch),
     ];
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok + 1, &outcomes)
+        s.record_shard_outcomes(&lease(shard_id, tok + 1), &outcomes)
             .await
             .unwrap(),
         0
@@ -1135,7 +1079,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
     );
 
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok, &outcomes)
+        s.record_shard_outcomes(&lease(shard_id, tok), &outcomes)
             .await
             .unwrap(),
         4
@@ -1190,7 +1134,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
 
     // The same outcomes again change nothing, not even updated_at or the event log.
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok, &outcomes)
+        s.record_shard_outcomes(&lease(shard_id, tok), &outcomes)
             .await
             .unwrap(),
         0
@@ -1201,7 +1145,9 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
         events.len()
     );
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok, &[]).await.unwrap(),
+        s.record_shard_outcomes(&lease(shard_id, tok), &[])
+            .await
+            .unwrap(),
         0
     );
 
@@ -1210,13 +1156,13 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
         ..failed("item-4")
     };
     assert!(s
-        .record_shard_outcomes(shard_id, tok, &[wrong])
+        .record_shard_outcomes(&lease(shard_id, tok), &[wrong])
         .await
         .is_err());
     assert_eq!(job(&s, job_id).await, j);
 
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok, &[failed("item-4")])
+        s.record_shard_outcomes(&lease(shard_id, tok), &[failed("item-4")])
             .await
             .unwrap(),
         1
@@ -1241,34 +1187,26 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t) = s.claim_jobs_to_plan("p", LEASE, 1).await.unwrap().remove(0);
+    let (_, t) = claim_plan(&s, "p", LEASE, 1).await.unwrap().remove(0);
     let sent = new_shard(vec![0, 1], at(0));
     let planned = new_shard(vec![2], at(5));
     assert!(s
-        .create_shards(j.id, t, &[sent.clone(), planned.clone()])
+        .create_shards(&job_lease(j.id, t), &[sent.clone(), planned.clone()])
         .await
         .unwrap());
-    let claimed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let claimed = claim(&s, &[ShardStatus::Planned], at(10), "w", 10).await;
     let tok = |id: Uuid| claimed.iter().find(|x| x.id == id).unwrap().lease_token;
-    assert!(s.shard_uploaded(sent.id, tok(sent.id), "f").await.unwrap());
     assert!(s
-        .shard_submitted(sent.id, tok(sent.id), "b", at(20))
+        .shard_uploaded(&lease(sent.id, tok(sent.id)), "f")
+        .await
+        .unwrap());
+    assert!(s
+        .shard_submitted(&lease(sent.id, tok(sent.id)), "b", at(20))
         .await
         .unwrap());
     assert_eq!(
         s.record_shard_outcomes(
-            sent.id,
-            tok(sent.id),
+            &lease(sent.id, tok(sent.id)),
             &[succeeded("a", Some(5), Mode::Batch)]
         )
         .await
@@ -1281,20 +1219,20 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         message: "the batch expired".into(),
     };
     assert_eq!(
-        s.fail_shard_items(sent.id, tok(sent.id) + 1, &error)
+        s.fail_shard_items(&lease(sent.id, tok(sent.id) + 1), &error)
             .await
             .unwrap(),
         0,
         "stale token"
     );
     assert_eq!(
-        s.fail_shard_items(sent.id, tok(sent.id), &error)
+        s.fail_shard_items(&lease(sent.id, tok(sent.id)), &error)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        s.fail_shard_items(sent.id, tok(sent.id), &error)
+        s.fail_shard_items(&lease(sent.id, tok(sent.id)), &error)
             .await
             .unwrap(),
         0
@@ -1305,7 +1243,7 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         "c is still pending"
     );
     assert_eq!(
-        s.fail_shard_items(planned.id, tok(planned.id), &error)
+        s.fail_shard_items(&lease(planned.id, tok(planned.id)), &error)
             .await
             .unwrap(),
         1
@@ -1343,7 +1281,7 @@ async fn fail_shard_items_and_finish(s: DynStore) {
         "already terminal"
     );
     assert!(matches!(
-        s.fail_shard_items(Uuid::new_v4(), 1, &error).await,
+        s.fail_shard_items(&lease(Uuid::new_v4(), 1), &error).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -1592,8 +1530,7 @@ async fn idempotency_concurrent_begin_starts_once(s: DynStore) {
 async fn cost_totals_over_period(s: DynStore) {
     let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 3).await;
     s.record_shard_outcomes(
-        shard_id,
-        tok,
+        &lease(shard_id, tok),
         &[
             succeeded("item-0", Some(1_000), Mode::Batch),
             succeeded("item-1", Some(500), Mode::Batch),
@@ -1646,43 +1583,6 @@ async fn cost_totals_over_period(s: DynStore) {
     assert_eq!(empty, Default::default());
 }
 
-async fn api_keys_replace(s: DynStore) {
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(t, k)| (t.to_string(), k.to_string()))
-            .collect()
-    };
-    s.replace_api_keys(&pairs(&[("acme", "h1"), ("globex", "h2")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.tenant_for_key("h1").await.unwrap().as_deref(),
-        Some("acme")
-    );
-    assert_eq!(
-        s.tenant_for_key("h2").await.unwrap().as_deref(),
-        Some("globex")
-    );
-    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
-
-    s.replace_api_keys(&pairs(&[("initech", "h1"), ("acme", "h3")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.tenant_for_key("h1").await.unwrap().as_deref(),
-        Some("initech")
-    );
-    assert_eq!(s.tenant_for_key("h2").await.unwrap(), None);
-    assert_eq!(
-        s.tenant_for_key("h3").await.unwrap().as_deref(),
-        Some("acme")
-    );
-
-    s.replace_api_keys(&[]).await.unwrap();
-    assert_eq!(s.tenant_for_key("h1").await.unwrap(), None);
-    assert_eq!(s.tenant_for_key("h3").await.unwrap(), None);
-}
-
 // ---- bulk ---------------------------------------------------------------------------
 
 async fn bulk_outcomes(s: DynStore) {
@@ -1697,7 +1597,9 @@ async fn bulk_outcomes(s: DynStore) {
         .collect();
     for chunk in outcomes.chunks(1_000) {
         assert_eq!(
-            s.record_shard_outcomes(shard_id, tok, chunk).await.unwrap(),
+            s.record_shard_outcomes(&lease(shard_id, tok), chunk)
+                .await
+                .unwrap(),
             1_000
         );
     }
@@ -1710,7 +1612,7 @@ async fn bulk_outcomes(s: DynStore) {
     assert_eq!(j.cost.individual_pico_usd, 2 * sum);
     assert_eq!((j.cost.batch_items, j.cost.batch_pico_usd), (N as i64, sum));
     assert_eq!(
-        s.record_shard_outcomes(shard_id, tok, &outcomes[..1_000])
+        s.record_shard_outcomes(&lease(shard_id, tok), &outcomes[..1_000])
             .await
             .unwrap(),
         0
@@ -1770,7 +1672,7 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
         ),
         (&small, vec![vec![0, 1]]),
     ] {
-        let claimed = s.claim_jobs_to_plan("p", LEASE, 10).await.unwrap();
+        let claimed = claim_plan(&s, "p", LEASE, 10).await.unwrap();
         let token = claimed.iter().find(|(j, _)| j.id == job.id).unwrap().1;
         let shards: Vec<NewShard> = chunks
             .into_iter()
@@ -1783,23 +1685,16 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
         if job.id == big.id {
             big_shards = shards.iter().map(|s| s.id).collect();
         }
-        assert!(s.create_shards(job.id, token, &shards).await.unwrap());
+        assert!(s
+            .create_shards(&job_lease(job.id, token), &shards)
+            .await
+            .unwrap());
         for (j, t) in claimed {
-            s.release_job(j.id, t).await.unwrap();
+            s.release_job(&job_lease(j.id, t)).await.unwrap();
         }
     }
     // Batch claimers do not see individual shards.
-    let batch = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(100_000),
-            "b",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    let batch = claim(&s, &[ShardStatus::Planned], at(100_000), "b", 10).await;
     assert!(batch.is_empty());
 
     let first = s.claim_individual_shards("x", LEASE, 2).await.unwrap();
@@ -1812,11 +1707,11 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
     // Starting moves the shard's items and the job.
     let small_shard = first.iter().find(|sh| sh.job_id == small.id).unwrap();
     assert!(!s
-        .start_individual_shard(small_shard.id, small_shard.lease_token + 1)
+        .start_individual_shard(&lease(small_shard.id, small_shard.lease_token + 1))
         .await
         .unwrap());
     assert!(s
-        .start_individual_shard(small_shard.id, small_shard.lease_token)
+        .start_individual_shard(&lease(small_shard.id, small_shard.lease_token))
         .await
         .unwrap());
     let job = s.get_job(None, small.id).await.unwrap().unwrap();
@@ -1828,7 +1723,7 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
         .all(|i| i.status == ItemStatus::Submitted && i.attempts == 1));
     // Started twice: refused (it is no longer planned).
     assert!(!s
-        .start_individual_shard(small_shard.id, small_shard.lease_token)
+        .start_individual_shard(&lease(small_shard.id, small_shard.lease_token))
         .await
         .unwrap());
 
@@ -1860,7 +1755,7 @@ async fn individual_shards_round_robin_and_start(s: DynStore) {
 /// (the planner's and the submitter's steps, by hand).
 /// Returns (shard id, token).
 async fn resubmit(s: &DynStore, job_id: Uuid, attempt: i32) -> (Uuid, i64) {
-    let claimed = s.claim_jobs_to_plan("planner", LEASE, 100).await.unwrap();
+    let claimed = claim_plan(s, "planner", LEASE, 100).await.unwrap();
     let (_, job_token) = claimed
         .into_iter()
         .find(|(j, _)| j.id == job_id)
@@ -1877,28 +1772,22 @@ async fn resubmit(s: &DynStore, job_id: Uuid, attempt: i32) -> (Uuid, i64) {
         ..new_shard(positions, Utc::now() - chrono::Duration::seconds(1))
     };
     assert!(s
-        .create_shards(job_id, job_token, std::slice::from_ref(&shard))
+        .create_shards(&job_lease(job_id, job_token), std::slice::from_ref(&shard))
         .await
         .unwrap());
-    s.release_job(job_id, job_token).await.unwrap();
-    let token = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            Utc::now(),
-            "submitter",
-            LEASE,
-            100,
-        )
+    s.release_job(&job_lease(job_id, job_token)).await.unwrap();
+    let token = claim(s, &[ShardStatus::Planned], Utc::now(), "submitter", 100)
         .await
-        .unwrap()
         .into_iter()
         .find(|x| x.id == shard.id)
         .expect("shard claimed")
         .lease_token;
-    assert!(s.shard_uploaded(shard.id, token, "file-in").await.unwrap());
     assert!(s
-        .shard_submitted(shard.id, token, "batch_n", Utc::now())
+        .shard_uploaded(&lease(shard.id, token), "file-in")
+        .await
+        .unwrap());
+    assert!(s
+        .shard_submitted(&lease(shard.id, token), "batch_n", Utc::now())
         .await
         .unwrap());
     (shard.id, token)
@@ -1941,14 +1830,14 @@ async fn settle_outcomes_retries_within_attempts(s: DynStore) {
         verdict(billed, true),
     ];
     assert_eq!(
-        s.settle_shard_outcomes(shard_id, tok + 1, &verdicts, 2)
+        s.settle_shard_outcomes(&lease(shard_id, tok + 1), &verdicts, 2)
             .await
             .unwrap(),
         Settled::default(),
         "stale token"
     );
     let settled = s
-        .settle_shard_outcomes(shard_id, tok, &verdicts, 2)
+        .settle_shard_outcomes(&lease(shard_id, tok), &verdicts, 2)
         .await
         .unwrap();
     assert_eq!(
@@ -1984,7 +1873,7 @@ async fn settle_outcomes_retries_within_attempts(s: DynStore) {
     );
     // The same verdicts again change nothing.
     assert_eq!(
-        s.settle_shard_outcomes(shard_id, tok, &verdicts, 2)
+        s.settle_shard_outcomes(&lease(shard_id, tok), &verdicts, 2)
             .await
             .unwrap(),
         Settled::default()
@@ -2006,7 +1895,11 @@ async fn settle_outcomes_retries_within_attempts(s: DynStore) {
     let (second, tok2) = resubmit(&s, job_id, 2).await;
     assert_eq!(item_named(&s, job_id, "item-1").await.attempts, 2);
     let again = s
-        .settle_shard_outcomes(second, tok2, &[verdict(server_error("item-1"), true)], 2)
+        .settle_shard_outcomes(
+            &lease(second, tok2),
+            &[verdict(server_error("item-1"), true)],
+            2,
+        )
         .await
         .unwrap();
     assert_eq!(again.failed, 1);
@@ -2020,7 +1913,11 @@ async fn settle_outcomes_retries_within_attempts(s: DynStore) {
     // While the job is cancelling, a retryable failure is cancelled instead.
     s.cancel_job("acme", job_id).await.unwrap();
     let last = s
-        .settle_shard_outcomes(shard_id, tok, &[verdict(server_error("item-4"), true)], 9)
+        .settle_shard_outcomes(
+            &lease(shard_id, tok),
+            &[verdict(server_error("item-4"), true)],
+            9,
+        )
         .await
         .unwrap();
     assert_eq!(last.cancelled, 1);
@@ -2042,7 +1939,7 @@ async fn settle_outcomes_retries_within_attempts(s: DynStore) {
         retry: false,
     };
     assert!(s
-        .settle_shard_outcomes(shard_id, tok, &[wrong], 2)
+        .settle_shard_outcomes(&lease(shard_id, tok), &[wrong], 2)
         .await
         .is_err());
 }
@@ -2055,14 +1952,14 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     // Requeue: back to pending, the attempt taken back.
     let (job_id, shard_id, tok) = submitted_shard(&s, "acme", 3).await;
     assert_eq!(
-        s.settle_shard_items(shard_id, tok + 1, &error, Leftover::Requeue)
+        s.settle_shard_items(&lease(shard_id, tok + 1), &error, Leftover::Requeue)
             .await
             .unwrap(),
         Settled::default(),
         "stale token"
     );
     let settled = s
-        .settle_shard_items(shard_id, tok, &error, Leftover::Requeue)
+        .settle_shard_items(&lease(shard_id, tok), &error, Leftover::Requeue)
         .await
         .unwrap();
     assert_eq!(settled.requeued, 3);
@@ -2078,7 +1975,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     let last = s.events_after(job_id, 0, 100).await.unwrap().pop().unwrap();
     assert_eq!(last.data["pending"], json!(3));
     assert_eq!(
-        s.settle_shard_items(shard_id, tok, &error, Leftover::Requeue)
+        s.settle_shard_items(&lease(shard_id, tok), &error, Leftover::Requeue)
             .await
             .unwrap(),
         Settled::default(),
@@ -2088,7 +1985,11 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     // Retry: back while under max_attempts, failed after.
     let (second, tok2) = resubmit(&s, job_id, 2).await;
     let settled = s
-        .settle_shard_items(second, tok2, &error, Leftover::Retry { max_attempts: 2 })
+        .settle_shard_items(
+            &lease(second, tok2),
+            &error,
+            Leftover::Retry { max_attempts: 2 },
+        )
         .await
         .unwrap();
     assert_eq!(settled.requeued, 3);
@@ -2100,7 +2001,11 @@ async fn settle_leftovers_as_asked(s: DynStore) {
         .all(|i| i.attempts == 1 && i.status == ItemStatus::Pending));
     let (third, tok3) = resubmit(&s, job_id, 3).await;
     let settled = s
-        .settle_shard_items(third, tok3, &error, Leftover::Retry { max_attempts: 2 })
+        .settle_shard_items(
+            &lease(third, tok3),
+            &error,
+            Leftover::Retry { max_attempts: 2 },
+        )
         .await
         .unwrap();
     assert_eq!(settled.failed, 3);
@@ -2117,7 +2022,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     // Fail and Cancel settle for good.
     let (j2, shard2, t2) = submitted_shard(&s, "acme", 2).await;
     assert_eq!(
-        s.settle_shard_items(shard2, t2, &error, Leftover::Cancel)
+        s.settle_shard_items(&lease(shard2, t2), &error, Leftover::Cancel)
             .await
             .unwrap()
             .cancelled,
@@ -2126,7 +2031,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     assert_eq!(job(&s, j2).await.counts.cancelled, 2);
     let (j3, shard3, t3) = submitted_shard(&s, "acme", 2).await;
     assert_eq!(
-        s.settle_shard_items(shard3, t3, &error, Leftover::Fail)
+        s.settle_shard_items(&lease(shard3, t3), &error, Leftover::Fail)
             .await
             .unwrap()
             .failed,
@@ -2137,7 +2042,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     // fail_shard: the same, and the shard failed with the error, at once.
     let (j5, shard5, t5) = submitted_shard(&s, "acme", 2).await;
     assert_eq!(
-        s.fail_shard(shard5, t5 + 1, &error, Leftover::Requeue)
+        s.fail_shard(&lease(shard5, t5 + 1), &error, Leftover::Requeue)
             .await
             .unwrap(),
         Settled::default()
@@ -2148,7 +2053,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
         "stale token: the shard is untouched too"
     );
     let settled = s
-        .fail_shard(shard5, t5, &error, Leftover::Requeue)
+        .fail_shard(&lease(shard5, t5), &error, Leftover::Requeue)
         .await
         .unwrap();
     assert_eq!(settled.requeued, 2);
@@ -2162,7 +2067,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
     let (j4, shard4, t4) = submitted_shard(&s, "acme", 2).await;
     s.cancel_job("acme", j4).await.unwrap();
     let settled = s
-        .settle_shard_items(shard4, t4, &error, Leftover::Requeue)
+        .settle_shard_items(&lease(shard4, t4), &error, Leftover::Requeue)
         .await
         .unwrap();
     assert_eq!(settled.cancelled, 2);
@@ -2171,7 +2076,7 @@ async fn settle_leftovers_as_asked(s: DynStore) {
         Some(JobStatus::Cancelled)
     );
     assert!(matches!(
-        s.settle_shard_items(Uuid::new_v4(), 1, &error, Leftover::Fail)
+        s.settle_shard_items(&lease(Uuid::new_v4(), 1), &error, Leftover::Fail)
             .await,
         Err(StoreError::NotFound)
     ));
@@ -2187,36 +2092,25 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
         )
         .await
         .unwrap();
-    let (_, t) = s
-        .claim_jobs_to_plan("p", LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    let (_, t) = claim_plan(&s, "p", LEASE, 10).await.unwrap().remove(0);
     let sent = new_shard(vec![0, 1], at(0));
     let planned = new_shard(vec![2, 3], at(5));
     assert!(s
-        .create_shards(created.id, t, &[sent.clone(), planned.clone()])
+        .create_shards(&job_lease(created.id, t), &[sent.clone(), planned.clone()])
         .await
         .unwrap());
-    s.release_job(created.id, t).await.unwrap();
-    let claimed = s
-        .claim_shards(
-            ShardKind::Batch,
-            &[ShardStatus::Planned],
-            at(10),
-            "w",
-            LEASE,
-            10,
-        )
-        .await
-        .unwrap();
+    s.release_job(&job_lease(created.id, t)).await.unwrap();
+    let claimed = claim(&s, &[ShardStatus::Planned], at(10), "w", 10).await;
     let tok = claimed
         .iter()
         .find(|x| x.id == sent.id)
         .unwrap()
         .lease_token;
-    assert!(s.shard_uploaded(sent.id, tok, "f").await.unwrap());
-    assert!(s.shard_submitted(sent.id, tok, "b", at(20)).await.unwrap());
+    assert!(s.shard_uploaded(&lease(sent.id, tok), "f").await.unwrap());
+    assert!(s
+        .shard_submitted(&lease(sent.id, tok), "b", at(20))
+        .await
+        .unwrap());
 
     assert!(matches!(
         s.cancel_job("other-tenant", created.id).await,
@@ -2251,17 +2145,12 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
     // Twice: the same job, nothing moves.
     assert_eq!(s.cancel_job("acme", created.id).await.unwrap(), j);
     // The planner leaves a cancelling job alone.
-    assert!(s
-        .claim_jobs_to_plan("p", LEASE, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(claim_plan(&s, "p", LEASE, 10).await.unwrap().is_empty());
 
     // The batch's results: one kept, one cancelled; then the job is cancelled.
     let settled = s
         .settle_shard_outcomes(
-            sent.id,
-            tok,
+            &lease(sent.id, tok),
             &[
                 verdict(succeeded("item-0", Some(9), Mode::Batch), false),
                 verdict(server_error("item-1"), true),
@@ -2280,8 +2169,7 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
         .lease_token;
     let closed = s
         .settle_shard_items(
-            planned.id,
-            planned_tok,
+            &lease(planned.id, planned_tok),
             &crate::store::job_cancelled_error(),
             Leftover::Cancel,
         )
@@ -2319,8 +2207,7 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
     // A cancelling job's started individual shard is still claimed, to be settled.
     let ind = new_job("acme", JobStatus::Queued, Mode::Individual, at(2));
     s.create_job(&ind, &items(2)).await.unwrap();
-    let (_, t) = s
-        .claim_jobs_to_plan("p", LEASE, 10)
+    let (_, t) = claim_plan(&s, "p", LEASE, 10)
         .await
         .unwrap()
         .into_iter()
@@ -2331,16 +2218,16 @@ async fn cancel_job_cancels_what_has_not_run(s: DynStore) {
         ..new_shard(vec![0, 1], at(0))
     };
     assert!(s
-        .create_shards(ind.id, t, std::slice::from_ref(&shard))
+        .create_shards(&job_lease(ind.id, t), std::slice::from_ref(&shard))
         .await
         .unwrap());
-    s.release_job(ind.id, t).await.unwrap();
+    s.release_job(&job_lease(ind.id, t)).await.unwrap();
     let first = s.claim_individual_shards("x", LEASE, 10).await.unwrap();
     assert!(s
-        .start_individual_shard(shard.id, first[0].lease_token)
+        .start_individual_shard(&lease(shard.id, first[0].lease_token))
         .await
         .unwrap());
-    s.release_shard(shard.id, first[0].lease_token)
+    s.release_shard(&lease(shard.id, first[0].lease_token))
         .await
         .unwrap();
     assert_eq!(
@@ -2358,10 +2245,16 @@ async fn model_load_and_estimates(s: DynStore) {
         s.shard_item_dims(shard_id).await.unwrap(),
         vec![Some((640, 480)); 3]
     );
-    assert!(!s.set_shard_estimate(shard_id, tok + 1, 500).await.unwrap());
-    assert!(s.set_shard_estimate(shard_id, tok, 500).await.unwrap());
+    assert!(!s
+        .set_shard_estimate(&lease(shard_id, tok + 1), 500)
+        .await
+        .unwrap());
+    assert!(s
+        .set_shard_estimate(&lease(shard_id, tok), 500)
+        .await
+        .unwrap());
     let (_, other, tok2) = submitted_shard(&s, "acme", 1).await;
-    assert!(s.set_shard_estimate(other, tok2, 70).await.unwrap());
+    assert!(s.set_shard_estimate(&lease(other, tok2), 70).await.unwrap());
     let load = s
         .batch_model_load("gpt-4o-mini", "token_limit_exceeded")
         .await
@@ -2381,7 +2274,7 @@ async fn model_load_and_estimates(s: DynStore) {
         message: "limit".into(),
     };
     assert!(s
-        .set_shard_status(other, tok2, ShardStatus::Failed, Some(&refusal))
+        .set_shard_status(&lease(other, tok2), ShardStatus::Failed, Some(&refusal))
         .await
         .unwrap());
     let load = s
@@ -2408,9 +2301,9 @@ async fn model_load_and_estimates(s: DynStore) {
         next_poll_at: Utc::now(),
         poll_interval_ms: 1000,
     };
-    assert!(s.shard_polled(shard_id, tok, &poll).await.unwrap());
+    assert!(s.shard_polled(&lease(shard_id, tok), &poll).await.unwrap());
     assert!(s
-        .set_shard_status(shard_id, tok, ShardStatus::Done, None)
+        .set_shard_status(&lease(shard_id, tok), ShardStatus::Done, None)
         .await
         .unwrap());
     let load = s

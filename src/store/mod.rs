@@ -16,6 +16,8 @@ use uuid::Uuid;
 mod common;
 #[cfg(test)]
 mod conformance;
+mod core;
+mod dialect;
 pub mod postgres;
 pub mod sqlite;
 
@@ -231,24 +233,88 @@ pub struct Gauges {
     pub submitted_items: i64,
 }
 
+/// A held lease on a shard: the only way to write a leased shard. Only a claim makes one;
+/// a write presenting a lease whose token moved on changes nothing (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLease {
+    shard_id: Uuid,
+    token: i64,
+}
+
+impl ShardLease {
+    fn new(shard_id: Uuid, token: i64) -> Self {
+        Self { shard_id, token }
+    }
+
+    pub fn shard_id(&self) -> Uuid {
+        self.shard_id
+    }
+
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+}
+
+/// A claimed shard with its lease; reads as the shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedShard {
+    pub shard: Shard,
+    pub lease: ShardLease,
+}
+
+impl LeasedShard {
+    fn claimed(shard: Shard) -> Self {
+        let lease = ShardLease::new(shard.id, shard.lease_token);
+        Self { shard, lease }
+    }
+}
+
+impl std::ops::Deref for LeasedShard {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
+
+/// A step may update its copy of the shard; the lease stays the one the claim made.
+impl std::ops::DerefMut for LeasedShard {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+}
+
+/// A held planning lease on a job, from [`PlanStore::claim_jobs_to_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLease {
+    job_id: Uuid,
+    token: i64,
+}
+
+impl JobLease {
+    fn new(job_id: Uuid, token: i64) -> Self {
+        Self { job_id, token }
+    }
+
+    pub fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+}
+
+/// The store's methods, for `use crate::store::prelude::*`.
+pub mod prelude {
+    pub use super::{
+        EventStore, IdempotencyStore, ItemStore, JobStore, PlanStore, ReportStore, SettleStore,
+        ShardStore, Store, WebhookStore,
+    };
+}
+
+/// Jobs: creation, the open-job flow, reads, status changes and cancelling.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Answers when the database answers.
-    async fn ping(&self) -> StoreResult<()>;
-
-    /// Closes the pool (graceful shutdown).
-    async fn close(&self);
-
-    // ---- API keys -------------------------------------------------------------------
-
-    /// Makes the `api_keys` table hold exactly these `(tenant, sha256_hex)` pairs.
-    async fn replace_api_keys(&self, keys: &[(String, String)]) -> StoreResult<()>;
-
-    /// The tenant whose key hashes to `sha256_hex`.
-    async fn tenant_for_key(&self, sha256_hex: &str) -> StoreResult<Option<String>>;
-
-    // ---- jobs -----------------------------------------------------------------------
-
+pub trait JobStore: Send + Sync {
     /// Creates the job and its items (positions 0..n in the given order) in one
     /// transaction, with counters set from the items' statuses.
     async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job>;
@@ -298,8 +364,18 @@ pub trait Store: Send + Sync + 'static {
     /// changed.
     async fn finish_job_if_done(&self, id: Uuid) -> StoreResult<Option<JobStatus>>;
 
-    // ---- items ----------------------------------------------------------------------
+    /// Starts cancelling a job of this tenant, in one transaction: status `cancelling`,
+    /// its pending items in no shard or in an individual shard `cancelled` at once
+    /// (counters moved; a batch shard's are left to the submitter, which may be sending
+    /// it), and the job `cancelled` right away when nothing of it is left. A job already
+    /// cancelling is returned as it is. `Conflict` for a terminal job, `NotFound` for an
+    /// unknown one.
+    async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job>;
+}
 
+/// Reading items.
+#[async_trait]
+pub trait ItemStore: Send + Sync {
     /// Items of a job in position order, strictly after `after_position`.
     async fn list_items(
         &self,
@@ -318,38 +394,52 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<Vec<Item>>;
 
-    // ---- planning -------------------------------------------------------------------
+    /// Width and height of every pending item of the job (None for URLs), in position order.
+    async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
 
-    /// Leases up to `limit` jobs in status queued or running (mode batch or individual) that have
-    /// pending items with no shard, whose lease is free or expired. Returns each job with
-    /// its new lease token.
+    /// Items assigned to the shard, in position order, strictly after `after_position`.
+    async fn shard_items(
+        &self,
+        shard_id: Uuid,
+        after_position: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<Item>>;
+
+    /// Width and height of the shard's pending and submitted items (None for URLs), in
+    /// position order.
+    async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
+}
+
+/// Planning: leasing jobs with unassigned items and cutting them into shards.
+#[async_trait]
+pub trait PlanStore: Send + Sync {
+    /// Leases up to `limit` jobs in status queued or running (mode batch or individual)
+    /// that have pending items with no shard, whose lease is free or expired. Returns each
+    /// job with its new lease.
     async fn claim_jobs_to_plan(
         &self,
         owner: &str,
         lease_for: Duration,
         limit: i64,
-    ) -> StoreResult<Vec<(Job, i64)>>;
+    ) -> StoreResult<Vec<(Job, JobLease)>>;
 
     /// Pending items of the job with no shard, in position order.
     async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>>;
 
     /// Inserts the shards and assigns their items in one transaction, fenced by the job's
-    /// lease token. False (nothing written) when the token moved on.
-    async fn create_shards(
-        &self,
-        job_id: Uuid,
-        lease_token: i64,
-        shards: &[NewShard],
-    ) -> StoreResult<bool>;
+    /// lease. False (nothing written) when the token moved on.
+    async fn create_shards(&self, lease: &JobLease, shards: &[NewShard]) -> StoreResult<bool>;
 
     /// Frees the job's lease if the token still matches.
-    async fn release_job(&self, job_id: Uuid, lease_token: i64) -> StoreResult<()>;
+    async fn release_job(&self, lease: &JobLease) -> StoreResult<()>;
+}
 
-    // ---- shards ---------------------------------------------------------------------
-
-    /// Leases up to `limit` shards of this kind in one of `statuses` with `next_poll_at <= due` and a
-    /// free or expired lease (oldest `next_poll_at` first). Each returned shard carries
-    /// its new lease token. PostgreSQL: `FOR UPDATE SKIP LOCKED`.
+/// Shards: claims with a lease, and every fenced step of a shard's life.
+#[async_trait]
+pub trait ShardStore: Send + Sync {
+    /// Leases up to `limit` shards of this kind in one of `statuses` with
+    /// `next_poll_at <= due` and a free or expired lease (oldest `next_poll_at` first).
+    /// PostgreSQL: `FOR UPDATE SKIP LOCKED`.
     async fn claim_shards(
         &self,
         kind: ShardKind,
@@ -358,7 +448,7 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         lease_for: Duration,
         limit: i64,
-    ) -> StoreResult<Vec<Shard>>;
+    ) -> StoreResult<Vec<LeasedShard>>;
 
     /// Leases up to `limit` individual shards (planned, or submitted by a replica whose
     /// lease expired) of queued, running or cancelling jobs (the executor settles a
@@ -370,118 +460,98 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         lease_for: Duration,
         limit: i64,
-    ) -> StoreResult<Vec<Shard>>;
+    ) -> StoreResult<Vec<LeasedShard>>;
 
     /// Starts an individual shard: `planned` → `submitted`, its pending items →
     /// `submitted` (attempts + 1), counters moved, job `queued` → `running`. Fenced.
-    async fn start_individual_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<bool>;
-
-    /// Width and height of every pending item of the job (None for URLs), in position order.
-    async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
+    async fn start_individual_shard(&self, lease: &ShardLease) -> StoreResult<bool>;
 
     /// Extends a held lease; false when the token moved on.
-    async fn renew_shard(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        lease_for: Duration,
-    ) -> StoreResult<bool>;
+    async fn renew_shard(&self, lease: &ShardLease, lease_for: Duration) -> StoreResult<bool>;
 
     /// Frees a held lease (the shard stays in its status).
-    async fn release_shard(&self, shard_id: Uuid, token: i64) -> StoreResult<()>;
+    async fn release_shard(&self, lease: &ShardLease) -> StoreResult<()>;
 
     async fn get_shard(&self, shard_id: Uuid) -> StoreResult<Option<Shard>>;
 
     /// All shards of a job, oldest first.
     async fn list_shards(&self, job_id: Uuid) -> StoreResult<Vec<Shard>>;
 
-    /// Items assigned to the shard, in position order, strictly after `after_position`.
-    async fn shard_items(
-        &self,
-        shard_id: Uuid,
-        after_position: Option<i64>,
-        limit: i64,
-    ) -> StoreResult<Vec<Item>>;
-
     /// Records the uploaded input file and moves the shard `planned` → `creating`.
-    async fn shard_uploaded(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        input_file_id: &str,
-    ) -> StoreResult<bool>;
+    async fn shard_uploaded(&self, lease: &ShardLease, input_file_id: &str) -> StoreResult<bool>;
 
     /// Records the created OpenAI batch: shard `creating` → `submitted`, its pending
     /// items → `submitted` (attempts + 1), job counters moved, job `queued` → `running`.
     async fn shard_submitted(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         openai_batch_id: &str,
         next_poll_at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
     /// Stores what a poll learned (status, counts, file ids, next poll).
-    async fn shard_polled(&self, shard_id: Uuid, token: i64, poll: &ShardPoll)
-        -> StoreResult<bool>;
+    async fn shard_polled(&self, lease: &ShardLease, poll: &ShardPoll) -> StoreResult<bool>;
 
     /// Sets the shard's status (and error); no item changes.
     async fn set_shard_status(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         status: ShardStatus,
         error: Option<&ItemError>,
     ) -> StoreResult<bool>;
 
+    /// Stores the shard's estimated input tokens; fenced.
+    async fn set_shard_estimate(&self, lease: &ShardLease, tokens: i64) -> StoreResult<bool>;
+
+    /// The model's batch shards in flight and its last refusal (a shard failed with
+    /// `refusal_code`) and completion, across all jobs.
+    async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad>;
+}
+
+/// Settling a leased shard's items: outcomes, and what is left when a shard ends.
+#[async_trait]
+pub trait SettleStore: Send + Sync {
     /// Writes outcomes of the shard's items, each with its retry mark, already
-    /// deduplicated by custom_id: the one writer behind [`Store::record_shard_outcomes`]
-    /// and [`Store::settle_shard_outcomes`], which callers use instead.
+    /// deduplicated by custom_id: the one writer behind
+    /// [`SettleStore::record_shard_outcomes`] and [`SettleStore::settle_shard_outcomes`],
+    /// which callers use instead.
     async fn settle_outcomes(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         verdicts: &[(&ItemOutcome, bool)],
         max_attempts: i32,
     ) -> StoreResult<Settled>;
 
     /// Settles the shard's pending and submitted items with `error` as `leftover` says,
     /// and fails the shard when `fail_shard`: the one writer behind the `*_shard_items`
-    /// methods and [`Store::fail_shard`], which callers use instead.
+    /// methods and [`SettleStore::fail_shard`], which callers use instead.
     async fn settle_leftovers(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         error: &ItemError,
         leftover: Leftover,
         fail_shard: bool,
     ) -> StoreResult<Settled>;
 
     /// Writes outcomes of the shard's items in one statement per call, fenced by the
-    /// shard's lease token. Only items of this shard still `submitted` change, so
-    /// writing the same outcomes twice changes nothing. Job counters and cost sums move
-    /// in the same transaction. Returns how many items changed.
+    /// shard's lease. Only items of this shard still `submitted` change, so writing the
+    /// same outcomes twice changes nothing. Job counters and cost sums move in the same
+    /// transaction. Returns how many items changed.
     async fn record_shard_outcomes(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         outcomes: &[ItemOutcome],
     ) -> StoreResult<u64> {
         let verdicts = common::dedup_verdicts(outcomes.iter().map(|o| (o, false)))?;
-        let settled = self.settle_outcomes(shard_id, token, &verdicts, 0).await?;
+        let settled = self.settle_outcomes(lease, &verdicts, 0).await?;
         Ok(settled.counted().total())
     }
 
     /// Fails every item of the shard that is still pending or submitted with `error`,
     /// fenced, counters moved. Returns how many changed.
-    async fn fail_shard_items(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        error: &ItemError,
-    ) -> StoreResult<u64> {
+    async fn fail_shard_items(&self, lease: &ShardLease, error: &ItemError) -> StoreResult<u64> {
         let settled = self
-            .settle_leftovers(shard_id, token, error, Leftover::Fail, false)
+            .settle_leftovers(lease, error, Leftover::Fail, false)
             .await?;
         Ok(settled.counted().total())
     }
@@ -493,15 +563,12 @@ pub trait Store: Send + Sync + 'static {
     /// still `submitted` change, so settling the same verdicts twice changes nothing.
     async fn settle_shard_outcomes(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         verdicts: &[Verdict],
         max_attempts: i32,
     ) -> StoreResult<Settled> {
         let verdicts = common::dedup_verdicts(verdicts.iter().map(|v| (&v.outcome, v.retry)))?;
-        let settled = self
-            .settle_outcomes(shard_id, token, &verdicts, max_attempts)
-            .await?;
+        let settled = self.settle_outcomes(lease, &verdicts, max_attempts).await?;
         Ok(settled.counted())
     }
 
@@ -510,14 +577,11 @@ pub trait Store: Send + Sync + 'static {
     /// `cancelling`, items that `Retry` or `Requeue` would send back are cancelled instead.
     async fn settle_shard_items(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         error: &ItemError,
         leftover: Leftover,
     ) -> StoreResult<Settled> {
-        let settled = self
-            .settle_leftovers(shard_id, token, error, leftover, false)
-            .await?;
+        let settled = self.settle_leftovers(lease, error, leftover, false).await?;
         Ok(settled.counted())
     }
 
@@ -526,44 +590,18 @@ pub trait Store: Send + Sync + 'static {
     /// sent them, and a crash cannot leave a failed shard with unsettled items.
     async fn fail_shard(
         &self,
-        shard_id: Uuid,
-        token: i64,
+        lease: &ShardLease,
         error: &ItemError,
         leftover: Leftover,
     ) -> StoreResult<Settled> {
-        let settled = self
-            .settle_leftovers(shard_id, token, error, leftover, true)
-            .await?;
+        let settled = self.settle_leftovers(lease, error, leftover, true).await?;
         Ok(settled.counted())
     }
+}
 
-    /// Width and height of the shard's pending and submitted items (None for URLs), in
-    /// position order.
-    async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
-
-    /// Stores the shard's estimated input tokens; fenced.
-    async fn set_shard_estimate(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        tokens: i64,
-    ) -> StoreResult<bool>;
-
-    /// The model's batch shards in flight and its last refusal (a shard failed with
-    /// `refusal_code`) and completion, across all jobs.
-    async fn batch_model_load(&self, model: &str, refusal_code: &str) -> StoreResult<ModelLoad>;
-
-    // ---- cancelling -----------------------------------------------------------------
-
-    /// Starts cancelling a job of this tenant, in one transaction: status `cancelling`,
-    /// its pending items in no shard or in an individual shard `cancelled` at once
-    /// (counters moved; a batch shard's are left to the submitter, which may be sending
-    /// it), and the job `cancelled` right away when nothing of it is left. A job already cancelling is returned
-    /// as it is. `Conflict` for a terminal job, `NotFound` for an unknown one.
-    async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> StoreResult<Job>;
-
-    // ---- events ---------------------------------------------------------------------
-
+/// A job's event log.
+#[async_trait]
+pub trait EventStore: Send + Sync {
     async fn append_event(
         &self,
         job_id: Uuid,
@@ -578,9 +616,11 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<Event>>;
+}
 
-    // ---- idempotency ----------------------------------------------------------------
-
+/// Idempotency keys of job creation.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
     /// Takes the key for this request or reports who has it. Expired keys are free.
     async fn idempotency_begin(
         &self,
@@ -601,9 +641,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Frees a key whose request failed before creating anything.
     async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()>;
+}
 
-    // ---- costs ----------------------------------------------------------------------
-
+/// Costs per tenant and the `/metrics` gauges.
+#[async_trait]
+pub trait ReportStore: Send + Sync {
     /// Sums jobs created in `[from, to)` for the tenant.
     async fn cost_totals(
         &self,
@@ -614,13 +656,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Jobs by status and items waiting, over every tenant, for `/metrics`.
     async fn gauges(&self) -> StoreResult<Gauges>;
+}
 
-    // ---- webhooks -------------------------------------------------------------------
-
+/// Webhook deliveries owed by finished jobs.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
     /// Finished jobs whose webhook delivery is due, oldest due first, each claimed by
     /// moving its due time to now + `lease` (so no other replica delivers it meanwhile,
     /// and a crash mid-delivery lets one try again after). Returns each job with that
-    /// new due time, the token that fences [`Store::webhook_attempted`].
+    /// new due time, the token that fences [`WebhookStore::webhook_attempted`].
     async fn claim_webhooks(
         &self,
         lease: Duration,
@@ -636,6 +680,29 @@ pub trait Store: Send + Sync + 'static {
         claim: DateTime<Utc>,
         attempt: &WebhookAttempt,
     ) -> StoreResult<bool>;
+}
+
+/// Everything the service keeps, by concern; `DynStore` names it.
+#[async_trait]
+pub trait Store:
+    JobStore
+    + ItemStore
+    + PlanStore
+    + ShardStore
+    + SettleStore
+    + EventStore
+    + IdempotencyStore
+    + ReportStore
+    + WebhookStore
+    + Send
+    + Sync
+    + 'static
+{
+    /// Answers when the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Closes the pool (graceful shutdown).
+    async fn close(&self);
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -15,9 +15,9 @@ use super::retry::{self, NOT_EXECUTED};
 use super::{jsonl, BatchContext, StepError};
 use crate::analyzer::{parse_model_content, OutputValidator};
 use crate::cost::pricing::PriceTable;
-use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
+use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode};
 use crate::providers::openai::{Batch, BatchOutputLine, ChatCompletion};
-use crate::store::{Leftover, Settled, Verdict};
+use crate::store::{LeasedShard, Leftover, Settled, Verdict};
 
 /// Outcomes written per statement (and per progress event). A few chunks at most are in
 /// memory at once: one being judged, up to two waiting, one being written.
@@ -46,7 +46,7 @@ impl IngestReport {
 
 pub async fn ingest(
     ctx: &BatchContext,
-    shard: &Shard,
+    shard: &LeasedShard,
     batch: &Batch,
 ) -> Result<IngestReport, StepError> {
     let job = ctx.job(shard.job_id).await?;
@@ -78,7 +78,7 @@ pub async fn ingest(
     };
     let settled = ctx
         .store
-        .settle_shard_items(shard.id, shard.lease_token, &missing, leftover)
+        .settle_shard_items(&shard.lease, &missing, leftover)
         .await?;
     report.not_executed = settled.total();
     report.add(settled);
@@ -127,7 +127,7 @@ async fn download(
 /// At most two chunks wait between them, which bounds memory whatever the file's size.
 async fn ingest_file(
     ctx: &BatchContext,
-    shard: &Shard,
+    shard: &LeasedShard,
     path: &Path,
     job_model: &str,
     validator: &Arc<OutputValidator>,
@@ -196,13 +196,17 @@ fn judge_lines(
     Ok(())
 }
 
-async fn write(ctx: &BatchContext, shard: &Shard, chunk: &[Verdict]) -> Result<Settled, StepError> {
+async fn write(
+    ctx: &BatchContext,
+    shard: &LeasedShard,
+    chunk: &[Verdict],
+) -> Result<Settled, StepError> {
     if chunk.is_empty() {
         return Ok(Settled::default());
     }
     Ok(ctx
         .store
-        .settle_shard_outcomes(shard.id, shard.lease_token, chunk, ctx.max_attempts())
+        .settle_shard_outcomes(&shard.lease, chunk, ctx.max_attempts())
         .await?)
 }
 

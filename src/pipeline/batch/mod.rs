@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::domain::{ItemError, Job, Shard, ShardStatus};
+use crate::domain::{ItemError, Job, ShardStatus};
 use crate::providers::openai::{OpenAiClient, OpenAiError};
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, LeasedShard, ShardLease, StoreError};
 
 pub mod ingest;
 pub mod janitor;
@@ -87,8 +87,9 @@ impl BatchContext {
 
     /// Starts renewing the shard's lease (held with `token`) until the keeper is stopped
     /// or dropped.
-    pub fn keep_lease(&self, shard_id: Uuid, token: i64) -> LeaseKeeper {
-        let (store, lease) = (self.store.clone(), self.lease());
+    pub fn keep_lease(&self, lease: ShardLease) -> LeaseKeeper {
+        let shard_id = lease.shard_id();
+        let (store, held, lease) = (self.store.clone(), lease, self.lease());
         let lost = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let (l, s) = (lost.clone(), stop.clone());
@@ -98,7 +99,7 @@ impl BatchContext {
                     _ = s.cancelled() => return,
                     _ = tokio::time::sleep(lease / 3) => {}
                 }
-                match store.renew_shard(shard_id, token, lease).await {
+                match store.renew_shard(&held, lease).await {
                     Ok(true) => {}
                     Ok(false) => {
                         l.store(true, Ordering::Relaxed);
@@ -129,23 +130,18 @@ impl BatchContext {
 
     /// After a step on a shard: frees the lease when it went through, holds the shard
     /// for a back-off when it failed (it is retried then, keeping its status).
-    pub async fn settle_step(
-        &self,
-        shard_id: Uuid,
-        token: i64,
-        result: Result<(), StepError>,
-        step: &str,
-    ) {
+    pub async fn settle_step(&self, lease: ShardLease, result: Result<(), StepError>, step: &str) {
+        let shard_id = lease.shard_id();
         match result {
             Ok(()) => {
-                if let Err(err) = self.store.release_shard(shard_id, token).await {
+                if let Err(err) = self.store.release_shard(&lease).await {
                     // The lease runs out on its own.
                     tracing::warn!(shard = %shard_id, error = %err, "could not free the shard's lease");
                 }
             }
             Err(err) => {
                 tracing::warn!(shard = %shard_id, error = %err, "{step} failed; will retry");
-                self.retry_later(shard_id, token).await;
+                self.retry_later(lease).await;
             }
         }
     }
@@ -154,9 +150,10 @@ impl BatchContext {
     /// retries it at once. The shard keeps its status: when the lease runs out it is
     /// claimed again, so a failing step is retried, never dropped (even when this renewal
     /// itself fails, the lease simply expires sooner).
-    pub async fn retry_later(&self, shard_id: Uuid, token: i64) {
+    pub async fn retry_later(&self, lease: ShardLease) {
+        let shard_id = lease.shard_id();
         let backoff = Duration::from_millis(self.settings.batch.poll_min_ms.max(50) * 5);
-        if let Err(err) = self.store.renew_shard(shard_id, token, backoff).await {
+        if let Err(err) = self.store.renew_shard(&lease, backoff).await {
             tracing::warn!(shard = %shard_id, error = %err, "could not hold the shard for a retry");
         }
     }
@@ -166,12 +163,12 @@ impl BatchContext {
     /// job when that was the last of it.
     pub async fn shard_done(
         &self,
-        shard: &Shard,
+        shard: &LeasedShard,
         error: Option<&ItemError>,
     ) -> Result<(), StepError> {
         if !self
             .store
-            .set_shard_status(shard.id, shard.lease_token, ShardStatus::Done, error)
+            .set_shard_status(&shard.lease, ShardStatus::Done, error)
             .await?
         {
             return Err(StepError::LeaseLost);

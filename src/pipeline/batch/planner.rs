@@ -124,13 +124,13 @@ pub async fn run_once(ctx: &BatchContext) -> StoreResult<usize> {
                 poll_interval_ms: ctx.settings.batch.poll_min_ms as i64,
             })
             .collect();
-        if ctx.store.create_shards(job.id, token, &shards).await? {
+        if ctx.store.create_shards(&token, &shards).await? {
             created += shards.len();
             for s in &shards {
                 tracing::info!(job = %job.id, shard = %s.id, kind = %kind, items = s.positions.len(), attempt, "shard planned");
             }
         }
-        ctx.store.release_job(job.id, token).await?;
+        ctx.store.release_job(&token).await?;
     }
     Ok(created)
 }

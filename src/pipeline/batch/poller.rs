@@ -9,7 +9,7 @@ use super::retry::{self, TOKEN_LIMIT_EXCEEDED};
 use super::{ingest, BatchContext, StepError};
 use crate::domain::{ItemError, JobStatus, Shard, ShardKind, ShardStatus};
 use crate::providers::openai::{Batch, BatchStatus, OpenAiError};
-use crate::store::{Leftover, ShardPoll};
+use crate::store::{LeasedShard, Leftover, ShardPoll};
 
 /// Shards polled at once by one replica.
 const CLAIM: i64 = 16;
@@ -31,11 +31,11 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
     for shard in shards {
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let (id, token) = (shard.id, shard.lease_token);
-            let keeper = ctx.keep_lease(id, token);
+            let lease = shard.lease;
+            let keeper = ctx.keep_lease(lease);
             let result = poll(&ctx, shard).await;
             keeper.stop().await;
-            ctx.settle_step(id, token, result, "poll").await;
+            ctx.settle_step(lease, result, "poll").await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -48,8 +48,7 @@ fn next_interval(ctx: &BatchContext, shard: &Shard) -> i64 {
     (shard.poll_interval_ms.max(min) * 2).min(max)
 }
 
-async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
-    let token = shard.lease_token;
+async fn poll(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> {
     let batch_id = shard
         .openai_batch_id
         .clone()
@@ -83,7 +82,7 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
         next_poll_at: Utc::now() + ChronoDuration::milliseconds(interval),
         poll_interval_ms: interval,
     };
-    if !ctx.store.shard_polled(shard.id, token, &poll).await? {
+    if !ctx.store.shard_polled(&shard.lease, &poll).await? {
         return Err(StepError::LeaseLost);
     }
     if shard.batch_status.as_deref() != Some(batch.status.as_str()) {
@@ -106,10 +105,7 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
             let leftover = failed_batch_leftover(&error, &shard, ctx.max_attempts());
             tracing::warn!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
                 code = %error.code, message = %error.message, ?leftover, "batch failed");
-            let settled = ctx
-                .store
-                .fail_shard(shard.id, token, &error, leftover)
-                .await?;
+            let settled = ctx.store.fail_shard(&shard.lease, &error, leftover).await?;
             if settled.requeued > 0 {
                 tracing::info!(job = %shard.job_id, shard = %shard.id,
                     requeued = settled.requeued, "items sent back to be planned again");
@@ -121,12 +117,11 @@ async fn poll(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
     Ok(())
 }
 
-async fn finish(ctx: &BatchContext, shard: &Shard, batch: &Batch) -> Result<(), StepError> {
-    let token = shard.lease_token;
+async fn finish(ctx: &BatchContext, shard: &LeasedShard, batch: &Batch) -> Result<(), StepError> {
     if shard.status != ShardStatus::Ingesting
         && !ctx
             .store
-            .set_shard_status(shard.id, token, ShardStatus::Ingesting, None)
+            .set_shard_status(&shard.lease, ShardStatus::Ingesting, None)
             .await?
     {
         return Err(StepError::LeaseLost);

@@ -19,9 +19,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use super::retry::TOKEN_LIMIT_EXCEEDED;
 use super::tokens::{limit_for, TokenEstimator};
 use super::{jsonl, BatchContext, LeaseKeeper, StepError};
-use crate::domain::{Job, JobStatus, Shard, ShardKind, ShardStatus};
+use crate::domain::{Job, JobStatus, ShardKind, ShardStatus};
 use crate::providers::openai::{Batch, CreateBatchRequest};
-use crate::store::{job_cancelled_error, Leftover, ModelLoad};
+use crate::store::{job_cancelled_error, LeasedShard, Leftover, ModelLoad};
 
 pub const META_SHARD: &str = "batchlens_shard";
 pub const META_JOB: &str = "batchlens_job";
@@ -88,31 +88,31 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
     // Decisions are taken one shard at a time, so shards claimed together share the
     // model's room; the slow OpenAI calls then run side by side.
     for shard in shards {
-        let (id, token) = (shard.id, shard.lease_token);
+        let (id, lease) = (shard.id, shard.lease);
         let decision = match decide(ctx, &shard, &mut rooms).await {
             Ok(d) => d,
             Err(err) => {
                 tracing::warn!(shard = %id, error = %err, "submission check failed; will retry");
-                ctx.retry_later(id, token).await;
+                ctx.retry_later(lease).await;
                 continue;
             }
         };
         if decision == Decision::Wait {
             let wait = Duration::from_millis(ctx.settings.batch.poll_min_ms.max(1));
-            if let Err(err) = ctx.store.renew_shard(id, token, wait).await {
+            if let Err(err) = ctx.store.renew_shard(&lease, wait).await {
                 tracing::warn!(shard = %id, error = %err, "could not hold the shard back");
             }
             continue;
         }
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let keeper = ctx.keep_lease(id, token);
+            let keeper = ctx.keep_lease(lease);
             let result = match decision {
                 Decision::Close => close(&ctx, shard).await,
                 _ => submit(&ctx, shard, &keeper).await,
             };
             keeper.stop().await;
-            ctx.settle_step(id, token, result, "submission").await;
+            ctx.settle_step(lease, result, "submission").await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -121,7 +121,7 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
 
 async fn decide(
     ctx: &BatchContext,
-    shard: &Shard,
+    shard: &LeasedShard,
     rooms: &mut HashMap<String, Room>,
 ) -> Result<Decision, StepError> {
     let job = ctx.job(shard.job_id).await?;
@@ -155,11 +155,7 @@ async fn decide(
             room.admitted += 1;
             room.admitted_tokens += estimate;
         }
-        if !ctx
-            .store
-            .set_shard_estimate(shard.id, shard.lease_token, estimate)
-            .await?
-        {
+        if !ctx.store.set_shard_estimate(&shard.lease, estimate).await? {
             return Err(StepError::LeaseLost);
         }
     } else {
@@ -182,8 +178,7 @@ fn stopped(job: &Job) -> bool {
 
 /// Ends a shard that gets no batch. One found in `creating` may already have a batch (a
 /// crash hid it): that one is adopted, and the poller cancels it for a cancelled job.
-async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
-    let token = shard.lease_token;
+async fn close(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> {
     if shard.status == ShardStatus::Creating {
         if let Some(batch) = find_batch(ctx, &shard).await? {
             return record_submitted(ctx, &shard, &batch).await;
@@ -193,7 +188,7 @@ async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
     let error = stopped(&job).then(job_cancelled_error);
     if let Some(error) = &error {
         ctx.store
-            .settle_shard_items(shard.id, token, error, Leftover::Cancel)
+            .settle_shard_items(&shard.lease, error, Leftover::Cancel)
             .await?;
     }
     ctx.shard_done(&shard, error.as_ref()).await?;
@@ -203,10 +198,9 @@ async fn close(ctx: &BatchContext, shard: Shard) -> Result<(), StepError> {
 
 async fn submit(
     ctx: &BatchContext,
-    mut shard: Shard,
+    mut shard: LeasedShard,
     keeper: &LeaseKeeper,
 ) -> Result<(), StepError> {
-    let token = shard.lease_token;
     let job = ctx.job(shard.job_id).await?;
     let mut fresh = false;
     if shard.status == ShardStatus::Planned {
@@ -216,7 +210,7 @@ async fn submit(
         let filename = format!("batchlens-{}.jsonl", shard.id);
         let file = ctx.openai.upload_file(&path, &filename, "batch").await?;
         tracing::info!(job = %job.id, shard = %shard.id, file = %file.id, bytes, "input file uploaded");
-        if !ctx.store.shard_uploaded(shard.id, token, &file.id).await? {
+        if !ctx.store.shard_uploaded(&shard.lease, &file.id).await? {
             return Err(StepError::LeaseLost);
         }
         shard.input_file_id = Some(file.id);
@@ -263,15 +257,14 @@ async fn submit(
 /// Stores the batch id the moment it is known: shard `creating` → `submitted`.
 async fn record_submitted(
     ctx: &BatchContext,
-    shard: &Shard,
+    shard: &LeasedShard,
     batch: &Batch,
 ) -> Result<(), StepError> {
-    let token = shard.lease_token;
     let next_poll =
         Utc::now() + ChronoDuration::milliseconds(ctx.settings.batch.poll_min_ms as i64);
     if !ctx
         .store
-        .shard_submitted(shard.id, token, &batch.id, next_poll)
+        .shard_submitted(&shard.lease, &batch.id, next_poll)
         .await?
     {
         return Err(StepError::LeaseLost);
@@ -283,7 +276,10 @@ async fn record_submitted(
 
 /// The OpenAI batch whose metadata names this shard, among batches created since the
 /// shard was (OpenAI lists newest first).
-pub async fn find_batch(ctx: &BatchContext, shard: &Shard) -> Result<Option<Batch>, StepError> {
+pub async fn find_batch(
+    ctx: &BatchContext,
+    shard: &LeasedShard,
+) -> Result<Option<Batch>, StepError> {
     let since = (shard.created_at - ChronoDuration::minutes(10)).timestamp();
     let wanted = shard.id.to_string();
     let mut after: Option<String> = None;

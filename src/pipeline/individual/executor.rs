@@ -16,14 +16,12 @@ use uuid::Uuid;
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{
-    Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, Shard, ShardStatus,
-};
+use crate::domain::{Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, ShardStatus};
 use crate::pipeline::batch::ingest::{api_error, apply_completion};
 use crate::pipeline::batch::retry::{self, REQUEST_FAILED};
 use crate::pipeline::batch::{BatchContext, StepError};
 use crate::providers::openai::OpenAiError;
-use crate::store::{job_cancelled_error, Leftover, Verdict};
+use crate::store::{job_cancelled_error, LeasedShard, Leftover, Verdict};
 
 /// What the executor shares between its tasks.
 #[derive(Clone)]
@@ -59,12 +57,12 @@ impl Executor {
         for shard in shards {
             let this = self.clone();
             tasks.spawn(async move {
-                let (id, token) = (shard.id, shard.lease_token);
-                let keeper = this.ctx.keep_lease(id, token);
+                let lease = shard.lease;
+                let keeper = this.ctx.keep_lease(lease);
                 let result = this.run_shard(shard).await;
                 keeper.stop().await;
                 this.ctx
-                    .settle_step(id, token, result, "individual shard")
+                    .settle_step(lease, result, "individual shard")
                     .await;
             });
         }
@@ -72,11 +70,10 @@ impl Executor {
         Ok(n)
     }
 
-    async fn run_shard(&self, shard: Shard) -> Result<(), StepError> {
-        let token = shard.lease_token;
+    async fn run_shard(&self, shard: LeasedShard) -> Result<(), StepError> {
         let ctx = &self.ctx;
         if shard.status == ShardStatus::Planned
-            && !ctx.store.start_individual_shard(shard.id, token).await?
+            && !ctx.store.start_individual_shard(&shard.lease).await?
         {
             return Err(StepError::LeaseLost);
         }
@@ -109,8 +106,7 @@ impl Executor {
                 this.ctx
                     .store
                     .settle_shard_outcomes(
-                        shard.id,
-                        token,
+                        &shard.lease,
                         std::slice::from_ref(&verdict),
                         max_attempts,
                     )
@@ -129,11 +125,11 @@ impl Executor {
 
     /// Ends the shard of a job that stopped: what did not run is cancelled (for a
     /// cancelling job; a finished job has nothing left to run).
-    async fn close(&self, shard: &Shard) -> Result<(), StepError> {
-        let (ctx, token) = (&self.ctx, shard.lease_token);
+    async fn close(&self, shard: &LeasedShard) -> Result<(), StepError> {
+        let ctx = &self.ctx;
         let settled = ctx
             .store
-            .settle_shard_items(shard.id, token, &job_cancelled_error(), Leftover::Cancel)
+            .settle_shard_items(&shard.lease, &job_cancelled_error(), Leftover::Cancel)
             .await?;
         ctx.shard_done(shard, None).await?;
         tracing::info!(job = %shard.job_id, shard = %shard.id, cancelled = settled.cancelled,
