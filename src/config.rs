@@ -254,9 +254,7 @@ impl Settings {
         if self.webhooks.timeout_secs == 0 {
             return Err(invalid("webhooks.timeout_secs", "must be at least 1"));
         }
-        if let Err(why) =
-            crate::pipeline::webhooks::signing_key(self.webhooks.secret.expose_secret())
-        {
+        if let Err(why) = crate::signing::signing_key(self.webhooks.secret.expose_secret()) {
             return Err(invalid("webhooks.secret", why));
         }
         let db = self.database.url.expose_secret();

@@ -10,6 +10,7 @@ pub mod intake;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;
+pub mod signing;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
