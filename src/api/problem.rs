@@ -77,12 +77,7 @@ pub enum ApiError {
 impl ApiError {
     /// A 422 about one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
-        let message = message.into();
-        ApiError::Validation {
-            detail: format!("{field}: {message}"),
-            errors: vec![FieldError { field, message }],
-        }
+        AppError::field(field, message).into()
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {

@@ -4,8 +4,23 @@
 
 use crate::analyzer::{parse_model_content, OutputValidator};
 use crate::cost::pricing::PriceTable;
-use crate::domain::{ItemError, ItemOutcome, ItemStatus};
+use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode};
 use crate::providers::ChatCompletion;
+
+/// The outcome of an item before its answer is read: failed, with nothing known yet.
+pub fn unfinished(custom_id: String, run_mode: Mode) -> ItemOutcome {
+    ItemOutcome {
+        custom_id,
+        status: ItemStatus::Failed,
+        output: None,
+        error: None,
+        usage: None,
+        cost_pico_usd: None,
+        individual_pico_usd: None,
+        run_mode,
+        resolved_model: None,
+    }
+}
 
 /// Fills an outcome from a chat completion: usage and cost always (the tokens were
 /// billed), output when it parses and fits the schema.

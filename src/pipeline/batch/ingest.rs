@@ -15,7 +15,7 @@ use super::jsonl;
 use crate::analyzer::OutputValidator;
 use crate::cost::pricing::PriceTable;
 use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode, Shard};
-use crate::pipeline::outcomes::{api_error, apply_completion};
+use crate::pipeline::outcomes::{api_error, apply_completion, unfinished};
 use crate::pipeline::retry::{self, NOT_EXECUTED};
 use crate::pipeline::{StepError, WorkerContext};
 use crate::providers::{Batch, BatchOutputLine, ChatCompletion};
@@ -235,17 +235,7 @@ pub fn outcome_of(
     job_model: &str,
     validator: &OutputValidator,
 ) -> ItemOutcome {
-    let mut outcome = ItemOutcome {
-        custom_id: line.custom_id,
-        status: ItemStatus::Failed,
-        output: None,
-        error: None,
-        usage: None,
-        cost_pico_usd: None,
-        individual_pico_usd: None,
-        run_mode: Mode::Batch,
-        resolved_model: None,
-    };
+    let mut outcome = unfinished(line.custom_id, Mode::Batch);
     let Some(response) = line.response else {
         let error = line.error.unwrap_or_default();
         outcome.error = Some(ItemError {

@@ -16,11 +16,9 @@ use uuid::Uuid;
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{
-    Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, Shard, ShardStatus,
-};
+use crate::domain::{Item, ItemError, ItemStatus, Job, JobStatus, Mode, Shard, ShardStatus};
 use crate::pipeline::kernel::run_shards;
-use crate::pipeline::outcomes::{api_error, apply_completion};
+use crate::pipeline::outcomes::{api_error, apply_completion, unfinished};
 use crate::pipeline::retry::{self, REQUEST_FAILED};
 use crate::pipeline::{StepError, WorkerContext, INDIVIDUAL_SHARD_ITEMS};
 use crate::providers::ProviderError;
@@ -152,6 +150,27 @@ impl Executor {
         stopped
     }
 
+    /// The request body of one item's call, and the tokens the governor counts for it.
+    fn request(&self, job: &Job, item: &Item) -> (serde_json::Value, u32) {
+        let settings = &self.ctx.settings;
+        let opts = RequestOptions {
+            model: &job.model,
+            detail: job.detail,
+            max_completion_tokens: settings.openai.max_completion_tokens,
+        };
+        let body = chat_request_body(&job.analyzer, &item.image, &opts);
+        let dims = (item.width, item.height);
+        let default = (
+            settings.intake.default_image_width,
+            settings.intake.default_image_height,
+        );
+        let tokens = chat_request_input_tokens(&body, &|_| match dims {
+            (Some(w), Some(h)) => Some((w as u32, h as u32)),
+            _ => Some(default),
+        }) + settings.openai.max_completion_tokens;
+        (body, tokens)
+    }
+
     /// One item, one call: waits for a slot and the governor. A 429 (which the client hands
     /// back at once) feeds its headers to the governor and pauses every sender to the
     /// model for its `retry-after` (1 s when absent), then this call tries again, up to 5
@@ -165,32 +184,8 @@ impl Executor {
         stop: &AtomicBool,
     ) -> Option<Verdict> {
         let ctx = &self.ctx;
-        let opts = RequestOptions {
-            model: &job.model,
-            detail: job.detail,
-            max_completion_tokens: ctx.settings.openai.max_completion_tokens,
-        };
-        let body = chat_request_body(&job.analyzer, &item.image, &opts);
-        let dims = (item.width, item.height);
-        let default = (
-            ctx.settings.intake.default_image_width,
-            ctx.settings.intake.default_image_height,
-        );
-        let tokens = chat_request_input_tokens(&body, &|_| match dims {
-            (Some(w), Some(h)) => Some((w as u32, h as u32)),
-            _ => Some(default),
-        }) + ctx.settings.openai.max_completion_tokens;
-        let mut outcome = ItemOutcome {
-            custom_id: item.custom_id.clone(),
-            status: ItemStatus::Failed,
-            output: None,
-            error: None,
-            usage: None,
-            cost_pico_usd: None,
-            individual_pico_usd: None,
-            run_mode: Mode::Individual,
-            resolved_model: None,
-        };
+        let (body, tokens) = self.request(job, item);
+        let mut outcome = unfinished(item.custom_id.clone(), Mode::Individual);
         let _slot = self
             .slots
             .acquire()
