@@ -16,7 +16,8 @@ use batchlens::analyzer::OutputValidator;
 use batchlens::config::Settings;
 use batchlens::cost::pricing::PriceTable;
 use batchlens::domain::{ItemStatus, ShardKind, ShardStatus};
-use batchlens::pipeline::batch::{ingest, BatchContext};
+use batchlens::pipeline::batch::ingest;
+use batchlens::pipeline::WorkerContext;
 use batchlens::providers::openai::{Batch, BatchOutputLine, OpenAiClient, OpenAiConfig};
 use chrono::Utc;
 use serde_json::json;
@@ -89,13 +90,15 @@ async fn run(url: &str, lines: usize) {
         data.path().display().to_string(),
     );
     let settings = Arc::new(Settings::load_from(None, &env).unwrap());
-    let ctx = BatchContext {
+    let ctx = WorkerContext {
         store: store.clone(),
-        openai: OpenAiClient::new(OpenAiConfig::new(
-            "http://127.0.0.1:9/v1",
-            "sk-unused".to_string().into(),
-        ))
-        .unwrap(),
+        provider: Arc::new(
+            OpenAiClient::new(OpenAiConfig::new(
+                "http://127.0.0.1:9/v1",
+                "sk-unused".to_string().into(),
+            ))
+            .unwrap(),
+        ),
         settings: settings.clone(),
         prices: Arc::new(PriceTable::defaults()),
         replica: "bench".into(),

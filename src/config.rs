@@ -231,6 +231,14 @@ impl Settings {
 
     /// Every rule a value must meet, each error naming its setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_openai()?;
+        self.validate_workers()?;
+        self.validate_rest()
+    }
+
+    /// `server`, `webhooks` and `database`.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let host: IpAddr = self
             .server
             .host
@@ -254,9 +262,7 @@ impl Settings {
         if self.webhooks.timeout_secs == 0 {
             return Err(invalid("webhooks.timeout_secs", "must be at least 1"));
         }
-        if let Err(why) =
-            crate::pipeline::webhooks::signing_key(self.webhooks.secret.expose_secret())
-        {
+        if let Err(why) = crate::signing::signing_key(self.webhooks.secret.expose_secret()) {
             return Err(invalid("webhooks.secret", why));
         }
         let db = self.database.url.expose_secret();
@@ -269,6 +275,10 @@ impl Settings {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_openai(&self) -> Result<(), ConfigError> {
         let base = url::Url::parse(&self.openai.base_url)
             .map_err(|e| invalid("openai.base_url", format!("not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -289,6 +299,11 @@ impl Settings {
                 "timeouts must be at least 1 second",
             ));
         }
+        Ok(())
+    }
+
+    /// `batch` and `individual`.
+    fn validate_workers(&self) -> Result<(), ConfigError> {
         let b = &self.batch;
         if b.poll_min_ms == 0 || b.poll_max_ms < b.poll_min_ms {
             return Err(invalid(
@@ -324,6 +339,11 @@ impl Settings {
                 "individual.rpm, individual.tpm and individual.concurrency must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// `intake`, `log`, `auth.keys` and `pricing`.
+    fn validate_rest(&self) -> Result<(), ConfigError> {
         if self.intake.max_image_bytes == 0 {
             return Err(invalid("intake.max_image_bytes", "must be at least 1"));
         }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod providers;
+pub mod signing;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

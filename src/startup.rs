@@ -1,4 +1,5 @@
-//! Building and running the application: store, OpenAI client, router, background
+//! Building and running the application: store, provider, the API's state and the
+//! workers' context (each built here, neither from the other), router, background
 //! workers, graceful shutdown.
 
 use std::collections::HashMap;
@@ -13,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::app::App;
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::pipeline::workers;
+use crate::pipeline::{workers, WorkerContext};
 use crate::providers::openai::{OpenAiClient, OpenAiConfig};
 use crate::store::{self, DynStore};
 
@@ -23,7 +25,7 @@ use crate::store::{self, DynStore};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    replica: String,
+    workers: WorkerContext,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,22 +82,31 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let (settings, prices) = (Arc::new(settings), Arc::new(prices));
         let state = AppState {
-            store,
+            app: App {
+                store: store.clone(),
+                settings: settings.clone(),
+                prices: prices.clone(),
+            },
             keys: Arc::new(
                 keys.into_iter()
                     .map(|(t, h)| (h, t))
                     .collect::<HashMap<_, _>>(),
             ),
-            prices: Arc::new(prices),
-            settings: Arc::new(settings),
-            openai,
             metrics: crate::metrics::install(),
+        };
+        let workers = WorkerContext {
+            store,
+            provider: Arc::new(openai),
+            settings,
+            prices,
+            replica: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
         };
         Ok(Application {
             listener,
             state,
-            replica: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+            workers,
         })
     }
 
@@ -110,7 +121,7 @@ impl Application {
     }
 
     pub fn store(&self) -> DynStore {
-        self.state.store.clone()
+        self.workers.store.clone()
     }
 
     /// Serves and runs the workers until `shutdown` resolves (or [`Application::stopper`]
@@ -123,12 +134,16 @@ impl Application {
     ) -> std::io::Result<()> {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let grace = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
-        workers::spawn_all(&self.state, &self.replica, &stop, &tracker);
+        let grace = Duration::from_secs(self.workers.settings.server.shutdown_timeout_secs);
+        let extras = workers::Extras {
+            render_job: api::dto::render_job,
+            metrics: self.state.metrics.clone(),
+        };
+        workers::spawn_all(&self.workers, extras, &stop, &tracker);
         tracker.close();
 
         let app = api::router(self.state.clone());
-        tracing::info!(addr = %self.local_addr(), replica = %self.replica, "batchlens listening");
+        tracing::info!(addr = %self.local_addr(), replica = %self.workers.replica, "batchlens listening");
         let signalled = stop.clone();
         let server = tokio::spawn(
             axum::serve(self.listener, app)
@@ -157,7 +172,7 @@ impl Application {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("workers did not finish in time; their leases will expire");
         }
-        self.state.store.close().await;
+        self.workers.store.close().await;
         tracing::info!("stopped");
         served
     }

@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use common::{envelope, lines, Harness, KEY};
-use testkit::{png_data_url, png_header};
 use openai_sim::{OutputOrder, RateLimiterKind, SchemaTokens, SimConfig, WebhookTiming};
 use serde_json::{json, Value};
+use testkit::{png_data_url, png_header};
 
 fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})

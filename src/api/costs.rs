@@ -15,8 +15,7 @@ use super::dto::JobRequest;
 use super::jobs::load_job;
 use super::problem::{ApiError, ApiJson, Problem};
 use super::AppState;
-use crate::app::submit;
-use crate::domain::{pico_to_usd, ItemStatus};
+use crate::domain::pico_to_usd;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -179,43 +178,24 @@ pub async fn create_estimate(
     tenant: Tenant,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<Json<EstimateResponse>, ApiError> {
-    let spec = submit::check_spec(&state.settings, &req)?;
-    let output_tokens = state
-        .expected_output_tokens(&tenant.0, &spec.model, &spec.analyzer)
-        .await?;
-    let prepared = state
-        .prepare(&tenant.0, spec.clone(), req, output_tokens)
-        .await?;
-    let accepted = prepared.intake.accepted;
-    let dims = submit::item_dims(&state.settings, &prepared.intake.items);
-    let models =
-        submit::compare_models(&state.settings, &state.prices, &spec, &dims, output_tokens)
-            .into_iter()
-            .map(|e| ModelEstimate {
-                per_image_batch_usd: per_image(e.batch, accepted),
-                per_image_individual_usd: per_image(e.individual, accepted),
-                batch_usd: e.batch.map(pico_to_usd),
-                individual_usd: e.individual.map(pico_to_usd),
-                model: e.model,
-            })
-            .collect();
-    let e = prepared.estimate;
-    let (mode, _) = submit::resolve_mode(
-        spec.requested_mode,
-        accepted,
-        state.settings.individual.max_items,
-    );
-    let rejected = prepared
-        .intake
-        .items
-        .iter()
-        .filter(|i| i.status == ItemStatus::Rejected)
-        .count();
+    let est = state.app.estimate(&tenant.0, req.into()).await?;
+    let (accepted, e) = (est.accepted, est.estimate);
+    let models = est
+        .models
+        .into_iter()
+        .map(|e| ModelEstimate {
+            per_image_batch_usd: per_image(e.batch, accepted),
+            per_image_individual_usd: per_image(e.individual, accepted),
+            batch_usd: e.batch.map(pico_to_usd),
+            individual_usd: e.individual.map(pico_to_usd),
+            model: e.model,
+        })
+        .collect();
     Ok(Json(EstimateResponse {
         items: accepted,
-        rejected,
-        model: spec.model,
-        mode,
+        rejected: est.rejected,
+        model: est.model,
+        mode: est.mode,
         tokens: EstimateTokens {
             input: e.input_tokens,
             output: e.output_tokens,
@@ -225,9 +205,9 @@ pub async fn create_estimate(
         savings_usd: e.batch.zip(e.individual).map(|(b, i)| pico_to_usd(i - b)),
         per_image_batch_usd: per_image(e.batch, accepted),
         per_image_individual_usd: per_image(e.individual, accepted),
-        output_tokens_per_item: output_tokens,
+        output_tokens_per_item: est.output_tokens_per_item,
         models,
-        rejections: prepared.intake.rejected,
+        rejections: est.rejections,
     }))
 }
 
@@ -265,10 +245,7 @@ pub async fn cost_totals(
 ) -> Result<Json<CostTotalsView>, ApiError> {
     let to = q.to.unwrap_or_else(Utc::now);
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));
-    if from >= to {
-        return Err(ApiError::field("from", "must be before `to`"));
-    }
-    let t = state.store.cost_totals(&tenant.0, from, to).await?;
+    let t = state.app.cost_totals(&tenant.0, from, to).await?;
     Ok(Json(CostTotalsView {
         from,
         to,
@@ -306,9 +283,10 @@ pub struct PricingView {
     responses((status = 200, body = PricingView)))]
 pub async fn pricing(State(state): State<AppState>) -> Json<PricingView> {
     Json(PricingView {
-        as_of: state.prices.as_of().to_string(),
+        as_of: state.app.prices.as_of().to_string(),
         currency: "USD",
         models: state
+            .app
             .prices
             .models()
             .map(|(model, p)| PriceView {

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::app::submit::JobInput;
+use crate::app::views::JobSnapshot;
 use crate::domain::{
     pico_to_usd, Analyzer, Counts, Detail, Item, ItemError, ItemStatus, Job, JobStatus, Mode,
     Shard, Usage,
@@ -47,6 +49,22 @@ pub struct JobRequest {
     /// The images. May be empty only for an open job.
     #[serde(default)]
     pub items: Vec<ItemInput>,
+}
+
+impl From<JobRequest> for JobInput {
+    fn from(r: JobRequest) -> Self {
+        JobInput {
+            name: r.name,
+            model: r.model,
+            mode: r.mode,
+            detail: r.detail,
+            analyzer: r.analyzer,
+            metadata: r.metadata,
+            webhook_url: r.webhook_url,
+            open: r.open,
+            items: r.items,
+        }
+    }
 }
 
 /// Items appended to an open job.
@@ -246,6 +264,17 @@ impl JobView {
             },
         }
     }
+}
+
+impl From<JobSnapshot> for JobView {
+    fn from(s: JobSnapshot) -> Self {
+        JobView::new(&s.job, s.rejected, &s.shards)
+    }
+}
+
+/// The job as a webhook delivery carries it: exactly what `GET /v1/jobs/{id}` answers.
+pub fn render_job(snapshot: JobSnapshot) -> serde_json::Value {
+    serde_json::to_value(JobView::from(snapshot)).unwrap_or_default()
 }
 
 /// A page of jobs, newest first.

@@ -1,7 +1,6 @@
 //! `/v1/jobs`: submit, fill in chunks, cancel, read status, results, posts; the routes and
 //! their handlers.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -25,10 +23,9 @@ use super::dto::{
 };
 use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
 use super::AppState;
-use crate::app::submit;
-use crate::domain::{ItemStatus, Job, JobStatus};
-use crate::intake::Rejection;
-use crate::store::{IdempotencyState, JobCursor};
+use crate::app::idempotency::Once;
+use crate::app::views::JobCursor;
+use crate::domain::{ItemStatus, Job};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,40 +43,12 @@ const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// Loads the caller's job or answers 404.
 pub async fn load_job(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Job, ApiError> {
-    state
-        .store
-        .get_job(Some(&tenant.0), id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+    Ok(state.app.job(&tenant.0, id).await?)
 }
 
-/// The job as clients see it, read from its row, its shards and its first rejections.
-pub async fn job_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
-    let shards = state.store.list_shards(job.id).await?;
-    let rejected = if job.counts.rejected > 0 {
-        state
-            .store
-            .list_items(job.id, Some(ItemStatus::Rejected), None, 100)
-            .await?
-            .iter()
-            .map(rejection_of)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(JobView::new(job, rejected, &shards))
-}
-
-fn rejection_of(item: &crate::domain::Item) -> Rejection {
-    Rejection {
-        index: item.position,
-        custom_id: item.custom_id.clone(),
-        reason: item
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .unwrap_or_default(),
-    }
+/// The job as clients see it.
+async fn job_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
+    Ok(JobView::from(state.app.job_view(job).await?))
 }
 
 fn accepted(view: &JobView) -> Response {
@@ -120,50 +89,17 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let req: JobRequest = parse_json(&body.0)?;
-    let Some(key) = key else {
-        let view = create(&state, &tenant, req).await?;
-        return Ok(accepted(&view));
+    let work = async {
+        let view = JobView::from(state.app.submit(&tenant.0, req.into()).await?);
+        Ok((view.id, view))
     };
-    let hash = hex::encode(Sha256::digest(&body.0));
-    let expires = Utc::now() + chrono::Duration::hours(24);
     match state
-        .store
-        .idempotency_begin(&tenant.0, &key, &hash, expires)
+        .app
+        .once(&tenant.0, key.as_deref(), &body.0, work)
         .await?
     {
-        IdempotencyState::Started => {}
-        IdempotencyState::InFlight { .. } => {
-            return Err(ApiError::Conflict(format!(
-                "a request with Idempotency-Key {key:?} is still being processed"
-            )))
-        }
-        IdempotencyState::Completed {
-            request_hash,
-            response,
-            ..
-        } => {
-            if request_hash != hash {
-                return Err(ApiError::field(
-                    "Idempotency-Key",
-                    "was already used with a different request body",
-                ));
-            }
-            return Ok((StatusCode::OK, axum::Json(response)).into_response());
-        }
-    }
-    match create(&state, &tenant, req).await {
-        Ok(view) => {
-            let stored = serde_json::to_value(&view).map_err(ApiError::internal)?;
-            state
-                .store
-                .idempotency_complete(&tenant.0, &key, view.id, &stored)
-                .await?;
-            Ok(accepted(&view))
-        }
-        Err(err) => {
-            state.store.idempotency_abort(&tenant.0, &key).await?;
-            Err(err)
-        }
+        Once::Fresh(view) => Ok(accepted(&view)),
+        Once::Replay(response) => Ok((StatusCode::OK, axum::Json(response)).into_response()),
     }
 }
 
@@ -186,28 +122,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key))
 }
 
-async fn create(state: &AppState, tenant: &Tenant, req: JobRequest) -> Result<JobView, ApiError> {
-    let spec = submit::check_spec(&state.settings, &req)?;
-    let output_tokens = state
-        .expected_output_tokens(&tenant.0, &spec.model, &spec.analyzer)
-        .await?;
-    let prepared = state.prepare(&tenant.0, spec, req, output_tokens).await?;
-    let job = state
-        .store
-        .create_job(&prepared.job, &prepared.intake.items)
-        .await?;
-    tracing::info!(
-        job = %job.id, tenant = %job.tenant, status = %job.status, mode = %job.mode,
-        items = job.counts.total, rejected = job.counts.rejected,
-        "job accepted"
-    );
-    metrics::counter!(crate::metrics::JOBS_CREATED, "mode" => job.mode.as_str()).increment(1);
-    count_intake(prepared.intake.items.len(), prepared.intake.rejected.len());
-    let mut view = JobView::new(&job, prepared.intake.rejected, &[]);
-    view.rejected.truncate(1000);
-    Ok(view)
-}
-
 /// List jobs, newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListQuery),
     responses((status = 200, body = JobPage),
@@ -221,21 +135,19 @@ pub async fn list_jobs(
 ) -> Result<axum::Json<JobPage>, ApiError> {
     let limit = clamp_limit(q.limit, 50, 200)?;
     let after = q.cursor.as_deref().map(decode_job_cursor).transpose()?;
-    let jobs = state
-        .store
-        .list_jobs(&tenant.0, q.status, after, limit + 1)
+    let page = state
+        .app
+        .list_jobs(&tenant.0, q.status, after, limit)
         .await?;
-    let more = jobs.len() as i64 > limit;
-    let jobs = &jobs[..jobs.len().min(limit as usize)];
-    let mut data = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        data.push(job_view(&state, job).await?);
-    }
-    let next_cursor = more
-        .then(|| jobs.last())
+    let next_cursor = page
+        .more
+        .then(|| page.data.last())
         .flatten()
-        .map(|j| encode_cursor(&format!("{}|{}", j.created_at.to_rfc3339(), j.id)));
-    Ok(axum::Json(JobPage { data, next_cursor }))
+        .map(|s| encode_cursor(&format!("{}|{}", s.job.created_at.to_rfc3339(), s.job.id)));
+    Ok(axum::Json(JobPage {
+        data: page.data.into_iter().map(JobView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// A job's status, progress, batches and cost summary.
@@ -271,47 +183,8 @@ pub async fn append_items(
     Path(id): Path<Uuid>,
     ApiJson(req): ApiJson<ItemsRequest>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
-    if job.status != JobStatus::Open {
-        return Err(ApiError::Conflict(format!(
-            "job {id} is {}, items can only be added while it is open",
-            job.status
-        )));
-    }
-    let taken = taken_custom_ids(&state, id).await?;
-    let limits = submit::intake_limits(&state.settings, &job.model, job.detail);
-    let first = job.counts.total;
-    let intake = tokio::task::spawn_blocking(move || {
-        submit::take_items(&limits, req.items, first, &taken, false)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let job = state
-        .store
-        .append_items(&tenant.0, id, &intake.items)
-        .await?;
-    tracing::info!(job = %id, added = intake.items.len(), total = job.counts.total, "items appended");
-    count_intake(intake.items.len(), intake.rejected.len());
-    let mut view = job_view(&state, &job).await?;
-    view.rejected = intake.rejected;
-    Ok(axum::Json(view))
-}
-
-fn count_intake(accepted: usize, rejected: usize) {
-    metrics::counter!(crate::metrics::ITEMS_ACCEPTED).increment(accepted as u64);
-    metrics::counter!(crate::metrics::ITEMS_REJECTED).increment(rejected as u64);
-}
-
-async fn taken_custom_ids(state: &AppState, job_id: Uuid) -> Result<HashSet<String>, ApiError> {
-    let mut taken = HashSet::new();
-    let mut after = None;
-    loop {
-        let page = state.store.list_items(job_id, None, after, 5000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.position);
-        taken.extend(page.into_iter().map(|i| i.custom_id));
-    }
-    Ok(taken)
+    let view = state.app.append(&tenant.0, id, req.items).await?;
+    Ok(axum::Json(view.into()))
 }
 
 /// Close an open job and start it.
@@ -327,38 +200,8 @@ pub async fn submit_job(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
-    if job.status != JobStatus::Open {
-        return Err(ApiError::Conflict(format!(
-            "job {id} is {}, only an open job can be submitted",
-            job.status
-        )));
-    }
-    if job.counts.pending == 0 {
-        return Err(ApiError::field(
-            "items",
-            "the job has no usable image to run",
-        ));
-    }
-    let (mode, reason) = submit::resolve_mode(
-        job.requested_mode,
-        job.counts.pending as usize,
-        state.settings.individual.max_items,
-    );
-    let estimate = state.estimate_stored_job(&job).await?;
-    let job = state
-        .store
-        .submit_open_job(
-            &tenant.0,
-            id,
-            mode,
-            &reason,
-            estimate.batch,
-            estimate.individual,
-        )
-        .await?;
-    tracing::info!(job = %id, mode = %job.mode, items = job.counts.pending, "open job submitted");
-    Ok(accepted(&job_view(&state, &job).await?))
+    let view = state.app.submit_open(&tenant.0, id).await?;
+    Ok(accepted(&view.into()))
 }
 
 /// Cancel a job.
@@ -381,17 +224,8 @@ pub async fn cancel_job(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    load_job(&state, &tenant, id).await?;
-    let job = state
-        .store
-        .cancel_job(&tenant.0, id)
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no job {id}")),
-            other => other.into(),
-        })?;
-    tracing::info!(job = %id, status = %job.status, cancelled = job.counts.cancelled, "job cancel requested");
-    Ok(accepted(&job_view(&state, &job).await?))
+    let view = state.app.cancel(&tenant.0, id).await?;
+    Ok(accepted(&view.into()))
 }
 
 /// Per-image results in item order.
@@ -417,18 +251,14 @@ pub async fn list_results(
     }
     let limit = clamp_limit(q.limit, 100, 1000)?;
     let after = q.cursor.as_deref().map(decode_position).transpose()?;
-    let items = state
-        .store
-        .list_items(job.id, q.status, after, limit + 1)
-        .await?;
-    let more = items.len() as i64 > limit;
-    let items = &items[..items.len().min(limit as usize)];
-    let next_cursor = more
-        .then(|| items.last())
+    let page = state.app.results(job.id, q.status, after, limit).await?;
+    let next_cursor = page
+        .more
+        .then(|| page.data.last())
         .flatten()
         .map(|i| encode_cursor(&i.position.to_string()));
     Ok(axum::Json(ResultPage {
-        data: items.iter().map(ResultView::from).collect(),
+        data: page.data.iter().map(ResultView::from).collect(),
         next_cursor,
     })
     .into_response())
@@ -448,7 +278,7 @@ fn ndjson_results(state: AppState, job_id: Uuid, status: Option<ItemStatus>) -> 
         let state = state.clone();
         async move {
             let after = cursor?;
-            match state.store.list_items(job_id, status, after, PAGE).await {
+            match state.app.items(job_id, status, after, PAGE).await {
                 Err(err) => {
                     tracing::error!(job = %job_id, error = %err, "results stream failed");
                     Some((Err(std::io::Error::other("results stream failed")), None))
@@ -488,52 +318,31 @@ pub async fn list_posts(
 ) -> Result<axum::Json<PostPage>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let limit = clamp_limit(q.limit, 100, 500)?;
-    // The cursor is the last post of the previous page: resume after all its items.
-    let mut after: Option<(Option<String>, i64)> = match q.cursor.as_deref() {
-        Some(c) => {
-            let post: Option<String> = serde_json::from_str(&decode_cursor(c)?)
-                .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))?;
-            Some((post, i64::MAX))
-        }
+    // The cursor is the last post of the previous page.
+    let after: Option<Option<String>> = match q.cursor.as_deref() {
+        Some(c) => Some(
+            serde_json::from_str(&decode_cursor(c)?)
+                .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))?,
+        ),
         None => None,
     };
-    let mut posts: Vec<PostView> = Vec::new();
-    let mut more = false;
-    'pages: loop {
-        let items = state
-            .store
-            .list_items_by_post(job.id, after.clone(), 1000)
-            .await?;
-        let Some(last) = items.last() else { break };
-        after = Some((last.post_id.clone(), last.position));
-        for item in &items {
-            match posts.last_mut() {
-                Some(p) if p.post_id == item.post_id => p.items.push(ResultView::from(item)),
-                _ => {
-                    if posts.len() as i64 == limit {
-                        more = true;
-                        break 'pages;
-                    }
-                    posts.push(PostView {
-                        post_id: item.post_id.clone(),
-                        items: vec![ResultView::from(item)],
-                    });
-                }
-            }
-        }
-        if items.len() < 1000 {
-            break;
-        }
-    }
-    let next_cursor = if more {
-        posts
+    let page = state.app.posts(job.id, after, limit).await?;
+    let next_cursor = if page.more {
+        page.data
             .last()
             .map(|p| encode_cursor(&serde_json::to_string(&p.post_id).unwrap_or_default()))
     } else {
         None
     };
     Ok(axum::Json(PostPage {
-        data: posts,
+        data: page
+            .data
+            .into_iter()
+            .map(|p| PostView {
+                items: p.items.iter().map(ResultView::from).collect(),
+                post_id: p.post_id,
+            })
+            .collect(),
         next_cursor,
     }))
 }
@@ -565,7 +374,7 @@ pub async fn job_events(
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let job = match state.store.get_job(None, id).await {
+            let job = match state.app.job_now(id).await {
                 Ok(Some(job)) => job,
                 _ => return None,
             };

@@ -1,5 +1,6 @@
-//! The HTTP API: shared state, the router built from every resource's routes, the
-//! OpenAPI document generated from the same handlers.
+//! The HTTP API, and only HTTP: shared state, the router built from every resource's
+//! routes, the OpenAPI document generated from the same handlers. Handlers extract, call
+//! `app`, and answer; nothing here touches the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,11 +13,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::Settings;
-use crate::cost::estimate::Estimate;
-use crate::cost::pricing::PriceTable;
-use crate::domain::Job;
-use crate::store::DynStore;
+use crate::app::App;
 
 pub mod auth;
 pub mod costs;
@@ -28,104 +25,14 @@ pub mod problem;
 
 use problem::ApiError;
 
-/// What every handler may use.
+/// What every handler may use: the use cases, the API keys, the metrics renderer.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: DynStore,
-    pub settings: Arc<Settings>,
-    pub prices: Arc<PriceTable>,
+    pub app: App,
     /// sha256(key) → tenant, from the configuration.
     pub keys: Arc<HashMap<String, String>>,
-    pub openai: crate::providers::openai::OpenAiClient,
     /// Renders `/metrics`; None when another recorder took the process first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-}
-
-impl AppState {
-    /// Output tokens per image to assume for estimates: the average of the tenant's
-    /// recent finished jobs with the same model and analyzer, else the configured default.
-    pub async fn expected_output_tokens(
-        &self,
-        tenant: &str,
-        model: &str,
-        analyzer: &crate::domain::Analyzer,
-    ) -> Result<u32, ApiError> {
-        let recent = self
-            .store
-            .list_jobs(tenant, Some(crate::domain::JobStatus::Completed), None, 50)
-            .await?;
-        let (tokens, items) = recent
-            .iter()
-            .filter(|j| j.model == model && &j.analyzer == analyzer)
-            .filter(|j| j.counts.succeeded > 0)
-            .take(10)
-            .fold((0i64, 0i64), |(t, n), j| {
-                (
-                    t + j.cost.output_tokens,
-                    n + j.counts.succeeded + j.counts.failed,
-                )
-            });
-        Ok(if items > 0 && tokens > 0 {
-            (tokens as f64 / items as f64).round() as u32
-        } else {
-            self.settings.estimate.default_output_tokens
-        })
-    }
-
-    /// `submit::prepare` on a blocking thread: image checks and downscaling are CPU work.
-    pub async fn prepare(
-        &self,
-        tenant: &str,
-        spec: crate::app::submit::JobSpec,
-        req: dto::JobRequest,
-        output_tokens: u32,
-    ) -> Result<crate::app::submit::Prepared, ApiError> {
-        let (settings, prices, tenant) = (
-            self.settings.clone(),
-            self.prices.clone(),
-            tenant.to_string(),
-        );
-        tokio::task::spawn_blocking(move || {
-            crate::app::submit::prepare(&settings, &prices, &tenant, spec, req, output_tokens)
-        })
-        .await
-        .map_err(ApiError::internal)?
-    }
-
-    /// The estimate of a stored job's pending items (an open job being submitted).
-    pub async fn estimate_stored_job(&self, job: &Job) -> Result<Estimate, ApiError> {
-        let dims: Vec<(u32, u32)> = self
-            .store
-            .pending_item_dims(job.id)
-            .await?
-            .into_iter()
-            .map(|d| {
-                d.unwrap_or((
-                    self.settings.intake.default_image_width,
-                    self.settings.intake.default_image_height,
-                ))
-            })
-            .collect();
-        let spec = crate::app::submit::JobSpec {
-            name: job.name.clone(),
-            model: job.model.clone(),
-            requested_mode: job.requested_mode,
-            detail: job.detail,
-            analyzer: job.analyzer.clone(),
-            metadata: None,
-            webhook_url: None,
-        };
-        Ok(crate::cost::estimate::estimate(
-            &self.prices,
-            &crate::app::submit::estimate_input(
-                &self.settings,
-                &spec,
-                &dims,
-                self.expected_output_tokens(&job.tenant, &job.model, &job.analyzer)
-                    .await?,
-            ),
-        ))
-    }
 }
 
 #[derive(OpenApi)]
@@ -174,7 +81,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.settings.server.max_body_bytes;
+    let max_body = state.app.settings.server.max_body_bytes;
     let (routes, doc) = api_router().split_for_parts();
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))

@@ -42,18 +42,12 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health),
               (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(Health {
+    match state.app.ready(std::time::Duration::from_secs(2)).await {
+        Ok(()) => Ok(Json(Health {
             status: "ready",
             version: env!("CARGO_PKG_VERSION"),
         })),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: database does not answer");
-            Err(ApiError::NotReady("the database does not answer".into()))
-        }
-        Err(_) => Err(ApiError::NotReady(
-            "the database did not answer within 2 s".into(),
-        )),
+        Err(why) => Err(ApiError::NotReady(why)),
     }
 }
 
@@ -74,7 +68,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             "metrics go to a recorder installed by the program that embeds batchlens".into(),
         ));
     };
-    match state.store.gauges().await {
+    match state.app.gauges().await {
         Ok(gauges) => {
             use crate::metrics::{ITEMS_WAITING, JOBS};
             for status in JobStatus::ALL {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::app::AppError;
 
 const TYPE_BASE: &str = "https://batchlens.dev/problems/";
 
@@ -77,12 +77,7 @@ pub enum ApiError {
 impl ApiError {
     /// A 422 about one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
-        let message = message.into();
-        ApiError::Validation {
-            detail: format!("{field}: {message}"),
-            errors: vec![FieldError { field, message }],
-        }
+        AppError::field(field, message).into()
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -164,19 +159,26 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
+impl From<crate::app::FieldError> for FieldError {
+    fn from(e: crate::app::FieldError) -> Self {
+        FieldError {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// The one mapping of the use cases' errors to HTTP problems.
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
         match err {
-            StoreError::NotFound => ApiError::NotFound("no such job".into()),
-            StoreError::Conflict(why) => ApiError::Conflict(why),
-            StoreError::DuplicateCustomId(id) => ApiError::Validation {
-                detail: format!("custom_id {id:?} is already used in this job"),
-                errors: vec![FieldError {
-                    field: "items[].custom_id".into(),
-                    message: format!("{id:?} is already used in this job"),
-                }],
+            AppError::Validation { detail, errors } => ApiError::Validation {
+                detail,
+                errors: errors.into_iter().map(FieldError::from).collect(),
             },
-            other => ApiError::internal(other),
+            AppError::NotFound(why) => ApiError::NotFound(why),
+            AppError::Conflict(why) => ApiError::Conflict(why),
+            AppError::Internal(cause) => ApiError::Internal(cause),
         }
     }
 }

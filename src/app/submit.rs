@@ -1,15 +1,14 @@
-//! Turning a job body into what gets stored: rules on the job's fields, per-item intake,
-//! the mode `auto` picks, and the cost estimate. Shared by `POST /v1/jobs` and
-//! `POST /v1/estimates` so an estimate sees exactly what a submit would.
+//! Turning a job's input into what gets stored: rules on the job's fields, per-item
+//! intake, the mode `auto` picks, and the cost estimate. Shared by submitting and
+//! estimating, so an estimate sees exactly what a submit would.
 
 use std::collections::HashSet;
 
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::{App, AppError, FieldError};
 use crate::analyzer;
-use crate::api::dto::JobRequest;
-use crate::api::problem::{ApiError, FieldError};
 use crate::config::Settings;
 use crate::cost::estimate::{estimate, estimate_all_models, Estimate, EstimateInput};
 use crate::cost::image_tokens::image_tokens;
@@ -17,6 +16,21 @@ use crate::cost::pricing::PriceTable;
 use crate::cost::text_tokens::chat_request_input_tokens;
 use crate::domain::{Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob};
 use crate::intake::{check_items, DownscaleTarget, IntakeLimits, IntakeResult, ItemInput};
+
+/// A job as a caller submits it (the HTTP body converts into this).
+#[derive(Debug, Clone, Default)]
+pub struct JobInput {
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub mode: Option<Mode>,
+    pub detail: Option<Detail>,
+    pub analyzer: Option<Analyzer>,
+    pub metadata: Option<serde_json::Value>,
+    pub webhook_url: Option<String>,
+    /// Create the job `open`, to be filled in chunks and submitted later.
+    pub open: bool,
+    pub items: Vec<ItemInput>,
+}
 
 /// The job-level fields of a request, checked.
 #[derive(Debug, Clone)]
@@ -44,7 +58,7 @@ pub fn intake_limits(settings: &Settings, model: &str, detail: Detail) -> Intake
 }
 
 /// Checks every job-level rule, naming the field that breaks one.
-pub fn check_spec(settings: &Settings, req: &JobRequest) -> Result<JobSpec, ApiError> {
+pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppError> {
     let mut errors = Vec::new();
     let mut bad = |field: &str, message: String| {
         errors.push(FieldError {
@@ -105,7 +119,7 @@ pub fn check_spec(settings: &Settings, req: &JobRequest) -> Result<JobSpec, ApiE
         }
     };
     if !errors.is_empty() {
-        return Err(validation(errors));
+        return Err(AppError::fields(errors));
     }
     Ok(JobSpec {
         name: req.name.clone(),
@@ -118,15 +132,6 @@ pub fn check_spec(settings: &Settings, req: &JobRequest) -> Result<JobSpec, ApiE
     })
 }
 
-pub fn validation(errors: Vec<FieldError>) -> ApiError {
-    let detail = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    ApiError::Validation { detail, errors }
-}
-
 /// Intake of a chunk of items; a chunk in which nothing is usable is a 422 that names
 /// every item.
 ///
@@ -137,12 +142,12 @@ pub fn take_items(
     first_index: i64,
     taken: &HashSet<String>,
     allow_empty: bool,
-) -> Result<IntakeResult, ApiError> {
+) -> Result<IntakeResult, AppError> {
     if inputs.is_empty() {
         if allow_empty {
             return Ok(check_items(inputs, first_index, taken, limits));
         }
-        return Err(validation(vec![FieldError {
+        return Err(AppError::fields(vec![FieldError {
             field: "items".into(),
             message: "must hold at least one image".into(),
         }]));
@@ -154,7 +159,7 @@ pub fn take_items(
             .iter()
             .map(|r| rejection_field(r.index - first_index, &r.reason))
             .collect();
-        return Err(validation(errors));
+        return Err(AppError::fields(errors));
     }
     Ok(result)
 }
@@ -259,9 +264,9 @@ pub fn prepare(
     prices: &PriceTable,
     tenant: &str,
     spec: JobSpec,
-    req: JobRequest,
+    req: JobInput,
     output_tokens_per_item: u32,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, AppError> {
     let limits = intake_limits(settings, &spec.model, spec.detail);
     let intake = take_items(&limits, req.items, 0, &HashSet::new(), req.open)?;
     let dims = item_dims(settings, &intake.items);
@@ -305,6 +310,28 @@ pub fn prepare(
         intake,
         estimate: est,
     })
+}
+
+impl App {
+    /// [`prepare`] on a blocking thread: image checks and downscaling are CPU work.
+    pub async fn prepare(
+        &self,
+        tenant: &str,
+        spec: JobSpec,
+        req: JobInput,
+        output_tokens: u32,
+    ) -> Result<Prepared, AppError> {
+        let (settings, prices, tenant) = (
+            self.settings.clone(),
+            self.prices.clone(),
+            tenant.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            prepare(&settings, &prices, &tenant, spec, req, output_tokens)
+        })
+        .await
+        .map_err(AppError::internal)?
+    }
 }
 
 /// Every priced model's estimate for the same items, cheapest first.

@@ -1,50 +1,50 @@
-//! Background workers: each is a loop around one step (`run_once`) that looks for work
-//! every `batch.tick_ms`, goes again at once while it finds some, and stops taking new
-//! work when the token is cancelled.
+//! Which workers a replica runs: every step wired to the kernel's loop runner
+//! (`kernel::spawn_loop`), which looks for work every `batch.tick_ms`, goes again at once
+//! while a step finds some, and stops taking new work when the token is cancelled.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::AppState;
-use crate::pipeline::batch::{self, BatchContext};
-use crate::pipeline::individual;
+use super::batch::{janitor, planner, poller, submitter};
+use super::individual::{self, Executor};
+use super::kernel::{spawn_loop, StepError, WorkerContext};
+use super::webhooks::{RenderJob, Webhooks};
 
-pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, tracker: &TaskTracker) {
-    let ctx = BatchContext {
-        store: state.store.clone(),
-        openai: state.openai.clone(),
-        settings: state.settings.clone(),
-        prices: state.prices.clone(),
-        replica: replica.to_string(),
-    };
-    let tick = state.settings.tick();
+/// What the workers of one replica run with besides the context.
+pub struct Extras {
+    /// Renders a job for webhook deliveries.
+    pub render_job: RenderJob,
+    /// Drains histogram samples into their buckets between scrapes, when this process
+    /// owns the metrics recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+pub fn spawn_all(
+    ctx: &WorkerContext,
+    extras: Extras,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let tick = ctx.settings.tick();
     let c = ctx.clone();
     spawn_loop("planner", tick, stop, tracker, move || {
         let c = c.clone();
-        async move {
-            batch::planner::run_once(&c)
-                .await
-                .map_err(|e| e.to_string())
-        }
+        async move { planner::run_once(&c).await }
     });
     let c = ctx.clone();
     spawn_loop("submitter", tick, stop, tracker, move || {
         let c = c.clone();
-        async move {
-            batch::submitter::run_once(&c)
-                .await
-                .map_err(|e| e.to_string())
-        }
+        async move { submitter::run_once(&c).await }
     });
     let c = ctx.clone();
     spawn_loop("poller", tick, stop, tracker, move || {
         let c = c.clone();
-        async move { batch::poller::run_once(&c).await.map_err(|e| e.to_string()) }
+        async move { poller::run_once(&c).await }
     });
     let c = ctx.clone();
+    // Reports 0 so the loop waits its ten minutes between sweeps.
     spawn_loop(
         "janitor",
         Duration::from_secs(600),
@@ -52,17 +52,10 @@ pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, trac
         tracker,
         move || {
             let c = c.clone();
-            // Reports 0 so the loop waits its ten minutes between sweeps.
-            async move {
-                batch::janitor::run_once(&c)
-                    .await
-                    .map(|_| 0)
-                    .map_err(|e| e.to_string())
-            }
+            async move { janitor::run_once(&c).await.map(|_| 0) }
         },
     );
-    if let Some(handle) = state.metrics.clone() {
-        // Drains histogram samples into their buckets between scrapes.
+    if let Some(handle) = extras.metrics {
         spawn_loop(
             "metrics",
             Duration::from_secs(5),
@@ -72,59 +65,19 @@ pub fn spawn_all(state: &AppState, replica: &str, stop: &CancellationToken, trac
                 let handle = handle.clone();
                 async move {
                     handle.run_upkeep();
-                    Ok::<_, String>(0)
+                    Ok::<_, StepError>(0)
                 }
             },
         );
     }
-    let webhooks = crate::pipeline::webhooks::Webhooks::new(state);
+    let webhooks = Webhooks::new(ctx, extras.render_job);
     spawn_loop("webhooks", tick, stop, tracker, move || {
         let w = webhooks.clone();
         async move { w.run_once().await }
     });
-    let executor = individual::Executor::new(ctx.clone(), individual::governor(&state.settings));
+    let executor = Executor::new(ctx.clone(), individual::governor(&ctx.settings));
     spawn_loop("individual", tick, stop, tracker, move || {
         let e = executor.clone();
-        async move { e.run_once().await.map_err(|e| e.to_string()) }
-    });
-}
-
-/// Runs `step` until `stop`: again at once after a step that found work, after `tick`
-/// otherwise, after a longer pause when it failed (the database may be down).
-pub fn spawn_loop<F, Fut>(
-    name: &'static str,
-    tick: Duration,
-    stop: &CancellationToken,
-    tracker: &TaskTracker,
-    step: F,
-) where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<usize, String>> + Send + 'static,
-{
-    let stop = stop.clone();
-    tracker.spawn(async move {
-        let mut failures = 0u32;
-        while !stop.is_cancelled() {
-            let pause = match step().await {
-                Ok(0) => {
-                    failures = 0;
-                    tick
-                }
-                Ok(_) => {
-                    failures = 0;
-                    continue;
-                }
-                Err(err) => {
-                    failures += 1;
-                    tracing::warn!(worker = name, error = %err, "worker step failed");
-                    tick * 2u32.saturating_pow(failures.min(6))
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-        tracing::debug!(worker = name, "worker stopped");
+        async move { e.run_once().await }
     });
 }

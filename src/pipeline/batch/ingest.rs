@@ -11,12 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::retry::{self, NOT_EXECUTED};
-use super::{jsonl, BatchContext, StepError};
-use crate::analyzer::{parse_model_content, OutputValidator};
+use super::jsonl;
+use crate::analyzer::OutputValidator;
 use crate::cost::pricing::PriceTable;
 use crate::domain::{ItemError, ItemOutcome, ItemStatus, Mode};
-use crate::providers::openai::{Batch, BatchOutputLine, ChatCompletion};
+use crate::pipeline::outcomes::{api_error, apply_completion, unfinished};
+use crate::pipeline::retry::{self, NOT_EXECUTED};
+use crate::pipeline::{StepError, WorkerContext};
+use crate::providers::{Batch, BatchOutputLine, ChatCompletion};
 use crate::store::{LeasedShard, Leftover, Settled, Verdict};
 
 /// Outcomes written per statement (and per progress event). A few chunks at most are in
@@ -45,7 +47,7 @@ impl IngestReport {
 }
 
 pub async fn ingest(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
     batch: &Batch,
 ) -> Result<IngestReport, StepError> {
@@ -89,7 +91,7 @@ pub async fn ingest(
             batch.error_file_id.as_deref(),
         ];
         for id in ids.into_iter().flatten() {
-            if let Err(err) = ctx.openai.delete_file(id).await {
+            if let Err(err) = ctx.provider.delete_file(id).await {
                 tracing::warn!(shard = %shard.id, file = id, error = %err, "could not delete the file at OpenAI");
             }
         }
@@ -102,7 +104,7 @@ pub async fn ingest(
 /// own, so two workers (one whose lease ran out) never write into one file, and only a
 /// complete download is ever renamed to `path`.
 async fn download(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     file_id: &str,
     path: &Path,
     token: i64,
@@ -116,7 +118,7 @@ async fn download(
     let mut part = path.as_os_str().to_owned();
     part.push(format!(".{token}.part"));
     let part = PathBuf::from(part);
-    let bytes = ctx.openai.download_file(file_id, &part).await?;
+    let bytes = ctx.provider.download_file(file_id, &part).await?;
     tokio::fs::rename(&part, path).await?;
     tracing::debug!(file = file_id, bytes, path = %path.display(), "batch file downloaded");
     Ok(())
@@ -126,7 +128,7 @@ async fn download(
 /// writes the chunks it hands over, so the CPU work and the database writes overlap.
 /// At most two chunks wait between them, which bounds memory whatever the file's size.
 async fn ingest_file(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
     path: &Path,
     job_model: &str,
@@ -154,9 +156,7 @@ async fn ingest_file(
     while let Some(chunk) = rx.recv().await {
         report += write(ctx, shard, &chunk).await?;
     }
-    judge
-        .await
-        .map_err(|e| StepError::Invalid(format!("the batch file reader stopped: {e}")))??;
+    judge.await??;
     Ok(report)
 }
 
@@ -197,7 +197,7 @@ fn judge_lines(
 }
 
 async fn write(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
     chunk: &[Verdict],
 ) -> Result<Settled, StepError> {
@@ -235,17 +235,7 @@ pub fn outcome_of(
     job_model: &str,
     validator: &OutputValidator,
 ) -> ItemOutcome {
-    let mut outcome = ItemOutcome {
-        custom_id: line.custom_id,
-        status: ItemStatus::Failed,
-        output: None,
-        error: None,
-        usage: None,
-        cost_pico_usd: None,
-        individual_pico_usd: None,
-        run_mode: Mode::Batch,
-        resolved_model: None,
-    };
+    let mut outcome = unfinished(line.custom_id, Mode::Batch);
     let Some(response) = line.response else {
         let error = line.error.unwrap_or_default();
         outcome.error = Some(ItemError {
@@ -272,69 +262,6 @@ pub fn outcome_of(
     };
     apply_completion(prices, &mut outcome, &completion, job_model, validator);
     outcome
-}
-
-/// Fills an outcome from a chat completion: usage and cost always (the tokens were
-/// billed), output when it parses and fits the schema.
-pub fn apply_completion(
-    prices: &PriceTable,
-    outcome: &mut ItemOutcome,
-    completion: &ChatCompletion,
-    job_model: &str,
-    validator: &OutputValidator,
-) {
-    let model = if completion.model.is_empty() {
-        job_model.to_string()
-    } else {
-        completion.model.clone()
-    };
-    if let Some(usage) = completion.usage.as_ref().map(|u| u.to_usage()) {
-        if let Some(cost) = prices
-            .cost(&model, &usage, outcome.run_mode)
-            .or_else(|| prices.cost(job_model, &usage, outcome.run_mode))
-        {
-            outcome.cost_pico_usd = Some(cost.actual);
-            outcome.individual_pico_usd = Some(cost.individual);
-        }
-        outcome.usage = Some(usage);
-    }
-    outcome.resolved_model = Some(model);
-    let message = completion.choices.first().map(|c| &c.message);
-    let parsed = parse_model_content(
-        message.and_then(|m| m.content.as_deref()),
-        message.and_then(|m| m.refusal.as_deref()),
-    );
-    match parsed {
-        Err(error) => outcome.error = Some(error),
-        Ok(value) => match validator.validate(&value) {
-            Ok(()) => {
-                outcome.status = ItemStatus::Succeeded;
-                outcome.output = Some(value);
-            }
-            Err(why) => {
-                outcome.error = Some(ItemError {
-                    code: "invalid_output".into(),
-                    message: format!("the answer does not fit the analyzer's schema: {why}"),
-                })
-            }
-        },
-    }
-}
-
-/// The item error for a non-200 answer, from OpenAI's error envelope when there is one.
-pub fn api_error(status: u16, body: &serde_json::Value) -> ItemError {
-    let error = &body["error"];
-    ItemError {
-        code: error["code"]
-            .as_str()
-            .or_else(|| error["type"].as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("http_{status}")),
-        message: error["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("OpenAI answered HTTP {status}")),
-    }
 }
 
 #[cfg(test)]

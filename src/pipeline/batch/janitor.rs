@@ -7,10 +7,10 @@ use std::path::Path;
 use chrono::{Duration as ChronoDuration, Utc};
 use uuid::Uuid;
 
-use super::{BatchContext, StepError};
+use crate::pipeline::{StepError, WorkerContext};
 
 /// Removes expired job folders under `<data_dir>/batches`. Returns how many it removed.
-pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
+pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
     let root = ctx.settings.batches_dir();
     let retention = ChronoDuration::hours(ctx.settings.batch.retention_hours as i64);
     let mut removed = 0;

@@ -8,9 +8,9 @@ use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use uuid::Uuid;
 
-use super::BatchContext;
 use crate::analyzer::{chat_request_body, RequestOptions};
 use crate::domain::{Analyzer, Detail, Item, Job, Shard};
+use crate::pipeline::WorkerContext;
 use crate::store::DynStore;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -53,7 +53,7 @@ impl LineTemplate<'_> {
     }
 }
 
-pub fn template<'a>(ctx: &BatchContext, job: &'a Job) -> LineTemplate<'a> {
+pub fn template<'a>(ctx: &WorkerContext, job: &'a Job) -> LineTemplate<'a> {
     LineTemplate {
         analyzer: &job.analyzer,
         model: &job.model,
@@ -63,7 +63,7 @@ pub fn template<'a>(ctx: &BatchContext, job: &'a Job) -> LineTemplate<'a> {
 }
 
 /// Bytes of a line apart from its image reference (custom_id budgeted at 64).
-pub fn line_overhead(ctx: &BatchContext, job: &Job) -> u64 {
+pub fn line_overhead(ctx: &WorkerContext, job: &Job) -> u64 {
     let mut buf = Vec::new();
     template(ctx, job).write_line(&mut buf, &"x".repeat(64), "");
     buf.len() as u64

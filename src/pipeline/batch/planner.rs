@@ -6,13 +6,14 @@
 //! come through here again and get a shard of the next attempt number.
 
 use chrono::Utc;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::retry::TOKEN_LIMIT_EXCEEDED;
 use super::tokens::{limit_for, TokenEstimator};
-use super::BatchContext;
-use crate::domain::{Mode, Shard, ShardKind, ShardStatus};
-use crate::store::{NewShard, PlanItem, StoreResult};
+use crate::domain::{Job, Mode, Shard, ShardKind, ShardStatus};
+use crate::pipeline::retry::TOKEN_LIMIT_EXCEEDED;
+use crate::pipeline::{StepError, WorkerContext};
+use crate::store::{JobLease, NewShard, PlanItem, StoreResult};
 
 /// What one shard may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,59 +80,69 @@ fn dims(item: &PlanItem) -> Option<(u32, u32)> {
     }
 }
 
-/// Plans every claimable job once. Returns how many shards it created.
-pub async fn run_once(ctx: &BatchContext) -> StoreResult<usize> {
+/// Plans every claimable job once, each under a span naming the job. Returns how many
+/// shards it created.
+pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
     let claimed = ctx
         .store
         .claim_jobs_to_plan(&ctx.replica, ctx.lease(), 4)
         .await?;
     let mut created = 0;
     for (job, token) in claimed {
-        let items = ctx.store.unassigned_items(job.id).await?;
-        let existing = ctx.store.list_shards(job.id).await?;
-        let (kind, cuts) = if job.mode == Mode::Individual {
-            let cuts = items
-                .chunks(crate::pipeline::individual::SHARD_ITEMS)
-                .map(|c| c.iter().map(|i| i.position).collect())
-                .collect();
-            (ShardKind::Individual, cuts)
-        } else {
-            let mut max_lines = ctx.settings.batch.max_lines;
-            if let Some(cap) = refused_cap(&existing) {
-                max_lines = max_lines.min(cap);
-            }
-            let caps = Caps {
-                max_lines,
-                max_bytes: ctx.settings.batch.max_file_bytes,
-                overhead: super::jsonl::line_overhead(ctx, &job),
-                max_tokens: limit_for(ctx, &job.model),
-            };
-            let estimator = TokenEstimator::new(ctx, &job);
-            let cuts = plan(&items, &caps, |i| estimator.item(dims(i)));
-            (ShardKind::Batch, cuts)
-        };
-        let attempt = 1 + existing.iter().map(|s| s.attempt).max().unwrap_or(0);
-        let now = Utc::now();
-        let shards: Vec<NewShard> = cuts
-            .into_iter()
-            .map(|positions| NewShard {
-                id: Uuid::now_v7(),
-                kind,
-                attempt,
-                model: job.model.clone(),
-                positions,
-                next_poll_at: now,
-                poll_interval_ms: ctx.settings.batch.poll_min_ms as i64,
-            })
-            .collect();
-        if ctx.store.create_shards(&token, &shards).await? {
-            created += shards.len();
-            for s in &shards {
-                tracing::info!(job = %job.id, shard = %s.id, kind = %kind, items = s.positions.len(), attempt, "shard planned");
-            }
-        }
-        ctx.store.release_job(&token).await?;
+        let span = tracing::info_span!("step", step = "planning", job = %job.id);
+        created += plan_job(ctx, job, token).instrument(span).await?;
     }
+    Ok(created)
+}
+
+/// Cuts one claimed job's unassigned items into shards, stores them fenced by the job's
+/// lease `token`, and frees the job.
+async fn plan_job(ctx: &WorkerContext, job: Job, token: JobLease) -> StoreResult<usize> {
+    let items = ctx.store.unassigned_items(job.id).await?;
+    let existing = ctx.store.list_shards(job.id).await?;
+    let (kind, cuts) = if job.mode == Mode::Individual {
+        let cuts = items
+            .chunks(crate::pipeline::INDIVIDUAL_SHARD_ITEMS)
+            .map(|c| c.iter().map(|i| i.position).collect())
+            .collect();
+        (ShardKind::Individual, cuts)
+    } else {
+        let mut max_lines = ctx.settings.batch.max_lines;
+        if let Some(cap) = refused_cap(&existing) {
+            max_lines = max_lines.min(cap);
+        }
+        let caps = Caps {
+            max_lines,
+            max_bytes: ctx.settings.batch.max_file_bytes,
+            overhead: super::jsonl::line_overhead(ctx, &job),
+            max_tokens: limit_for(ctx, &job.model),
+        };
+        let estimator = TokenEstimator::new(ctx, &job);
+        let cuts = plan(&items, &caps, |i| estimator.item(dims(i)));
+        (ShardKind::Batch, cuts)
+    };
+    let attempt = 1 + existing.iter().map(|s| s.attempt).max().unwrap_or(0);
+    let now = Utc::now();
+    let shards: Vec<NewShard> = cuts
+        .into_iter()
+        .map(|positions| NewShard {
+            id: Uuid::now_v7(),
+            kind,
+            attempt,
+            model: job.model.clone(),
+            positions,
+            next_poll_at: now,
+            poll_interval_ms: ctx.settings.batch.poll_min_ms as i64,
+        })
+        .collect();
+    let mut created = 0;
+    if ctx.store.create_shards(&token, &shards).await? {
+        created = shards.len();
+        for s in &shards {
+            tracing::info!(job = %job.id, shard = %s.id, kind = %kind, items = s.positions.len(), attempt, "shard planned");
+        }
+    }
+    ctx.store.release_job(&token).await?;
     Ok(created)
 }
 

@@ -5,16 +5,19 @@
 
 use chrono::{Duration as ChronoDuration, Utc};
 
-use super::retry::{self, TOKEN_LIMIT_EXCEEDED};
-use super::{ingest, BatchContext, StepError};
-use crate::domain::{ItemError, JobStatus, Shard, ShardKind, ShardStatus};
-use crate::providers::openai::{Batch, BatchStatus, OpenAiError};
+use super::ingest;
+use crate::domain::{ItemError, JobStatus, ShardKind, ShardStatus};
+use crate::pipeline::kernel::group;
+use crate::pipeline::kernel::run_shards;
+use crate::pipeline::retry::{self, TOKEN_LIMIT_EXCEEDED};
+use crate::pipeline::{StepError, WorkerContext};
+use crate::providers::{Batch, BatchStatus, ProviderError};
 use crate::store::{LeasedShard, Leftover, ShardPoll};
 
 /// Shards polled at once by one replica.
 const CLAIM: i64 = 16;
 
-pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
+pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
     let shards = ctx
         .store
         .claim_shards(
@@ -27,46 +30,40 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         )
         .await?;
     let n = shards.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for shard in shards {
+    let claimed = shards.into_iter().map(|s| (s, ())).collect();
+    run_shards(ctx, "poll", claimed, |shard, (), _| {
         let ctx = ctx.clone();
-        tasks.spawn(async move {
-            let lease = shard.lease;
-            let keeper = ctx.keep_lease(lease);
-            let result = poll(&ctx, shard).await;
-            keeper.stop().await;
-            ctx.settle_step(lease, result, "poll").await;
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+        async move { poll(&ctx, shard).await }
+    })
+    .await;
     Ok(n)
 }
 
-fn next_interval(ctx: &BatchContext, shard: &Shard) -> i64 {
+fn next_interval(ctx: &WorkerContext, shard: &LeasedShard) -> i64 {
     let min = ctx.settings.batch.poll_min_ms as i64;
     let max = ctx.settings.batch.poll_max_ms as i64;
     (shard.poll_interval_ms.max(min) * 2).min(max)
 }
 
-async fn poll(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> {
+async fn poll(ctx: &WorkerContext, shard: LeasedShard) -> Result<(), StepError> {
     let batch_id = shard
         .openai_batch_id
         .clone()
         .ok_or_else(|| StepError::Invalid(format!("shard {} has no batch id", shard.id)))?;
-    let mut batch = ctx.openai.retrieve_batch(&batch_id).await?;
+    let mut batch = ctx.provider.retrieve_batch(&batch_id).await?;
     let job = ctx.job(shard.job_id).await?;
     if job.status == JobStatus::Cancelling
         && !batch.status.is_terminal()
         && batch.status != BatchStatus::Cancelling
     {
-        match ctx.openai.cancel_batch(&batch_id).await {
+        match ctx.provider.cancel_batch(&batch_id).await {
             Ok(cancelled) => {
                 tracing::info!(job = %shard.job_id, shard = %shard.id, batch = %batch_id,
                     status = cancelled.status.as_str(), "batch cancel requested");
                 batch = cancelled;
             }
             // It finished meanwhile: the next poll reads how.
-            Err(OpenAiError::Api { status: 409, .. }) => {}
+            Err(ProviderError::Api { status: 409, .. }) => {}
             Err(err) => return Err(err.into()),
         }
     }
@@ -117,7 +114,7 @@ async fn poll(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> {
     Ok(())
 }
 
-async fn finish(ctx: &BatchContext, shard: &LeasedShard, batch: &Batch) -> Result<(), StepError> {
+async fn finish(ctx: &WorkerContext, shard: &LeasedShard, batch: &Batch) -> Result<(), StepError> {
     if shard.status != ShardStatus::Ingesting
         && !ctx
             .store
@@ -136,7 +133,11 @@ async fn finish(ctx: &BatchContext, shard: &LeasedShard, batch: &Batch) -> Resul
 /// nothing and is ours to fix (smaller shards, fewer in flight), so it is not counted
 /// against `max_attempts` — except for a shard of one item, which cannot get smaller:
 /// counting it there keeps an image over the limit from being refused forever.
-pub fn failed_batch_leftover(error: &ItemError, shard: &Shard, max_attempts: i32) -> Leftover {
+pub fn failed_batch_leftover(
+    error: &ItemError,
+    shard: &LeasedShard,
+    max_attempts: i32,
+) -> Leftover {
     if error.code == TOKEN_LIMIT_EXCEEDED && shard.item_count > 1 {
         Leftover::Requeue
     } else if retry::retryable(&error.code, None) {
@@ -163,35 +164,4 @@ fn batch_error(batch: &Batch) -> ItemError {
             code: "batch_failed".into(),
             message: "OpenAI failed the batch without saying why".into(),
         })
-}
-
-/// 7988 → "7,988", as the seed pipeline logged progress.
-pub fn group(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::group;
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(group(0), "0");
-        assert_eq!(group(999), "999");
-        assert_eq!(group(1250), "1,250");
-        assert_eq!(group(7988), "7,988");
-        assert_eq!(group(1_000_000), "1,000,000");
-    }
 }

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 
-use super::retry::TOKEN_LIMIT_EXCEEDED;
+use super::jsonl;
 use super::tokens::{limit_for, TokenEstimator};
-use super::{jsonl, BatchContext, LeaseKeeper, StepError};
 use crate::domain::{Job, JobStatus, ShardKind, ShardStatus};
-use crate::providers::openai::{Batch, CreateBatchRequest};
+use crate::pipeline::kernel::run_shards;
+use crate::pipeline::retry::TOKEN_LIMIT_EXCEEDED;
+use crate::pipeline::{LeaseWatch, StepError, WorkerContext};
+use crate::providers::{Batch, CreateBatchRequest};
 use crate::store::{job_cancelled_error, LeasedShard, Leftover, ModelLoad};
 
 pub const META_SHARD: &str = "batchlens_shard";
@@ -70,7 +72,7 @@ impl Room {
 }
 
 /// Submits every claimable shard once. Returns how many shards it claimed.
-pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
+pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
     let shards = ctx
         .store
         .claim_shards(
@@ -84,7 +86,7 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
         .await?;
     let n = shards.len();
     let mut rooms: HashMap<String, Room> = HashMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut admitted = Vec::with_capacity(n);
     // Decisions are taken one shard at a time, so shards claimed together share the
     // model's room; the slow OpenAI calls then run side by side.
     for shard in shards {
@@ -104,23 +106,23 @@ pub async fn run_once(ctx: &BatchContext) -> Result<usize, StepError> {
             }
             continue;
         }
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            let keeper = ctx.keep_lease(lease);
-            let result = match decision {
-                Decision::Close => close(&ctx, shard).await,
-                _ => submit(&ctx, shard, &keeper).await,
-            };
-            keeper.stop().await;
-            ctx.settle_step(lease, result, "submission").await;
-        });
+        admitted.push((shard, decision));
     }
-    while tasks.join_next().await.is_some() {}
+    run_shards(ctx, "submission", admitted, |shard, decision, lease| {
+        let ctx = ctx.clone();
+        async move {
+            match decision {
+                Decision::Close => close(&ctx, shard).await,
+                _ => submit(&ctx, shard, &lease).await,
+            }
+        }
+    })
+    .await;
     Ok(n)
 }
 
 async fn decide(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
     rooms: &mut HashMap<String, Room>,
 ) -> Result<Decision, StepError> {
@@ -178,7 +180,7 @@ fn stopped(job: &Job) -> bool {
 
 /// Ends a shard that gets no batch. One found in `creating` may already have a batch (a
 /// crash hid it): that one is adopted, and the poller cancels it for a cancelled job.
-async fn close(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> {
+async fn close(ctx: &WorkerContext, shard: LeasedShard) -> Result<(), StepError> {
     if shard.status == ShardStatus::Creating {
         if let Some(batch) = find_batch(ctx, &shard).await? {
             return record_submitted(ctx, &shard, &batch).await;
@@ -197,9 +199,9 @@ async fn close(ctx: &BatchContext, shard: LeasedShard) -> Result<(), StepError> 
 }
 
 async fn submit(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     mut shard: LeasedShard,
-    keeper: &LeaseKeeper,
+    lease: &LeaseWatch,
 ) -> Result<(), StepError> {
     let job = ctx.job(shard.job_id).await?;
     let mut fresh = false;
@@ -208,7 +210,7 @@ async fn submit(
         let (path, bytes) =
             jsonl::write_shard_file(&ctx.store, &ctx.settings.data_dir, &shard, &template).await?;
         let filename = format!("batchlens-{}.jsonl", shard.id);
-        let file = ctx.openai.upload_file(&path, &filename, "batch").await?;
+        let file = ctx.provider.upload_file(&path, &filename, "batch").await?;
         tracing::info!(job = %job.id, shard = %shard.id, file = %file.id, bytes, "input file uploaded");
         if !ctx.store.shard_uploaded(&shard.lease, &file.id).await? {
             return Err(StepError::LeaseLost);
@@ -234,7 +236,7 @@ async fn submit(
         }
         None => {
             // Nothing can take a created batch back: never create one without the lease.
-            if keeper.lost() {
+            if lease.lost() {
                 return Err(StepError::LeaseLost);
             }
             let metadata = BTreeMap::from([
@@ -248,7 +250,7 @@ async fn submit(
                 completion_window: "24h".to_string(),
                 metadata: Some(metadata),
             };
-            ctx.openai.create_batch(&request).await?
+            ctx.provider.create_batch(&request).await?
         }
     };
     record_submitted(ctx, &shard, &batch).await
@@ -256,7 +258,7 @@ async fn submit(
 
 /// Stores the batch id the moment it is known: shard `creating` → `submitted`.
 async fn record_submitted(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
     batch: &Batch,
 ) -> Result<(), StepError> {
@@ -277,14 +279,17 @@ async fn record_submitted(
 /// The OpenAI batch whose metadata names this shard, among batches created since the
 /// shard was (OpenAI lists newest first).
 pub async fn find_batch(
-    ctx: &BatchContext,
+    ctx: &WorkerContext,
     shard: &LeasedShard,
 ) -> Result<Option<Batch>, StepError> {
     let since = (shard.created_at - ChronoDuration::minutes(10)).timestamp();
     let wanted = shard.id.to_string();
     let mut after: Option<String> = None;
     loop {
-        let page = ctx.openai.list_batches(after.as_deref(), Some(100)).await?;
+        let page = ctx
+            .provider
+            .list_batches(after.as_deref(), Some(100))
+            .await?;
         for batch in &page.data {
             let ours = batch
                 .metadata

@@ -3,11 +3,11 @@
 //! of a model's in-flight estimates under it. The job's text (prompt, schema, envelope) is
 //! counted once; each item adds its image by the model's vision formula.
 
-use super::BatchContext;
 use crate::analyzer::{chat_request_body, RequestOptions};
 use crate::cost::image_tokens::image_tokens;
 use crate::cost::text_tokens::chat_request_input_tokens;
 use crate::domain::{Detail, Job};
+use crate::pipeline::WorkerContext;
 
 /// Per-item input-token estimates for one job.
 #[derive(Debug, Clone)]
@@ -21,7 +21,7 @@ pub struct TokenEstimator {
 }
 
 impl TokenEstimator {
-    pub fn new(ctx: &BatchContext, job: &Job) -> Self {
+    pub fn new(ctx: &WorkerContext, job: &Job) -> Self {
         let opts = RequestOptions {
             model: &job.model,
             detail: job.detail,
@@ -55,7 +55,7 @@ impl TokenEstimator {
 
 /// The enqueued-token limit configured for a model: its `[batch.token_limits]` entry, else
 /// `batch.enqueued_token_limit`; `None` when unknown (0).
-pub fn limit_for(ctx: &BatchContext, model: &str) -> Option<u64> {
+pub fn limit_for(ctx: &WorkerContext, model: &str) -> Option<u64> {
     let b = &ctx.settings.batch;
     let limit = b
         .token_limits

@@ -2,7 +2,7 @@
 //! Completions call each, under the governor, writing each result as it arrives (so a
 //! restart never calls again for an item that already succeeded). Items come in small
 //! shards claimed round-robin across jobs, so a 5,000-item job cannot starve a 5-item one.
-//! A failed call is judged by `batch::retry`: a retryable one (no answer, 5xx, 429) sends
+//! A failed call is judged by `pipeline::retry`: a retryable one (no answer, 5xx, 429) sends
 //! the item back to be planned into a new shard while attempts remain. A cancelled job
 //! gets no further call: each call checks first, and what did not run is cancelled.
 
@@ -16,24 +16,25 @@ use uuid::Uuid;
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, ShardStatus};
-use crate::pipeline::batch::ingest::{api_error, apply_completion};
-use crate::pipeline::batch::retry::{self, REQUEST_FAILED};
-use crate::pipeline::batch::{BatchContext, StepError};
-use crate::providers::openai::OpenAiError;
+use crate::domain::{Item, ItemError, ItemStatus, Job, JobStatus, Mode, ShardStatus};
+use crate::pipeline::kernel::run_shards;
+use crate::pipeline::outcomes::{api_error, apply_completion, unfinished};
+use crate::pipeline::retry::{self, REQUEST_FAILED};
+use crate::pipeline::{StepError, WorkerContext, INDIVIDUAL_SHARD_ITEMS};
+use crate::providers::ProviderError;
 use crate::store::{job_cancelled_error, LeasedShard, Leftover, Verdict};
 
 /// What the executor shares between its tasks.
 #[derive(Clone)]
 pub struct Executor {
-    pub ctx: BatchContext,
+    pub ctx: WorkerContext,
     pub governor: Governor,
     /// Calls in flight on this replica, across all jobs.
     pub slots: Arc<Semaphore>,
 }
 
 impl Executor {
-    pub fn new(ctx: BatchContext, governor: Governor) -> Self {
+    pub fn new(ctx: WorkerContext, governor: Governor) -> Self {
         let slots = Arc::new(Semaphore::new(ctx.settings.individual.concurrency));
         Executor {
             ctx,
@@ -46,27 +47,19 @@ impl Executor {
     /// shards it finished.
     pub async fn run_once(&self) -> Result<usize, StepError> {
         let free = self.slots.available_permits() as i64;
-        let wanted = (free / super::SHARD_ITEMS as i64).max(1);
+        let wanted = (free / INDIVIDUAL_SHARD_ITEMS as i64).max(1);
         let shards = self
             .ctx
             .store
             .claim_individual_shards(&self.ctx.replica, self.ctx.lease(), wanted)
             .await?;
         let n = shards.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        for shard in shards {
+        let claimed = shards.into_iter().map(|s| (s, ())).collect();
+        run_shards(&self.ctx, "individual shard", claimed, |shard, (), _| {
             let this = self.clone();
-            tasks.spawn(async move {
-                let lease = shard.lease;
-                let keeper = this.ctx.keep_lease(lease);
-                let result = this.run_shard(shard).await;
-                keeper.stop().await;
-                this.ctx
-                    .settle_step(lease, result, "individual shard")
-                    .await;
-            });
-        }
-        while tasks.join_next().await.is_some() {}
+            async move { this.run_shard(shard).await }
+        })
+        .await;
         Ok(n)
     }
 
@@ -115,7 +108,7 @@ impl Executor {
             });
         }
         while let Some(joined) = calls.join_next().await {
-            joined.map_err(|e| StepError::Invalid(e.to_string()))??;
+            joined??;
         }
         if stop.load(Ordering::Relaxed) {
             return self.close(&shard).await;
@@ -155,6 +148,27 @@ impl Executor {
         stopped
     }
 
+    /// The request body of one item's call, and the tokens the governor counts for it.
+    fn request(&self, job: &Job, item: &Item) -> (serde_json::Value, u32) {
+        let settings = &self.ctx.settings;
+        let opts = RequestOptions {
+            model: &job.model,
+            detail: job.detail,
+            max_completion_tokens: settings.openai.max_completion_tokens,
+        };
+        let body = chat_request_body(&job.analyzer, &item.image, &opts);
+        let dims = (item.width, item.height);
+        let default = (
+            settings.intake.default_image_width,
+            settings.intake.default_image_height,
+        );
+        let tokens = chat_request_input_tokens(&body, &|_| match dims {
+            (Some(w), Some(h)) => Some((w as u32, h as u32)),
+            _ => Some(default),
+        }) + settings.openai.max_completion_tokens;
+        (body, tokens)
+    }
+
     /// One item, one call: waits for a slot and the governor. A 429 (which the client hands
     /// back at once) feeds its headers to the governor and pauses every sender to the
     /// model for its `retry-after` (1 s when absent), then this call tries again, up to 5
@@ -168,32 +182,8 @@ impl Executor {
         stop: &AtomicBool,
     ) -> Option<Verdict> {
         let ctx = &self.ctx;
-        let opts = RequestOptions {
-            model: &job.model,
-            detail: job.detail,
-            max_completion_tokens: ctx.settings.openai.max_completion_tokens,
-        };
-        let body = chat_request_body(&job.analyzer, &item.image, &opts);
-        let dims = (item.width, item.height);
-        let default = (
-            ctx.settings.intake.default_image_width,
-            ctx.settings.intake.default_image_height,
-        );
-        let tokens = chat_request_input_tokens(&body, &|_| match dims {
-            (Some(w), Some(h)) => Some((w as u32, h as u32)),
-            _ => Some(default),
-        }) + ctx.settings.openai.max_completion_tokens;
-        let mut outcome = ItemOutcome {
-            custom_id: item.custom_id.clone(),
-            status: ItemStatus::Failed,
-            output: None,
-            error: None,
-            usage: None,
-            cost_pico_usd: None,
-            individual_pico_usd: None,
-            run_mode: Mode::Individual,
-            resolved_model: None,
-        };
+        let (body, tokens) = self.request(job, item);
+        let mut outcome = unfinished(item.custom_id.clone(), Mode::Individual);
         let _slot = self
             .slots
             .acquire()
@@ -209,7 +199,7 @@ impl Executor {
             {
                 return None;
             }
-            match ctx.openai.chat_completion(&body).await {
+            match ctx.provider.chat_completion(&body).await {
                 Ok(response) => {
                     self.governor
                         .observe(&job.model, &response.rate_limits)
@@ -226,7 +216,7 @@ impl Executor {
                         retry: false,
                     });
                 }
-                Err(OpenAiError::Api {
+                Err(ProviderError::Api {
                     status: 429,
                     retry_after,
                     rate_limits,
@@ -249,21 +239,21 @@ impl Executor {
     }
 }
 
-fn error_of(err: &OpenAiError) -> ItemError {
+fn error_of(err: &ProviderError) -> ItemError {
     match err {
-        OpenAiError::Api { status, body, .. } => {
+        ProviderError::Api { status, body, .. } => {
             let envelope = serde_json::json!({"error": {"code": body.code, "message": body.message, "type": body.r#type}});
             api_error(*status, &envelope)
         }
-        OpenAiError::Transport(_) => ItemError {
+        ProviderError::Transport(_) => ItemError {
             code: REQUEST_FAILED.into(),
             message: err.to_string(),
         },
-        OpenAiError::Decode(_) => ItemError {
+        ProviderError::Decode(_) => ItemError {
             code: "invalid_response".into(),
             message: err.to_string(),
         },
-        OpenAiError::Io(_) | OpenAiError::Config(_) => ItemError {
+        ProviderError::Io(_) | ProviderError::Config(_) => ItemError {
             code: "client_error".into(),
             message: err.to_string(),
         },

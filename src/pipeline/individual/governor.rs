@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::providers::openai::RateLimitHeaders;
+use crate::providers::RateLimitHeaders;
 
 /// Limits of one model, per minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,6 @@ pub mod governor;
 pub use executor::Executor;
 pub use governor::{Governor, Limits};
 
-/// Items per individual shard: small, so jobs interleave finely.
-pub const SHARD_ITEMS: usize = 8;
-
 /// The governor the configuration describes.
 pub fn governor(settings: &Settings) -> Governor {
     if !settings.individual.governor {

@@ -1,5 +1,6 @@
 //! Typed OpenAI client for what batchlens needs: Files, Batches, Chat Completions. Owns the
 //! wire types, retries and rate-limit header parsing; knows nothing of jobs, shards or storage.
+//! Implements [`crate::providers::Provider`], the only way the pipeline reaches it.
 
 mod client;
 mod error;
@@ -20,3 +21,56 @@ pub use types::{
     CompletionTokensDetails, CompletionUsage, CreateBatchRequest, DeletedFile, FileList,
     FileObject, InputTokensDetails, OutputTokensDetails, PromptTokensDetails, RequestCounts,
 };
+
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::providers::{Provider, ProviderError};
+
+#[async_trait]
+impl Provider for OpenAiClient {
+    async fn upload_file(
+        &self,
+        path: &Path,
+        filename: &str,
+        purpose: &str,
+    ) -> Result<FileObject, ProviderError> {
+        OpenAiClient::upload_file(self, path, filename, purpose).await
+    }
+
+    async fn download_file(&self, file_id: &str, dest: &Path) -> Result<u64, ProviderError> {
+        OpenAiClient::download_file(self, file_id, dest).await
+    }
+
+    async fn delete_file(&self, file_id: &str) -> Result<DeletedFile, ProviderError> {
+        OpenAiClient::delete_file(self, file_id).await
+    }
+
+    async fn create_batch(&self, req: &CreateBatchRequest) -> Result<Batch, ProviderError> {
+        OpenAiClient::create_batch(self, req).await
+    }
+
+    async fn retrieve_batch(&self, batch_id: &str) -> Result<Batch, ProviderError> {
+        OpenAiClient::retrieve_batch(self, batch_id).await
+    }
+
+    async fn cancel_batch(&self, batch_id: &str) -> Result<Batch, ProviderError> {
+        OpenAiClient::cancel_batch(self, batch_id).await
+    }
+
+    async fn list_batches(
+        &self,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<BatchList, ProviderError> {
+        OpenAiClient::list_batches(self, after, limit).await
+    }
+
+    async fn chat_completion(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<ChatResponse, ProviderError> {
+        OpenAiClient::chat_completion(self, body).await
+    }
+}
