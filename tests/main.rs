@@ -10,6 +10,7 @@ mod api;
 mod batch_jobs;
 mod cost;
 mod crash_recovery;
+mod governor;
 mod individual;
 mod openapi;
 mod resilience;
