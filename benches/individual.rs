@@ -1,17 +1,22 @@
 //! Individual mode at the rate limit: 2,000 items through the real service against
 //! openai-sim limited to 600 requests and 200,000 tokens a minute with 200 ms latency.
 //! Prints achieved requests/min and tokens/min as a share of the limits and the 429s
-//! received, with the governor on and then off (the baseline).
+//! received, with the governor on and then off (the baseline), for each of the simulator's
+//! limiter kinds. From the simulator's call log it also prints the share of the binding limit
+//! used over the steady part of the run (2 s after the first accepted call to the last) and
+//! in the busiest 60 s span (what a sliding window sees), and whether every item was called
+//! exactly once.
 //!
 //! `cargo bench --bench individual` (`BENCH_ITEMS=…` for a shorter run, `BENCH_GOVERNOR=on`
-//! or `off` for one pass; each pass takes about items / 600 minutes).
+//! or `off` for one pass, `BENCH_LIMITER=token_bucket`, `sliding_window` or `fixed_window`
+//! for one kind; each pass takes about items / 600 minutes).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use batchlens::config::Settings;
 use batchlens::startup::Application;
-use openai_sim::{SimConfig, SimServer};
+use openai_sim::{RateLimiterKind, SimConfig, SimServer};
 use serde_json::{json, Value};
 
 const RPM: u64 = 600;
@@ -29,15 +34,28 @@ async fn main() {
         Ok("off") => &[false],
         _ => &[true, false],
     };
-    for &governor in passes {
-        run(items, governor).await;
+    let kinds: &[RateLimiterKind] = match std::env::var("BENCH_LIMITER").as_deref() {
+        Ok("token_bucket") => &[RateLimiterKind::TokenBucket],
+        Ok("sliding_window") => &[RateLimiterKind::SlidingWindow],
+        Ok("fixed_window") => &[RateLimiterKind::FixedWindow],
+        _ => &[
+            RateLimiterKind::TokenBucket,
+            RateLimiterKind::SlidingWindow,
+            RateLimiterKind::FixedWindow,
+        ],
+    };
+    for &kind in kinds {
+        for &governor in passes {
+            run(items, governor, kind).await;
+        }
     }
 }
 
-async fn run(items: usize, governor: bool) {
+async fn run(items: usize, governor: bool, kind: RateLimiterKind) {
     let sim = SimServer::spawn(SimConfig {
         rpm: RPM,
         tpm: TPM,
+        rate_limiter: kind,
         chat_latency_ms: 200,
         ..SimConfig::fast()
     })
@@ -117,7 +135,7 @@ async fn run(items: usize, governor: bool) {
     let tpm = limiter_tokens as f64 / minutes;
     let binding = (rpm / RPM as f64).max(tpm / TPM as f64);
     println!(
-        "  governor {:>3}: {:.2} min; succeeded {} failed {}; {:.0} req/min ({:.1}% of RPM), {:.0} limiter tokens/min ({:.1}% of TPM); binding-limit use {:.1}%; 429s received {} of {} requests ({:.2}%); billed tokens {}",
+        "  {kind:?}, governor {:>3}: {:.2} min; succeeded {} failed {}; {:.0} req/min ({:.1}% of RPM), {:.0} limiter tokens/min ({:.1}% of TPM); binding-limit use {:.1}%; 429s received {} of {} requests ({:.2}%); billed tokens {}",
         if governor { "on" } else { "off" },
         minutes,
         done["progress"]["succeeded"],
@@ -131,6 +149,46 @@ async fn run(items: usize, governor: bool) {
         requests,
         100.0 * stats.rate_limited as f64 / requests.max(1) as f64,
         tokens,
+    );
+    let calls = sim.sim().chat_calls();
+    let accepted: Vec<_> = calls.iter().filter(|c| c.outcome == "accepted").collect();
+    let limited = calls.iter().filter(|c| c.outcome == "rate_limited").count();
+    let (first, last) = (
+        accepted.first().map_or(0, |c| c.at_ms + 2_000),
+        accepted.last().map_or(0, |c| c.at_ms),
+    );
+    let steady: Vec<_> = accepted
+        .iter()
+        .filter(|c| (first..=last).contains(&c.at_ms))
+        .collect();
+    let span_minutes = last.saturating_sub(first).max(1) as f64 / 60_000.0;
+    let steady_share = (steady.len() as f64 / (span_minutes * RPM as f64))
+        .max(steady.iter().map(|c| c.tokens).sum::<u64>() as f64 / (span_minutes * TPM as f64));
+    // The busiest 60 s span starting at an accepted call.
+    let mut busiest = 0f64;
+    let mut end = 0;
+    let mut tokens_in = 0u64;
+    for (start, call) in accepted.iter().enumerate() {
+        while end < accepted.len() && accepted[end].at_ms < call.at_ms + 60_000 {
+            tokens_in += accepted[end].tokens;
+            end += 1;
+        }
+        busiest = busiest
+            .max((end - start) as f64 / RPM as f64)
+            .max(tokens_in as f64 / TPM as f64);
+        tokens_in -= call.tokens;
+    }
+    let once = accepted.len() == items && done["progress"]["succeeded"] == items as u64;
+    println!(
+        "    binding limit over the steady part ({:.1} s): {:.1}%; busiest 60 s span: {:.1}%; 429s {} of {} calls ({:.2}%); {} items, each called once: {}",
+        span_minutes * 60.0,
+        100.0 * steady_share,
+        100.0 * busiest,
+        limited,
+        calls.len(),
+        100.0 * limited as f64 / calls.len().max(1) as f64,
+        items,
+        once,
     );
     stop.cancel();
     let _ = handle.await;

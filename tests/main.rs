@@ -12,6 +12,7 @@ mod cli;
 mod cost;
 mod crash_recovery;
 mod dashboard;
+mod governor;
 mod individual;
 mod openapi;
 mod outbound;

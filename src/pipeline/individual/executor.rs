@@ -191,7 +191,7 @@ impl Executor {
             .expect("the semaphore is never closed");
         let mut rate_limited = 0;
         loop {
-            self.governor.acquire(&job.model, tokens).await;
+            let taken = self.governor.acquire(&job.model, tokens).await;
             // Checked after every wait: a cancel stops the call at once. A 429 that came
             // back to another call during that check holds this one too.
             if self.stopped(job.id, stop).await
@@ -204,6 +204,14 @@ impl Executor {
                     self.governor
                         .observe(&job.model, &response.rate_limits)
                         .await;
+                    if let Some(usage) = &response.completion.usage {
+                        // What the limiter counts: the prompt and the completion asked for.
+                        let counted = usage.prompt_tokens.max(0) as u32
+                            + ctx.settings.openai.max_completion_tokens;
+                        self.governor
+                            .settle(&job.model, tokens, taken, counted)
+                            .await;
+                    }
                     apply_completion(
                         &ctx.prices,
                         &mut outcome,

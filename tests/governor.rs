@@ -1,0 +1,153 @@
+//! The governor at the limit against each of openai-sim's limiter kinds (a token bucket, a
+//! 60 s sliding window, a window that resets on the minute), with requests and then tokens
+//! as the binding limit: at least 90% of that limit used over the steady part of the run,
+//! under 1% of calls answered 429, every item exactly once.
+//!
+//! Utilisation is read from the simulator's own call log (`Sim::chat_calls`, the clock its
+//! limiter counted with): the steady part runs from 2 s after the first accepted call (past
+//! the governor's start burst) to the last accepted call; the accepted calls (or their
+//! counted tokens) in it, divided by what the limit allows over that span (`limit / 60` a
+//! second), is the share used. Runs last about 15 s: a limit of 1,200 RPM (or its token
+//! equivalent) with 50 ms calls, rather than a few hundred RPM over minutes. The simulator's
+//! clock is moved so that a minute boundary falls inside each run, where a fixed window
+//! resets. The paced-clock unit tests in `governor.rs` cover runs of several minutes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::common::{fast_sim, mixed_items, Db, TestApp};
+use openai_sim::{RateLimiterKind, SimConfig};
+use serde_json::json;
+
+const ITEMS: usize = 280;
+const RPM: u64 = 1_200;
+
+#[derive(Clone, Copy, Debug)]
+enum Binding {
+    Requests,
+    Tokens,
+}
+
+/// Tokens one call counts here (prompt + `max_completion_tokens`), measured on one call.
+async fn tokens_per_call() -> u64 {
+    let Some(app) = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await else {
+        unreachable!("SQLite needs no server");
+    };
+    let (_, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "individual", "items": mixed_items(3, 0)}),
+        )
+        .await;
+    app.wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    let calls = app.sim.sim().chat_calls();
+    let most = calls.iter().map(|c| c.tokens).max().unwrap();
+    app.shutdown().await;
+    most
+}
+
+async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
+    // TPM-bound: the limit in tokens is what 1,200 of the largest calls a minute count, and
+    // requests are left unlimited (0: the simulator reports 30,000).
+    let (rpm, tpm) = match binding {
+        Binding::Requests => (RPM, 0),
+        Binding::Tokens => (0, RPM * tokens_per_call().await),
+    };
+    let sim = SimConfig {
+        rate_limiter: kind,
+        rpm,
+        tpm,
+        chat_latency_ms: 50,
+        ..fast_sim()
+    };
+    let governor_rpm = if rpm == 0 { 30_000 } else { rpm }.to_string();
+    let governor_tpm = if tpm == 0 { 150_000_000 } else { tpm }.to_string();
+    let Some(app) = TestApp::spawn(
+        Db::Sqlite,
+        sim,
+        &[
+            ("BATCHLENS__INDIVIDUAL__RPM", &governor_rpm),
+            ("BATCHLENS__INDIVIDUAL__TPM", &governor_tpm),
+            ("BATCHLENS__INDIVIDUAL__CONCURRENCY", "16"),
+        ],
+    )
+    .await
+    else {
+        unreachable!("SQLite needs no server");
+    };
+    // A minute boundary 5 s into the run.
+    let now = app.sim.sim().lock().now_ms();
+    let to_boundary = (55_000 + 60_000 - now % 60_000) % 60_000;
+    app.sim
+        .sim()
+        .advance_clock(Duration::from_millis(to_boundary));
+
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "individual", "items": mixed_items(ITEMS, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_terminal(id, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["succeeded"], ITEMS as u64, "{done}");
+    let results = app.all_results(id).await;
+    let ids: BTreeSet<_> = results
+        .iter()
+        .map(|r| r["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((results.len(), ids.len()), (ITEMS, ITEMS));
+
+    let calls = app.sim.sim().chat_calls();
+    let accepted: Vec<_> = calls.iter().filter(|c| c.outcome == "accepted").collect();
+    let limited = calls.iter().filter(|c| c.outcome == "rate_limited").count();
+    assert_eq!(accepted.len(), ITEMS, "every item called once");
+    let first = accepted.first().unwrap().at_ms + 2_000;
+    let last = accepted.last().unwrap().at_ms;
+    let steady = accepted
+        .iter()
+        .filter(|c| (first..=last).contains(&c.at_ms));
+    let span_minutes = (last - first) as f64 / 60_000.0;
+    let share = match binding {
+        Binding::Requests => steady.count() as f64 / (span_minutes * rpm as f64),
+        Binding::Tokens => {
+            steady.map(|c| c.tokens).sum::<u64>() as f64 / (span_minutes * tpm as f64)
+        }
+    };
+    let limited_share = limited as f64 / calls.len() as f64;
+    eprintln!(
+        "{kind:?} {binding:?}: {:.1}% of the limit over {:.1} s, {limited} 429s of {} calls",
+        100.0 * share,
+        span_minutes * 60.0,
+        calls.len()
+    );
+    assert!(share >= 0.9, "{kind:?} {binding:?}: {share}");
+    assert!(share <= 1.0, "{kind:?} {binding:?}: {share}");
+    assert!(
+        limited_share < 0.01,
+        "{kind:?} {binding:?}: {limited} of {}",
+        calls.len()
+    );
+    app.shutdown().await;
+}
+
+macro_rules! at_the_limit {
+    ($($name:ident: $kind:ident, $binding:ident;)+) => {
+        $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            at_the_limit(RateLimiterKind::$kind, Binding::$binding).await
+        })+
+    };
+}
+
+at_the_limit! {
+    rpm_under_a_token_bucket: TokenBucket, Requests;
+    rpm_under_a_sliding_window: SlidingWindow, Requests;
+    rpm_under_a_fixed_window: FixedWindow, Requests;
+    tpm_under_a_token_bucket: TokenBucket, Tokens;
+    tpm_under_a_sliding_window: SlidingWindow, Tokens;
+    tpm_under_a_fixed_window: FixedWindow, Tokens;
+}
