@@ -118,6 +118,19 @@ pub struct WebhookSettings {
     pub retry_min_ms: u64,
     /// Accept `http://` webhook URLs (development only).
     pub allow_http: bool,
+    /// Deliver to any address, loopback and private ones too, over http or https
+    /// (development only; logged at start).
+    #[serde(default)]
+    pub allow_private: bool,
+}
+
+impl WebhookSettings {
+    /// The URL policy webhook URLs are judged by, at submit and on delivery.
+    pub fn url_policy(&self) -> crate::outbound::UrlPolicy {
+        let mut policy = crate::outbound::UrlPolicy::new(self.allow_private);
+        policy.allow_http |= self.allow_http;
+        policy
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -77,6 +77,12 @@ impl Application {
                 "openai.api_key (OPENAI_API_KEY) is empty: OpenAI calls will be refused"
             );
         }
+        if settings.webhooks.allow_private {
+            tracing::warn!(
+                "webhooks.allow_private is on: webhooks may be delivered to loopback and \
+                 private addresses (development only)"
+            );
+        }
         let prices = PriceTable::defaults().with_overrides(&settings.pricing);
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&addr)

@@ -17,3 +17,4 @@ mod individual;
 mod openapi;
 mod outbound;
 mod resilience;
+mod webhook_safety;

@@ -19,6 +19,12 @@ pub fn sha256_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// The credentials of `Bearer <key>`, the scheme in any case (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
@@ -30,8 +36,7 @@ impl FromRequestParts<AppState> for Tenant {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         state

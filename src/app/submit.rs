@@ -92,11 +92,8 @@ pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppErr
         }
     }
     if let Some(hook) = &req.webhook_url {
-        let scheme_ok = |s: &str| s == "https" || (s == "http" && settings.webhooks.allow_http);
-        match url::Url::parse(hook) {
-            Ok(u) if scheme_ok(u.scheme()) && u.host().is_some() => {}
-            Ok(_) => bad("webhook_url", "scheme must be https".into()),
-            Err(e) => bad("webhook_url", format!("not a URL: {e}")),
+        if let Err(why) = settings.webhooks.url_policy().check(hook) {
+            bad("webhook_url", why.to_string());
         }
     }
     let analyzer = match &req.analyzer {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::app::views::{job_snapshot, JobSnapshot};
 use crate::domain::{Job, WebhookState};
+use crate::outbound::{Failure, Options, Outbound};
 use crate::pipeline::{StepError, WorkerContext};
 pub use crate::signing::{sign, signing_key};
 use crate::store::WebhookAttempt;
@@ -36,6 +37,16 @@ pub fn backoff(first: Duration, attempts: i32) -> Duration {
     first.saturating_mul(1 << doublings).min(MAX_BACKOFF)
 }
 
+/// A failure as the tenant may read it: `blocked address`, `timed out after N s`, or
+/// `delivery failed` for anything else (a URL refused for another reason, too many
+/// redirects: those name no host either, but keep to the few words the contract allows).
+fn tenant_reason(failure: &Failure) -> String {
+    match failure {
+        Failure::BlockedAddress | Failure::TimedOut(_) | Failure::Status(_) => failure.to_string(),
+        _ => Failure::Failed.to_string(),
+    }
+}
+
 /// Renders a job as a delivery's `data`: the HTTP contract's job view, which `startup`
 /// hands over (the pipeline does not import the API).
 pub type RenderJob = fn(JobSnapshot) -> serde_json::Value;
@@ -45,18 +56,15 @@ pub type RenderJob = fn(JobSnapshot) -> serde_json::Value;
 pub struct Webhooks {
     ctx: WorkerContext,
     render: RenderJob,
-    http: reqwest::Client,
+    http: Outbound,
     key: Option<Vec<u8>>,
 }
 
 impl Webhooks {
     pub fn new(ctx: &WorkerContext, render: RenderJob) -> Self {
         let settings = &ctx.settings.webhooks;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.timeout_secs))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a client without custom TLS builds");
+        let timeout = Duration::from_secs(settings.timeout_secs);
+        let http = Outbound::new(Options::webhooks(timeout).policy(settings.url_policy()));
         Webhooks {
             ctx: ctx.clone(),
             render,
@@ -93,27 +101,27 @@ impl Webhooks {
         }))?;
         let id = job.id.to_string();
         let timestamp = Utc::now().timestamp();
-        let mut request = self
-            .http
-            .post(&url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("batchlens/", env!("CARGO_PKG_VERSION")))
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string());
-        if let Some(key) = &self.key {
-            request = request.header("webhook-signature", sign(key, &id, timestamp, &body));
-        }
         let attempt = job.webhook_attempts + 1;
-        let (status_code, error) = match request.body(body).send().await {
-            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
-            Ok(r) => (
-                Some(r.status().as_u16()),
-                Some(format!(
-                    "the receiver answered HTTP {}",
-                    r.status().as_u16()
-                )),
-            ),
-            Err(e) => (None, Some(format!("could not reach the receiver: {e}"))),
+        let sent = match self.http.post(&url) {
+            Ok(request) => {
+                let mut request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(USER_AGENT, concat!("batchlens/", env!("CARGO_PKG_VERSION")))
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", timestamp.to_string());
+                if let Some(key) = &self.key {
+                    request = request.header("webhook-signature", sign(key, &id, timestamp, &body));
+                }
+                self.http.send(request.body(body)).await
+            }
+            Err(refused) => Err(refused),
+        };
+        // What the tenant reads: the status code or one word, never a host or a port
+        // (the client logs the full cause).
+        let (status_code, error) = match sent {
+            Ok(r) => (Some(r.status().as_u16()), None),
+            Err(Failure::Status(code)) => (Some(code), Some(Failure::Status(code).to_string())),
+            Err(other) => (None, Some(tenant_reason(&other))),
         };
         let settings = &self.ctx.settings.webhooks;
         let (state, retry_at) = match &error {
@@ -164,5 +172,23 @@ mod tests {
         assert_eq!(backoff(s(10), 2), s(20));
         assert_eq!(backoff(s(10), 4), s(80));
         assert_eq!(backoff(s(10), 30), s(3600));
+    }
+
+    #[test]
+    fn a_tenant_reads_a_status_or_one_word() {
+        use crate::outbound::UrlRefusal;
+        let reason = |f: Failure| tenant_reason(&f);
+        assert_eq!(reason(Failure::BlockedAddress), "blocked address");
+        assert_eq!(reason(Failure::Failed), "delivery failed");
+        assert_eq!(
+            reason(Failure::TimedOut(Duration::from_secs(10))),
+            "timed out after 10 s"
+        );
+        assert_eq!(reason(Failure::Status(403)), "HTTP 403");
+        assert_eq!(reason(Failure::TooManyRedirects), "delivery failed");
+        assert_eq!(
+            reason(Failure::Url(UrlRefusal::NotHttps)),
+            "delivery failed"
+        );
     }
 }
