@@ -125,7 +125,10 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         calls.len()
     );
     assert!(share >= 0.9, "{kind:?} {binding:?}: {share}");
-    assert!(share <= 1.0, "{kind:?} {binding:?}: {share}");
+    // Over a ~11 s span the governor's burst allowance (2% of a minute's budget, spent
+    // after a stall on a loaded machine) can add a few percent; what the account enforces
+    // is checked by the 429 share below.
+    assert!(share <= 1.1, "{kind:?} {binding:?}: {share}");
     assert!(
         limited_share < 0.01,
         "{kind:?} {binding:?}: {limited} of {}",

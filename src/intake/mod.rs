@@ -115,6 +115,27 @@ pub fn check_items(
     taken_custom_ids: &HashSet<String>,
     limits: &IntakeLimits,
 ) -> IntakeResult {
+    let pending = settle_ids(inputs, first_index, taken_custom_ids, limits);
+
+    // Then the images, which are independent of each other and CPU-heavy (base64, decoding,
+    // resizing): in parallel.
+    let checked = parallel_map(&pending, |p| {
+        p.source
+            .as_ref()
+            .map(|source| item::check_image(source, limits))
+    });
+
+    assemble(pending, checked)
+}
+
+/// The ids of a chunk's items, in order (uniqueness depends on every earlier item), and
+/// each item's first problem with its ids, post id or source.
+fn settle_ids(
+    inputs: Vec<ItemInput>,
+    first_index: i64,
+    taken_custom_ids: &HashSet<String>,
+    limits: &IntakeLimits,
+) -> Vec<Pending> {
     // Generated ids steer clear of every id the client chose, even later in the chunk,
     // so a client's own id never loses to a generated one.
     let chosen: HashSet<String> = inputs
@@ -126,7 +147,6 @@ pub fn check_items(
     // custom_id → index of the item of this chunk that holds it.
     let mut used: HashMap<String, i64> = HashMap::with_capacity(inputs.len());
 
-    // Ids first, in order: uniqueness depends on every earlier item.
     let mut pending = Vec::with_capacity(inputs.len());
     for (pos, mut input) in inputs.into_iter().enumerate() {
         let index = first_index + pos as i64;
@@ -137,23 +157,7 @@ pub fn check_items(
         };
 
         let given_id = input.custom_id.take().and_then(|id| {
-            let problem = item::check_custom_id(&id, limits.max_custom_id_len)
-                .err()
-                .or_else(|| {
-                    if let Some(prev) = used.get(&id) {
-                        Some(format!(
-                            "custom_id {} is already used by item {prev}",
-                            item::quoted(&id)
-                        ))
-                    } else if taken_custom_ids.contains(&id) {
-                        Some(format!(
-                            "custom_id {} is already used by another item of this job",
-                            item::quoted(&id)
-                        ))
-                    } else {
-                        None
-                    }
-                });
+            let problem = custom_id_problem(&id, &used, taken_custom_ids, limits);
             match problem {
                 Some(reason) => {
                     fail(&mut failure, item::INVALID_ITEM, reason);
@@ -195,15 +199,41 @@ pub fn check_items(
             source,
         });
     }
+    pending
+}
 
-    // Then the images, which are independent of each other and CPU-heavy (base64, decoding,
-    // resizing): in parallel.
-    let checked = parallel_map(&pending, |p| {
-        p.source
-            .as_ref()
-            .map(|source| item::check_image(source, limits))
-    });
+/// Why a client's custom_id cannot be used: malformed, or taken earlier in this chunk or
+/// by an earlier item of the job.
+fn custom_id_problem(
+    id: &str,
+    used: &HashMap<String, i64>,
+    taken_custom_ids: &HashSet<String>,
+    limits: &IntakeLimits,
+) -> Option<String> {
+    item::check_custom_id(id, limits.max_custom_id_len)
+        .err()
+        .or_else(|| {
+            if let Some(prev) = used.get(id) {
+                Some(format!(
+                    "custom_id {} is already used by item {prev}",
+                    item::quoted(id)
+                ))
+            } else if taken_custom_ids.contains(id) {
+                Some(format!(
+                    "custom_id {} is already used by another item of this job",
+                    item::quoted(id)
+                ))
+            } else {
+                None
+            }
+        })
+}
 
+/// Every item with its checked image or its rejection, in input order.
+fn assemble(
+    pending: Vec<Pending>,
+    checked: Vec<Option<Result<item::CheckedImage, item::Reject>>>,
+) -> IntakeResult {
     let mut out = IntakeResult {
         items: Vec::with_capacity(pending.len()),
         rejected: Vec::new(),
