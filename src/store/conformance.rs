@@ -1146,7 +1146,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
     assert_eq!(
         progress.data,
         json!({"total": 5, "pending": 0, "submitted": 1, "succeeded": 3, "failed": 1,
-               "rejected": 0, "cancelled": 0, "percent": 80.0})
+               "rejected": 0, "cancelled": 0, "processing": 0, "percent": 80.0})
     );
 
     // The same outcomes again change nothing, not even updated_at or the event log.
