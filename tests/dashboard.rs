@@ -211,7 +211,10 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // First look, with the finished job's results open (the page deep-links by hash).
+    // First look, with the finished job's results open (the page deep-links by hash). The
+    // simulator's clock stands still meanwhile, so the batch is still in progress however
+    // long a loaded machine takes to run the browser.
+    app.sim.sim().pause_clock();
     let url = app.url(&format!("/#job={done}"));
     let before = percent(&job(&app, &running).await);
     let t = Instant::now();
@@ -223,6 +226,7 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
         "finished during the first look: {now}"
     );
     let after = percent(&now);
+    app.sim.sim().resume_clock();
 
     assert_eq!(
         row(&dom1, &done),
