@@ -142,6 +142,16 @@ string_enum!(
     }
 );
 
+/// The lines in-flight batches already report done (`request_counts.completed + failed`)
+/// whose results are not ingested yet: `progress.processing`.
+pub fn processing(shards: &[Shard]) -> i64 {
+    shards
+        .iter()
+        .filter(|s| s.kind == ShardKind::Batch && s.status == ShardStatus::Submitted)
+        .map(|s| s.request_completed + s.request_failed)
+        .sum()
+}
+
 impl ShardStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Done | Self::Failed)
@@ -179,11 +189,20 @@ impl Counts {
         self.succeeded + self.failed + self.rejected + self.cancelled
     }
 
+    /// API.md's `progress.percent` with no batch lines in flight.
     pub fn percent(&self) -> f64 {
-        if self.total == 0 {
+        self.percent_with(0)
+    }
+
+    /// (items with an outcome + `processing`) / (total − rejected) × 100, one decimal,
+    /// at most 100: rejected images are not work.
+    pub fn percent_with(&self, processing: i64) -> f64 {
+        let work = self.total - self.rejected;
+        if work <= 0 {
             return 0.0;
         }
-        let p = self.terminal() as f64 * 100.0 / self.total as f64;
+        let done = self.succeeded + self.failed + self.cancelled + processing.max(0);
+        let p = (done as f64 * 100.0 / work as f64).min(100.0);
         (p * 10.0).round() / 10.0
     }
 
@@ -391,4 +410,28 @@ pub struct Event {
     pub kind: String,
     pub data: serde_json::Value,
     pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::Counts;
+
+    #[test]
+    fn percent_counts_work_not_intake() {
+        let c = Counts {
+            total: 34,
+            pending: 31,
+            rejected: 3,
+            ..Counts::default()
+        };
+        assert_eq!(c.percent(), 0.0, "rejections are not work");
+        assert_eq!(c.percent_with(10), 32.3);
+        assert_eq!(c.percent_with(40), 100.0, "never above 100");
+        let none = Counts {
+            total: 2,
+            rejected: 2,
+            ..Counts::default()
+        };
+        assert_eq!(none.percent_with(0), 0.0);
+    }
 }

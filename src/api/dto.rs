@@ -74,7 +74,9 @@ pub struct ItemsRequest {
     pub items: Vec<ItemInput>,
 }
 
-/// How far a job has got. `percent` = terminal items / total × 100.
+/// How far a job has got. `processing`: lines in-flight batches report done, not yet
+/// ingested. `percent` = (succeeded + failed + cancelled + processing) / (total − rejected)
+/// × 100, at most 100.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Progress {
     pub total: i64,
@@ -84,12 +86,20 @@ pub struct Progress {
     pub failed: i64,
     pub rejected: i64,
     pub cancelled: i64,
-    #[schema(example = 33.3)]
+    pub processing: i64,
+    #[schema(example = 0.0)]
     pub percent: f64,
 }
 
 impl From<Counts> for Progress {
     fn from(c: Counts) -> Self {
+        Progress::new(c, 0)
+    }
+}
+
+impl Progress {
+    /// The counters with `processing` batch lines done but not ingested.
+    pub fn new(c: Counts, processing: i64) -> Self {
         Progress {
             total: c.total,
             pending: c.pending,
@@ -98,7 +108,8 @@ impl From<Counts> for Progress {
             failed: c.failed,
             rejected: c.rejected,
             cancelled: c.cancelled,
-            percent: c.percent(),
+            processing,
+            percent: c.percent_with(processing),
         }
     }
 }
@@ -233,7 +244,7 @@ impl JobView {
             updated_at: job.updated_at,
             completed_at: job.completed_at,
             metadata: job.metadata.clone(),
-            progress: job.counts.into(),
+            progress: Progress::new(job.counts, crate::domain::processing(shards)),
             rejected,
             estimate: EstimateSummary {
                 batch_usd: job.estimate_batch_pico_usd.map(pico_to_usd),

@@ -362,13 +362,14 @@ pub async fn job_events(
     Path(id): Path<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
+    let processing = state.app.job_processing(id).await?;
     let first = vec![
         sse("status", &serde_json::json!({"status": job.status})),
-        sse("progress", &Progress::from(job.counts)),
+        sse("progress", &Progress::new(job.counts, processing)),
     ];
     let done = job.status.is_terminal();
     let tail = futures::stream::unfold(
-        (state, (job.status, job.counts), done),
+        (state, (job.status, job.counts, processing), done),
         move |(state, last, done)| async move {
             if done {
                 return None;
@@ -378,9 +379,10 @@ pub async fn job_events(
                 Ok(Some(job)) => job,
                 _ => return None,
             };
+            let processing = state.app.job_processing(id).await.unwrap_or(last.2);
             let mut events = Vec::new();
-            if job.counts != last.1 {
-                events.push(sse("progress", &Progress::from(job.counts)));
+            if job.counts != last.1 || processing != last.2 {
+                events.push(sse("progress", &Progress::new(job.counts, processing)));
             }
             if job.status != last.0 {
                 events.push(sse("status", &serde_json::json!({"status": job.status})));
@@ -388,7 +390,7 @@ pub async fn job_events(
             let done = job.status.is_terminal();
             Some((
                 futures::stream::iter(events),
-                (state, (job.status, job.counts), done),
+                (state, (job.status, job.counts, processing), done),
             ))
         },
     )

@@ -55,6 +55,12 @@ impl App {
         Ok(self.store.get_job(None, id).await?)
     }
 
+    /// The job's `progress.processing`, from its shards (see [`crate::domain::processing`]).
+    pub async fn job_processing(&self, id: Uuid) -> AppResult<i64> {
+        let shards = self.store.list_shards(id).await?;
+        Ok(crate::domain::processing(&shards))
+    }
+
     /// The job as callers see it (see [`job_snapshot`]).
     pub async fn job_view(&self, job: &Job) -> AppResult<JobSnapshot> {
         job_snapshot(&self.store, job).await

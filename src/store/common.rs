@@ -478,7 +478,7 @@ impl JobDelta {
 }
 
 /// The `progress` event payload (and the API's `progress` object).
-pub(crate) fn progress_json(c: &Counts) -> Value {
+pub(crate) fn progress_json(c: &Counts, processing: i64) -> Value {
     json!({
         "total": c.total,
         "pending": c.pending,
@@ -487,7 +487,8 @@ pub(crate) fn progress_json(c: &Counts) -> Value {
         "failed": c.failed,
         "rejected": c.rejected,
         "cancelled": c.cancelled,
-        "percent": c.percent(),
+        "processing": processing,
+        "percent": c.percent_with(processing),
     })
 }
 

@@ -18,8 +18,8 @@ use super::{
     NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
-    Analyzer, Detail, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
-    ShardKind, ShardStatus, Usage,
+    Analyzer, Detail, Event, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem,
+    NewJob, ShardKind, ShardStatus, Usage,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -1025,6 +1025,17 @@ async fn shard_steps_are_fenced(s: DynStore) {
     assert_eq!(polled.output_file_id.as_deref(), Some("file-out"));
     assert_eq!(polled.next_poll_at, at(60));
     assert_eq!(polled.poll_interval_ms, 60_000);
+    // The poll moved the counts: the job's progress event carries the line done.
+    let progress = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "progress")
+            .map(|e| e.data["processing"].clone())
+            .collect::<Vec<_>>()
+    };
+    let events = s.events_after(j.id, 0, 100).await.unwrap();
+    assert_eq!(progress(&events).last(), Some(&json!(1)), "{events:?}");
+    let before = progress(&events).len();
     // A later poll that reports no file keeps the one already known.
     let quiet = ShardPoll {
         output_file_id: None,
@@ -1036,6 +1047,12 @@ async fn shard_steps_are_fenced(s: DynStore) {
     let polled = s.get_shard(shard.id).await.unwrap().unwrap();
     assert_eq!(polled.output_file_id.as_deref(), Some("file-out"));
     assert_eq!(polled.error_file_id.as_deref(), Some("file-err"));
+    let events = s.events_after(j.id, 0, 100).await.unwrap();
+    assert_eq!(
+        progress(&events).len(),
+        before,
+        "same counts, no progress event"
+    );
 
     let error = ItemError {
         code: "batch_failed".into(),
@@ -1129,7 +1146,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
     assert_eq!(
         progress.data,
         json!({"total": 5, "pending": 0, "submitted": 1, "succeeded": 3, "failed": 1,
-               "rejected": 0, "cancelled": 0, "percent": 80.0})
+               "rejected": 0, "cancelled": 0, "processing": 0, "percent": 80.0})
     );
 
     // The same outcomes again change nothing, not even updated_at or the event log.

@@ -120,9 +120,23 @@ impl<D: Dialect> Tx<D> {
     /// Applies the deltas and writes the `progress` event they make.
     async fn apply_progress(&mut self, job_id: Uuid, delta: &JobDelta) -> StoreResult<Job> {
         let job = self.apply_delta(job_id, delta).await?;
-        self.event(job_id, "progress", &progress_json(&job.counts))
+        let processing = self.processing(job_id).await?;
+        self.event(job_id, "progress", &progress_json(&job.counts, processing))
             .await?;
         Ok(job)
+    }
+
+    /// `progress.processing` of the job, from its shards: lines its submitted batches
+    /// report done (completed + failed), not ingested yet.
+    async fn processing(&mut self, job_id: Uuid) -> StoreResult<i64> {
+        let row = self
+            .opt(
+                "SELECT CAST(COALESCE(SUM(request_completed + request_failed), 0) AS BIGINT) \
+                 AS n FROM shards WHERE job_id = $1 AND kind = 'batch' AND status = 'submitted'",
+                args![job_id],
+            )
+            .await?;
+        row.map_or(Ok(0), |r| r.int("n"))
     }
 
     async fn event(&mut self, job_id: Uuid, kind: &str, data: &Value) -> StoreResult<()> {
@@ -749,22 +763,52 @@ impl<D: Dialect> ShardStore for D {
         move_shard_to_submitted(self, lease, Some(openai_batch_id), "creating", next_poll_at).await
     }
 
+    /// Records the poll; when it moved the shard's `request_counts`, the job's `progress`
+    /// event (with `processing`) goes in the same transaction.
     async fn shard_polled(&self, lease: &ShardLease, poll: &ShardPoll) -> StoreResult<bool> {
-        let set = "batch_status = $3, request_total = $4, request_completed = $5, \
-                   request_failed = $6, output_file_id = COALESCE($7, output_file_id), \
+        let mut tx = Tx::begin(self).await?;
+        let sql = format!(
+            "SELECT job_id, request_completed, request_failed FROM shards \
+             WHERE id = $1 AND lease_token = $2{}",
+            D::LOCK
+        );
+        let Some(old) = tx.opt(&sql, args![lease.shard_id, lease.token]).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let job_id = old.uuid("job_id")?;
+        let moved = old.int("request_completed")? != poll.request_completed
+            || old.int("request_failed")? != poll.request_failed;
+        let sql = "UPDATE shards SET batch_status = $3, request_total = $4, \
+                   request_completed = $5, request_failed = $6, \
+                   output_file_id = COALESCE($7, output_file_id), \
                    error_file_id = COALESCE($8, error_file_id), next_poll_at = $9, \
-                   poll_interval_ms = $10, updated_at = now()";
-        let more = args![
-            &poll.batch_status,
-            poll.request_total,
-            poll.request_completed,
-            poll.request_failed,
-            &poll.output_file_id,
-            &poll.error_file_id,
-            poll.next_poll_at,
-            poll.poll_interval_ms
-        ];
-        fenced(self, set, lease, more).await
+                   poll_interval_ms = $10, updated_at = now() \
+                   WHERE id = $1 AND lease_token = $2";
+        tx.exec(
+            sql,
+            args![
+                lease.shard_id,
+                lease.token,
+                &poll.batch_status,
+                poll.request_total,
+                poll.request_completed,
+                poll.request_failed,
+                &poll.output_file_id,
+                &poll.error_file_id,
+                poll.next_poll_at,
+                poll.poll_interval_ms
+            ],
+        )
+        .await?;
+        if moved {
+            let job = tx.lock_job(None, job_id).await?;
+            let processing = tx.processing(job_id).await?;
+            tx.event(job_id, "progress", &progress_json(&job.counts, processing))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn set_shard_status(
