@@ -106,6 +106,13 @@ pub struct IntakeSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct EstimateSettings {
     pub default_output_tokens: u32,
+    /// Finished items of an analyzer on a model before its observed usage replaces the
+    /// formula.
+    pub min_observed_items: u64,
+    /// Recent jobs of the analyzer the observation reads.
+    pub history_jobs: usize,
+    /// Items read of each of those jobs (the latest first).
+    pub history_items_per_job: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,6 +371,18 @@ impl Settings {
             return Err(invalid(
                 "intake.default_image_width",
                 "default image sizes must be at least 1 pixel",
+            ));
+        }
+        if self.estimate.min_observed_items == 0 {
+            return Err(invalid("estimate.min_observed_items", "must be at least 1"));
+        }
+        if self.estimate.history_jobs == 0 {
+            return Err(invalid("estimate.history_jobs", "must be at least 1"));
+        }
+        if self.estimate.history_items_per_job < 1 {
+            return Err(invalid(
+                "estimate.history_items_per_job",
+                "must be at least 1",
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

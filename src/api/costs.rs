@@ -133,6 +133,8 @@ pub struct EstimateTokens {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEstimate {
     pub model: String,
+    /// `observed`: from this analyzer's billed usage on the model; `formula`: o200k count.
+    pub basis: crate::cost::Basis,
     pub batch_usd: Option<f64>,
     pub individual_usd: Option<f64>,
     pub per_image_batch_usd: Option<f64>,
@@ -156,6 +158,15 @@ pub struct EstimateResponse {
     pub per_image_individual_usd: Option<f64>,
     /// Output tokens per image assumed.
     pub output_tokens_per_item: u32,
+    /// Input tokens per image assumed beside the image's formula tokens (prompt, schema,
+    /// chat framing).
+    pub overhead_tokens_per_item: i64,
+    /// `observed` once the analyzer has `estimate.min_observed_items` finished items on the
+    /// model (averages of their billed usage), else `formula` (the o200k count and
+    /// `estimate.default_output_tokens`).
+    pub basis: crate::cost::Basis,
+    /// Finished items the observed figures come from (0 on the formula).
+    pub observed_items: u64,
     /// Every priced model, cheapest batch cost first.
     pub models: Vec<ModelEstimate>,
     pub rejections: Vec<crate::intake::Rejection>,
@@ -188,6 +199,7 @@ pub async fn create_estimate(
             per_image_individual_usd: per_image(e.individual, accepted),
             batch_usd: e.batch.map(pico_to_usd),
             individual_usd: e.individual.map(pico_to_usd),
+            basis: e.basis,
             model: e.model,
         })
         .collect();
@@ -205,7 +217,10 @@ pub async fn create_estimate(
         savings_usd: e.batch.zip(e.individual).map(|(b, i)| pico_to_usd(i - b)),
         per_image_batch_usd: per_image(e.batch, accepted),
         per_image_individual_usd: per_image(e.individual, accepted),
-        output_tokens_per_item: est.output_tokens_per_item,
+        output_tokens_per_item: est.per_item.output_tokens,
+        overhead_tokens_per_item: est.per_item.overhead_tokens,
+        basis: est.per_item.basis,
+        observed_items: est.per_item.observed_items,
         models,
         rejections: est.rejections,
     }))

@@ -1,11 +1,13 @@
-//! Estimates: the output tokens to assume per image (from the tenant's recent jobs), the
+//! Estimates: what to assume per image beside its image tokens (learned from the billed
+//! usage of the tenant's recent jobs with the same analyzer, else the formula), the
 //! estimate of a job body before anything is stored (`POST /v1/estimates`), and the
 //! estimate of a stored open job's pending items when it is submitted.
 
 use super::submit::{self, JobInput, JobSpec};
 use super::{App, AppResult};
+use crate::cost::calibration::{Calibration, PerItem, UsageSample};
 use crate::cost::estimate::Estimate;
-use crate::domain::{Analyzer, ItemStatus, Job, JobStatus, Mode};
+use crate::domain::{Analyzer, ItemStatus, Job, Mode};
 use crate::intake::Rejection;
 
 /// What a job body would cost, by mode and by model; nothing stored or sent.
@@ -22,39 +24,54 @@ pub struct BodyEstimate {
     pub estimate: Estimate,
     /// Every priced model, cheapest first.
     pub models: Vec<Estimate>,
-    pub output_tokens_per_item: u32,
+    /// What was assumed per image on the job's model.
+    pub per_item: PerItem,
     pub rejections: Vec<Rejection>,
 }
 
 impl App {
-    /// Output tokens per image to assume for estimates: the average of the tenant's
-    /// recent finished jobs with the same model and analyzer, else the configured default.
-    pub async fn expected_output_tokens(
-        &self,
-        tenant: &str,
-        model: &str,
-        analyzer: &Analyzer,
-    ) -> AppResult<u32> {
-        let recent = self
-            .store
-            .list_jobs(tenant, Some(JobStatus::Completed), None, 50)
-            .await?;
-        let (tokens, items) = recent
+    /// The tenant's history with `analyzer`: the billed usage of the succeeded items of its
+    /// most recent jobs that ran it (`estimate.history_jobs` jobs, up to
+    /// `estimate.history_items_per_job` items each), by model and detail.
+    pub async fn calibration(&self, tenant: &str, analyzer: &Analyzer) -> AppResult<Calibration> {
+        let cfg = &self.settings.estimate;
+        let recent = self.store.list_jobs(tenant, None, None, 200).await?;
+        let mut samples = Vec::new();
+        for job in recent
             .iter()
-            .filter(|j| j.model == model && &j.analyzer == analyzer)
-            .filter(|j| j.counts.succeeded > 0)
-            .take(10)
-            .fold((0i64, 0i64), |(t, n), j| {
-                (
-                    t + j.cost.output_tokens,
-                    n + j.counts.succeeded + j.counts.failed,
-                )
-            });
-        Ok(if items > 0 && tokens > 0 {
-            (tokens as f64 / items as f64).round() as u32
-        } else {
-            self.settings.estimate.default_output_tokens
-        })
+            .filter(|j| j.counts.succeeded > 0 && &j.analyzer == analyzer)
+            .take(cfg.history_jobs)
+        {
+            let billed = self
+                .store
+                .billed_usage(job.id, cfg.history_items_per_job)
+                .await?;
+            samples.extend(billed.into_iter().map(|b| UsageSample {
+                model: job.model.clone(),
+                detail: job.detail,
+                dims: b.dims,
+                input_tokens: b.input_tokens,
+                output_tokens: b.output_tokens,
+            }));
+        }
+        Ok(Calibration::from_samples(&samples, cfg.min_observed_items))
+    }
+
+    /// What to assume per image on `model` for a job like `spec`: what the history
+    /// observed, else the o200k count of the request's text and the job model's observed
+    /// output length (else `estimate.default_output_tokens`).
+    fn per_item(&self, cal: &Calibration, spec: &JobSpec, model: &str) -> PerItem {
+        let fallback_output = cal
+            .output_tokens(&spec.model, spec.detail)
+            .unwrap_or(self.settings.estimate.default_output_tokens);
+        let formula = submit::request_overhead_tokens(&self.settings, spec);
+        cal.per_item(model, spec.detail, formula, fallback_output)
+    }
+
+    /// The per-image assumption for a job's own model.
+    pub async fn per_item_for(&self, tenant: &str, spec: &JobSpec) -> AppResult<PerItem> {
+        let cal = self.calibration(tenant, &spec.analyzer).await?;
+        Ok(self.per_item(&cal, spec, &spec.model))
     }
 
     /// The estimate of a stored job's pending items (an open job being submitted).
@@ -80,31 +97,24 @@ impl App {
             metadata: None,
             webhook_url: None,
         };
+        let per_item = self.per_item_for(&job.tenant, &spec).await?;
         Ok(crate::cost::estimate::estimate(
             &self.prices,
-            &submit::estimate_input(
-                &self.settings,
-                &spec,
-                &dims,
-                self.expected_output_tokens(&job.tenant, &job.model, &job.analyzer)
-                    .await?,
-            ),
+            &submit::estimate_input(&spec, &dims, per_item),
         ))
     }
 
     /// Estimates a job body exactly as a submit would see it.
     pub async fn estimate(&self, tenant: &str, req: JobInput) -> AppResult<BodyEstimate> {
         let spec = submit::check_spec(&self.settings, &req)?;
-        let output_tokens = self
-            .expected_output_tokens(tenant, &spec.model, &spec.analyzer)
-            .await?;
-        let prepared = self
-            .prepare(tenant, spec.clone(), req, output_tokens)
-            .await?;
+        let cal = self.calibration(tenant, &spec.analyzer).await?;
+        let per_item = self.per_item(&cal, &spec, &spec.model);
+        let prepared = self.prepare(tenant, spec.clone(), req, per_item).await?;
         let accepted = prepared.intake.accepted;
         let dims = submit::item_dims(&self.settings, &prepared.intake.items);
-        let models =
-            submit::compare_models(&self.settings, &self.prices, &spec, &dims, output_tokens);
+        let models = submit::compare_models(&self.prices, &spec, &dims, |m| {
+            self.per_item(&cal, &spec, m)
+        });
         let (mode, _) = submit::resolve_mode(
             spec.requested_mode,
             accepted,
@@ -123,7 +133,7 @@ impl App {
             mode,
             estimate: prepared.estimate,
             models,
-            output_tokens_per_item: output_tokens,
+            per_item,
             rejections: prepared.intake.rejected,
         })
     }

@@ -21,10 +21,8 @@ impl App {
     /// request's rejections.
     pub async fn submit(&self, tenant: &str, req: JobInput) -> AppResult<JobSnapshot> {
         let spec = submit::check_spec(&self.settings, &req)?;
-        let output_tokens = self
-            .expected_output_tokens(tenant, &spec.model, &spec.analyzer)
-            .await?;
-        let prepared = self.prepare(tenant, spec, req, output_tokens).await?;
+        let per_item = self.per_item_for(tenant, &spec).await?;
+        let prepared = self.prepare(tenant, spec, req, per_item).await?;
         let job = self
             .store
             .create_job(&prepared.job, &prepared.intake.items)

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{App, AppError, FieldError};
 use crate::analyzer;
 use crate::config::Settings;
+use crate::cost::calibration::PerItem;
 use crate::cost::estimate::{estimate, estimate_all_models, Estimate, EstimateInput};
 use crate::cost::image_tokens::image_tokens;
 use crate::cost::pricing::PriceTable;
@@ -205,17 +206,15 @@ pub fn resolve_mode(requested: Mode, accepted: usize, max_items: usize) -> (Mode
 
 /// What the estimate of a set of accepted items needs to know.
 pub fn estimate_input<'a>(
-    settings: &Settings,
     spec: &'a JobSpec,
     dims: &'a [(u32, u32)],
-    output_tokens_per_item: u32,
+    per_item: PerItem,
 ) -> EstimateInput<'a> {
     EstimateInput {
         model: &spec.model,
         detail: spec.detail,
-        prompt_tokens: request_overhead_tokens(settings, spec),
+        per_item,
         images: dims,
-        output_tokens_per_item,
     }
 }
 
@@ -262,15 +261,12 @@ pub fn prepare(
     tenant: &str,
     spec: JobSpec,
     req: JobInput,
-    output_tokens_per_item: u32,
+    per_item: PerItem,
 ) -> Result<Prepared, AppError> {
     let limits = intake_limits(settings, &spec.model, spec.detail);
     let intake = take_items(&limits, req.items, 0, &HashSet::new(), req.open)?;
     let dims = item_dims(settings, &intake.items);
-    let est = estimate(
-        prices,
-        &estimate_input(settings, &spec, &dims, output_tokens_per_item),
-    );
+    let est = estimate(prices, &estimate_input(&spec, &dims, per_item));
     let (mode, mode_reason, status) = if req.open {
         (
             spec.requested_mode,
@@ -316,7 +312,7 @@ impl App {
         tenant: &str,
         spec: JobSpec,
         req: JobInput,
-        output_tokens: u32,
+        per_item: PerItem,
     ) -> Result<Prepared, AppError> {
         let (settings, prices, tenant) = (
             self.settings.clone(),
@@ -324,25 +320,23 @@ impl App {
             tenant.to_string(),
         );
         tokio::task::spawn_blocking(move || {
-            prepare(&settings, &prices, &tenant, spec, req, output_tokens)
+            prepare(&settings, &prices, &tenant, spec, req, per_item)
         })
         .await
         .map_err(AppError::internal)?
     }
 }
 
-/// Every priced model's estimate for the same items, cheapest first.
+/// Every priced model's estimate for the same items, cheapest first; `per_item` says what
+/// to assume per image on each model.
 pub fn compare_models(
-    settings: &Settings,
     prices: &PriceTable,
     spec: &JobSpec,
     dims: &[(u32, u32)],
-    output_tokens_per_item: u32,
+    per_item: impl Fn(&str) -> PerItem,
 ) -> Vec<Estimate> {
-    estimate_all_models(
-        prices,
-        &estimate_input(settings, spec, dims, output_tokens_per_item),
-    )
+    let input = estimate_input(spec, dims, per_item(&spec.model));
+    estimate_all_models(prices, &input, per_item)
 }
 
 #[cfg(test)]

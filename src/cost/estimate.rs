@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::calibration::{Basis, PerItem};
 use super::image_tokens::image_tokens;
 use super::pricing::PriceTable;
 use crate::domain::{Detail, Mode, PicoUsd, Usage};
@@ -12,11 +13,11 @@ use crate::domain::{Detail, Mode, PicoUsd, Usage};
 pub struct EstimateInput<'a> {
     pub model: &'a str,
     pub detail: Detail,
-    /// Request text overhead per item (messages, prompt, schema), without the image.
-    pub prompt_tokens: u32,
+    /// Per image: the request's tokens beyond the image formula (messages, prompt, schema),
+    /// the output length, and where both come from.
+    pub per_item: PerItem,
     /// Width and height of each image; one item per image.
     pub images: &'a [(u32, u32)],
-    pub output_tokens_per_item: u32,
 }
 
 /// Expected tokens and cost of a job. No prompt caching is assumed.
@@ -29,6 +30,8 @@ pub struct Estimate {
     /// `None` when the model has no price.
     pub batch: Option<PicoUsd>,
     pub individual: Option<PicoUsd>,
+    /// Observed history or the formula.
+    pub basis: Basis,
 }
 
 /// The estimate for `input.model`.
@@ -39,10 +42,11 @@ pub fn estimate(prices: &PriceTable, input: &EstimateInput) -> Estimate {
         .images
         .iter()
         .map(|&(w, h)| {
-            u64::from(input.prompt_tokens) + u64::from(image_tokens(model, w, h, input.detail))
+            let image = i64::from(image_tokens(model, w, h, input.detail));
+            (input.per_item.overhead_tokens + image).max(0) as u64
         })
         .sum();
-    let output_tokens = items * u64::from(input.output_tokens_per_item);
+    let output_tokens = items * u64::from(input.per_item.output_tokens);
     // Cost is linear in tokens, so pricing the totals equals summing per-item costs.
     let usage = Usage {
         input_tokens: i64::try_from(input_tokens).unwrap_or(i64::MAX),
@@ -58,15 +62,30 @@ pub fn estimate(prices: &PriceTable, input: &EstimateInput) -> Estimate {
         output_tokens,
         batch: cost.map(|c| c.actual),
         individual: cost.map(|c| c.individual),
+        basis: input.per_item.basis,
     }
 }
 
-/// The estimate for every priced model (each with its own image formula), cheapest batch
-/// first, ties by name.
-pub fn estimate_all_models(prices: &PriceTable, input: &EstimateInput) -> Vec<Estimate> {
+/// The estimate for every priced model (each with its own image formula and what
+/// `per_item` says of it), cheapest batch first, ties by name.
+pub fn estimate_all_models(
+    prices: &PriceTable,
+    input: &EstimateInput,
+    per_item: impl Fn(&str) -> PerItem,
+) -> Vec<Estimate> {
     let mut all: Vec<Estimate> = prices
         .models()
-        .map(|(model, _)| estimate(prices, &EstimateInput { model, ..*input }))
+        .map(|(model, _)| {
+            let per_item = per_item(model);
+            estimate(
+                prices,
+                &EstimateInput {
+                    model,
+                    per_item,
+                    ..*input
+                },
+            )
+        })
         .collect();
     all.sort_by(|a, b| a.batch.cmp(&b.batch).then_with(|| a.model.cmp(&b.model)));
     all
@@ -80,9 +99,13 @@ mod tests {
         EstimateInput {
             model,
             detail,
-            prompt_tokens: 100,
+            per_item: PerItem {
+                overhead_tokens: 100,
+                output_tokens: 50,
+                basis: Basis::Formula,
+                observed_items: 0,
+            },
             images,
-            output_tokens_per_item: 50,
         }
     }
 
@@ -137,7 +160,8 @@ mod tests {
     fn all_models_are_sorted_cheapest_batch_first() {
         let prices = PriceTable::defaults();
         let images = [(1024, 1024); 10];
-        let all = estimate_all_models(&prices, &input("ignored", Detail::High, &images));
+        let base = input("ignored", Detail::High, &images);
+        let all = estimate_all_models(&prices, &base, |_| base.per_item);
         assert_eq!(all.len(), prices.models().count());
         assert!(all.windows(2).all(|w| w[0].batch <= w[1].batch));
         assert!(all.iter().all(|e| e.batch.is_some() && e.items == 10));

@@ -1,11 +1,13 @@
 //! Money and tokens: the price table, image- and text-token formulas, estimates and the exact
 //! cost of a reported usage. Pure domain logic: no I/O, no axum, no sqlx.
 
+pub mod calibration;
 pub mod estimate;
 pub mod image_tokens;
 pub mod pricing;
 pub mod text_tokens;
 
+pub use calibration::{Basis, Calibration, PerItem, UsageSample};
 pub use estimate::{estimate, estimate_all_models, Estimate, EstimateInput};
 pub use image_tokens::{formula_for, image_tokens, VisionFormula};
 pub use pricing::{ItemCost, ModelPrice, PriceTable, DEFAULTS_AS_OF};

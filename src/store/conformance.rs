@@ -1118,6 +1118,15 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
         (1, 7)
     );
 
+    // What estimates learn from: succeeded items only, the latest first, with their size.
+    let billed = s.billed_usage(job_id, 10).await.unwrap();
+    assert_eq!(billed.len(), 3, "{billed:?}");
+    assert!(billed
+        .iter()
+        .all(|b| b.input_tokens == 100 && b.output_tokens == 5 && b.dims == Some((640, 480))));
+    assert_eq!(s.billed_usage(job_id, 2).await.unwrap().len(), 2);
+    assert!(s.billed_usage(Uuid::new_v4(), 10).await.unwrap().is_empty());
+
     let items = s.list_items(job_id, None, None, 10).await.unwrap();
     let ok = &items[0];
     assert_eq!(ok.status, ItemStatus::Succeeded);

@@ -20,8 +20,8 @@ use super::common::{
 };
 use super::dialect::{args, Arg, Dialect};
 use super::{
-    CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore, JobCursor,
-    JobLease, JobStore, LeasedShard, Leftover, ModelLoad, NewShard, PlanItem, PlanStore,
+    BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
+    JobCursor, JobLease, JobStore, LeasedShard, Leftover, ModelLoad, NewShard, PlanItem, PlanStore,
     ReportStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError,
     StoreResult, WebhookAttempt, WebhookStore,
 };
@@ -535,6 +535,20 @@ impl<D: Dialect> ItemStore for D {
         let sql = "SELECT width, height FROM items WHERE shard_id = $1 \
                    AND status IN ('pending', 'submitted') ORDER BY position";
         rows_to(&self.read(sql, args![shard_id]).await?, dims)
+    }
+
+    async fn billed_usage(&self, job_id: Uuid, limit: i64) -> StoreResult<Vec<BilledUsage>> {
+        // The primary key (job_id, position) serves the order: the latest items first.
+        let sql = "SELECT width, height, input_tokens, output_tokens FROM items \
+                   WHERE job_id = $1 AND status = 'succeeded' AND input_tokens IS NOT NULL \
+                   AND output_tokens IS NOT NULL ORDER BY position DESC LIMIT $2";
+        rows_to(&self.read(sql, args![job_id, limit]).await?, |r| {
+            Ok(BilledUsage {
+                dims: dims(r)?,
+                input_tokens: r.int("input_tokens")?,
+                output_tokens: r.int("output_tokens")?,
+            })
+        })
     }
 }
 

@@ -72,6 +72,14 @@ pub struct PlanItem {
     pub height: Option<i32>,
 }
 
+/// One succeeded item's billed tokens and its stored dimensions (None for URLs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BilledUsage {
+    pub dims: Option<(u32, u32)>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
 /// An item's outcome with the pipeline's verdict on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -408,6 +416,10 @@ pub trait ItemStore: Send + Sync {
     /// Width and height of the shard's pending and submitted items (None for URLs), in
     /// position order.
     async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
+
+    /// What OpenAI billed for up to `limit` of the job's succeeded items (the last ones
+    /// first), with their dimensions: what estimates learn from.
+    async fn billed_usage(&self, job_id: Uuid, limit: i64) -> StoreResult<Vec<BilledUsage>>;
 }
 
 /// Planning: leasing jobs with unassigned items and cutting them into shards.
