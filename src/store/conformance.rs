@@ -71,6 +71,10 @@ where
         .await
         .expect("open sqlite");
     store.ping().await.expect("ping");
+    testkit::tally::record(
+        testkit::tally::Backend::Sqlite,
+        testkit::tally::Outcome::Ran,
+    );
     test(store.clone()).await;
     store.close().await;
 }

@@ -50,6 +50,10 @@ impl TestDb {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("t.db").display());
+                testkit::tally::record(
+                    testkit::tally::Backend::Sqlite,
+                    testkit::tally::Outcome::Ran,
+                );
                 Some(TestDb {
                     url,
                     _pg: None,

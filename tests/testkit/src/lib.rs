@@ -7,6 +7,7 @@
 mod images;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod tally;
 
 pub use images::*;
 #[cfg(feature = "postgres")]

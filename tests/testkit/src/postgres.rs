@@ -26,6 +26,10 @@ impl PgDatabase {
                 panic!("CI=true but DATABASE_URL names no PostgreSQL database");
             }
             eprintln!("skipping postgres test: DATABASE_URL not set");
+            crate::tally::record(
+                crate::tally::Backend::Postgres,
+                crate::tally::Outcome::Skipped,
+            );
             return None;
         };
         let admin = PgConnectOptions::from_str(&admin_url).expect("DATABASE_URL");
@@ -35,6 +39,7 @@ impl PgDatabase {
             .await
             .expect("create test database");
         conn.close().await.ok();
+        crate::tally::record(crate::tally::Backend::Postgres, crate::tally::Outcome::Ran);
         let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL");
         url.set_path(&name);
         Some(PgDatabase {
