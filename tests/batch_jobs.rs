@@ -251,7 +251,7 @@ async fn an_expired_batch_keeps_its_finished_results(db: Db) {
     assert!(succeeded > 0 && failed > 0, "{done}");
     assert_eq!(succeeded + failed, 40);
     assert_eq!(done["batches"][0]["status"], "expired");
-    for r in app.all_results(&id).await {
+    for r in app.results_exactly(&id, 40).await {
         match r["status"].as_str().unwrap() {
             "succeeded" => assert!(r["output"].is_object()),
             "failed" => assert_eq!(r["error"]["code"], "batch_expired", "{r}"),
@@ -281,7 +281,7 @@ async fn a_token_limit_failure_fails_its_items_with_that_code(db: Db) {
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["progress"]["failed"], 10);
     assert_eq!(done["batches"][0]["status"], "failed");
-    for r in app.all_results(id).await {
+    for r in app.results_exactly(id, 10).await {
         assert_eq!(r["error"]["code"], "token_limit_exceeded", "{r}");
         assert!(r["error"]["message"]
             .as_str()

@@ -118,7 +118,11 @@ async fn postgres_two_replicas_share_one_job() {
         a.db.clone(),
         a.sim.clone(),
         a.data_dir.clone(),
-        &[("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000")],
+        &[
+            ("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000"),
+            // Its own OpenAI key, so the simulator's journal shows which replica sent what.
+            ("OPENAI_API_KEY", "sk-replica-b"),
+        ],
     )
     .await;
     let (status, job) = a
@@ -137,6 +141,16 @@ async fn postgres_two_replicas_share_one_job() {
     let per_shard = batches_per_shard(&a.sim);
     assert_eq!(per_shard.len(), shards);
     assert!(per_shard.values().all(|&n| n == 1), "{per_shard:?}");
+    // Both replicas worked: each created batches or polled them (a's key is sk-test).
+    let journal = a.sim.sim().journal();
+    for key in ["sk-test", "sk-replica-b"] {
+        let worked = journal.iter().any(|e| {
+            e.api_key.as_deref() == Some(key)
+                && (e.method == "POST" && e.path == "/v1/batches"
+                    || e.method == "GET" && e.path.starts_with("/v1/batches/batch_"))
+        });
+        assert!(worked, "the replica with key {key} sent no batch request");
+    }
     // A shard is polled by one replica at a time: each poll pushes the next one at least
     // poll_min_ms (50 ms) away, so two polls of one batch closer than that would mean two
     // replicas held it at once.

@@ -210,7 +210,11 @@ async fn a_429_pauses_every_call_to_the_model(db: Db) {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["succeeded"], 20, "{done}");
     // The throttled item was sent again in the same attempt, not failed.
-    assert!(app.all_results(id).await.iter().all(|r| r["attempts"] == 1));
+    assert!(app
+        .results_exactly(id, 20)
+        .await
+        .iter()
+        .all(|r| r["attempts"] == 1));
 
     let calls: Vec<(u64, u16)> = app
         .sim

@@ -191,7 +191,7 @@ async fn a_token_limit_refusal_is_replanned_smaller_and_succeeds(db: Db) {
     // The second half waited for the first: OpenAI refused nothing else.
     let stats = app.sim.sim().stats();
     assert_eq!(stats.batches_failed, 1, "{stats:?}");
-    for r in app.all_results(id).await {
+    for r in app.results_exactly(id, 16).await {
         assert_eq!(r["status"], "succeeded", "{r}");
         assert_eq!(r["attempts"], 1, "a refused batch is not an attempt: {r}");
     }
@@ -280,7 +280,7 @@ async fn cancelling_a_batch_job_mid_flight_keeps_finished_results(db: Db) {
         "no retry shard"
     );
     assert!(app.sim.sim().stats().cancel_requests >= 1);
-    for r in app.all_results(&id).await {
+    for r in app.results_exactly(&id, 40).await {
         match r["status"].as_str().unwrap() {
             "succeeded" => assert!(r["output"].is_object(), "{r}"),
             "cancelled" => {
@@ -416,7 +416,7 @@ async fn cancelling_an_individual_job_stops_its_calls(db: Db) {
         "{calls} > {calls_at_cancel} + 2"
     );
     assert!(cancelled > 0);
-    for r in app.all_results(&id).await {
+    for r in app.results_exactly(&id, 30).await {
         match r["status"].as_str().unwrap() {
             "succeeded" => assert_eq!(r["mode"], "individual"),
             "cancelled" => assert_eq!(r["error"]["code"], "job_cancelled", "{r}"),
@@ -446,7 +446,7 @@ async fn retryable_failures_stop_at_max_attempts(db: Db) {
         .map(|b| b["attempt"].as_i64().unwrap())
         .collect();
     assert_eq!(attempts, vec![1, 2], "{done}");
-    for r in app.all_results(id).await {
+    for r in app.results_exactly(id, 12).await {
         assert_eq!(r["status"], "failed", "{r}");
         assert_eq!(r["attempts"], 2, "{r}");
         assert_eq!(r["error"]["code"], "server_error", "{r}");
@@ -468,7 +468,7 @@ async fn non_retryable_failures_are_not_retried(db: Db) {
     let done = app.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["batches"].as_array().unwrap().len(), 1, "{done}");
-    for r in app.all_results(id).await {
+    for r in app.results_exactly(id, 12).await {
         assert_eq!(r["status"], "failed", "{r}");
         assert_eq!(r["attempts"], 1, "{r}");
         assert_eq!(r["error"]["code"], "sim_injected_failure", "{r}");

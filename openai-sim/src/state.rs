@@ -112,6 +112,9 @@ pub struct JournalEntry {
     pub model: Option<String>,
     /// `5xx`, `429`, `insufficient_quota` or `rate_limit` when the answer was a fault.
     pub fault: Option<String>,
+    /// The bearer key the request carried: tests give each replica a key of its own to see
+    /// which of them did the work.
+    pub api_key: Option<String>,
 }
 
 /// A terminal batch event waiting to be POSTed to `webhook_url`.

@@ -137,7 +137,9 @@ impl App {
     }
 }
 
-fn count_intake(accepted: usize, rejected: usize) {
+/// `stored` counts every item row written, the rejected ones included.
+fn count_intake(stored: usize, rejected: usize) {
+    let accepted = stored.saturating_sub(rejected);
     metrics::counter!(crate::metrics::ITEMS_ACCEPTED).increment(accepted as u64);
     metrics::counter!(crate::metrics::ITEMS_REJECTED).increment(rejected as u64);
 }

@@ -72,6 +72,33 @@ impl TestDb {
     }
 }
 
+/// For tests that need the process to themselves (the metrics recorder is process-wide):
+/// in the test harness's own process this runs the current test again, alone, in a child
+/// process of the same binary, asserts it passed and returns false; in that child it
+/// returns true, and the test's body runs there.
+pub fn in_own_process() -> bool {
+    const CHILD: &str = "BATCHLENS_TEST_OWN_PROCESS";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .expect("libtest names the test's thread")
+        .to_string();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test in a process of its own");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in its own process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
 /// Settings for a test: port 0, a temp data dir, fast polling, the given database and sim.
 pub fn settings(
     db_url: &str,
@@ -231,6 +258,14 @@ impl TestApp {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// Every result of job `id`, asserting there are exactly `n`: a loop over them then
+    /// checks something even when the job lost its items.
+    pub async fn results_exactly(&self, id: &str, n: usize) -> Vec<Value> {
+        let results = self.all_results(id).await;
+        assert_eq!(results.len(), n, "results of job {id}");
+        results
     }
 
     pub async fn shutdown(

@@ -104,6 +104,12 @@ async fn journal(State(sim): State<Sim>, req: Request, next: Next) -> Response {
     }
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_string);
+    let api_key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, key)| key.to_string());
     let at_ms = sim.lock().now_ms();
     let started = std::time::Instant::now();
     let request_id = ids::request_id();
@@ -139,6 +145,7 @@ async fn journal(State(sim): State<Sim>, req: Request, next: Next) -> Response {
         metadata: note.metadata,
         model: note.model,
         fault: note.fault,
+        api_key,
     });
     resp
 }
