@@ -13,6 +13,7 @@ mod cost;
 mod crash_recovery;
 mod dashboard;
 mod governor;
+mod housekeeping;
 mod individual;
 mod live_progress;
 mod openapi;

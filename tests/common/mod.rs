@@ -340,6 +340,46 @@ where
     }
 }
 
+/// The first column of the first row of `sql` (an integer) on the database at `url`, read
+/// directly, not through the service.
+pub async fn sql_i64(url: &str, sql: &str) -> i64 {
+    use sqlx::Row;
+    if url.starts_with("sqlite:") {
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("open the test database");
+        sqlx::query(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+            .get(0)
+    } else {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("connect to the test database");
+        sqlx::query(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+            .get(0)
+    }
+}
+
+/// Runs `sql` (no result) on the database at `url`.
+pub async fn sql_exec(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("open the test database");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    } else {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("connect to the test database");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -409,6 +449,27 @@ impl Service {
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the service does, and waits up to
+    /// `within` for the process to exit; panics if it does not.
+    pub async fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the service") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "the service did not exit within {within:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
