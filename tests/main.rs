@@ -9,6 +9,7 @@ mod common;
 mod api;
 mod batch_jobs;
 mod cli;
+mod config_rules;
 mod cost;
 mod crash_recovery;
 mod dashboard;
