@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod cost;
 pub mod domain;
+pub mod failpoint;
 pub mod intake;
 pub mod metrics;
 pub mod outbound;

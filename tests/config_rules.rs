@@ -9,13 +9,15 @@ use batchlens::config::{ConfigError, Settings};
 
 const KEY_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
-/// (what the rule is about, environment, config file text, the setting the error names)
-fn rules() -> Vec<(
+/// What a rule is about, the environment, the config file text, the setting the error names.
+type Rule = (
     &'static str,
     Vec<(&'static str, &'static str)>,
     &'static str,
     &'static str,
-)> {
+);
+
+fn rules() -> Vec<Rule> {
     vec![
         (
             "host not an IP",

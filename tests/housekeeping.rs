@@ -15,6 +15,7 @@ on_both!(
     the_janitor_removes_files_past_retention_and_keeps_newer,
     remote_files_are_deleted_only_when_configured,
     sigterm_lets_the_running_submit_finish_and_exits_0,
+    a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch,
 );
 
 /// Waits up to `within` for `done`, checking every 50 ms.
@@ -277,4 +278,57 @@ async fn postgres_readyz_is_503_while_the_database_is_gone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.shutdown().await;
+}
+
+async fn a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch(kind: Db) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let sim = SimServer::spawn(fast_sim()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let failpoint = [("BATCHLENS_FAILPOINTS", "after_create_batch")];
+    let mut first = Service::start_with(&db.url, &sim, data.path(), free_port(), &failpoint);
+    first.wait_ready(&http).await;
+    let job = common::post_json(
+        &http,
+        &format!("{}/v1/jobs", first.base),
+        &json!({"mode": "batch", "items": mixed_items(6, 0)}),
+    )
+    .await;
+    let id = job["id"].as_str().expect("a job id").to_string();
+    let status = first.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(
+        status.code(),
+        Some(batchlens::failpoint::EXIT_CODE),
+        "{status}"
+    );
+    // OpenAI has the batch; the database does not know it.
+    assert_eq!(sim.sim().stats().batches_created, 1);
+    let unknown = "SELECT COUNT(*) FROM shards WHERE openai_batch_id IS NULL";
+    assert_eq!(sql_i64(&db.url, unknown).await, 1, "the id was not stored");
+
+    let again = Service::start_with(&db.url, &sim, data.path(), free_port(), &[]);
+    again.wait_ready(&http).await;
+    let start = Instant::now();
+    let done = loop {
+        let job = common::get_json(&http, &format!("{}/v1/jobs/{id}", again.base)).await;
+        if job["status"] == "completed" {
+            break job;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["progress"]["succeeded"], 6, "{done}");
+    // Adopted, not created again: still one batch, and it is the one the shard names.
+    let batches = sim.sim().batches();
+    assert_eq!(batches.len(), 1, "a second batch was created");
+    assert_eq!(
+        done["batches"][0]["openai_batch_id"], batches[0]["id"],
+        "{done}"
+    );
+    assert_eq!(
+        again.terminate(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
 }

@@ -459,6 +459,11 @@ impl Service {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
+        self.wait_exit(within).await
+    }
+
+    /// Waits up to `within` for the process to exit on its own; panics if it does not.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the service") {
@@ -466,7 +471,7 @@ impl Service {
             }
             assert!(
                 start.elapsed() < within,
-                "the service did not exit within {within:?} of SIGTERM"
+                "the service did not exit within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -250,7 +250,10 @@ async fn submit(
                 completion_window: "24h".to_string(),
                 metadata: Some(metadata),
             };
-            ctx.provider.create_batch(&request).await?
+            let batch = ctx.provider.create_batch(&request).await?;
+            // The window adoption exists for: created at OpenAI, not yet stored here.
+            crate::failpoint::crash_if_armed("after_create_batch");
+            batch
         }
     };
     record_submitted(ctx, &shard, &batch).await
