@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use crate::common::{
     self, fast_sim, free_port, mixed_items, sql_exec, sql_i64, Db, Service, TestApp, TestDb,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use serde_json::json;
 
@@ -16,6 +19,8 @@ on_both!(
     remote_files_are_deleted_only_when_configured,
     sigterm_lets_the_running_submit_finish_and_exits_0,
     a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch,
+    a_webhook_receiver_that_hangs_is_timed_out_and_tried_again,
+    insufficient_quota_fails_the_items_with_that_code_and_is_not_retried,
 );
 
 /// Waits up to `within` for `done`, checking every 50 ms.
@@ -331,4 +336,140 @@ async fn a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch(k
         again.terminate(Duration::from_secs(15)).await.code(),
         Some(0)
     );
+}
+
+/// A receiver whose first `hangs` calls never answer; later ones answer 204. Counts calls.
+async fn hanging_receiver(hangs: usize) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n <= hangs {
+                    std::future::pending::<()>().await;
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+async fn a_webhook_receiver_that_hangs_is_timed_out_and_tried_again(db: Db) {
+    let Some(app) = TestApp::spawn(
+        db,
+        fast_sim(),
+        &[
+            ("BATCHLENS__WEBHOOKS__ALLOW_PRIVATE", "true"),
+            ("BATCHLENS__WEBHOOKS__TIMEOUT_SECS", "1"),
+            ("BATCHLENS__WEBHOOKS__RETRY_MIN_MS", "100"),
+            ("BATCHLENS__WEBHOOKS__MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (patient, patient_calls) = hanging_receiver(1).await;
+    let (stuck, stuck_calls) = hanging_receiver(usize::MAX).await;
+    let mut ids = Vec::new();
+    for hook in [&patient, &stuck] {
+        let body = json!({"mode": "batch", "webhook_url": hook, "items": mixed_items(2, 0)});
+        let (status, job) = app.post("/v1/jobs", &body).await;
+        assert_eq!(status, 202, "{job}");
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        app.wait_terminal(id, Duration::from_secs(60)).await;
+        common::wait_until(Duration::from_secs(30), || async {
+            let state = &app.get(&format!("/v1/jobs/{id}")).await.1["webhook"]["state"];
+            state == "delivered" || state == "failed"
+        })
+        .await;
+    }
+    // The first call hung and was cut off after timeout_secs; the second was delivered.
+    let (_, job) = app.get(&format!("/v1/jobs/{}", ids[0])).await;
+    assert_eq!(job["webhook"]["state"], "delivered", "{job}");
+    assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+    assert_eq!(patient_calls.load(Ordering::SeqCst), 2);
+    // One that always hangs: given up after max_attempts, saying it timed out.
+    let (_, job) = app.get(&format!("/v1/jobs/{}", ids[1])).await;
+    assert_eq!(job["webhook"]["state"], "failed", "{job}");
+    assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+    let why = job["webhook"]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("timed out"), "{job}");
+    assert_eq!(stuck_calls.load(Ordering::SeqCst), 2);
+    app.shutdown().await;
+}
+
+async fn insufficient_quota_fails_the_items_with_that_code_and_is_not_retried(db: Db) {
+    // Individual calls: every chat completion is refused for quota.
+    let sim = SimConfig {
+        faults: vec![FaultRule {
+            path_prefix: "/v1/chat/completions".into(),
+            insufficient_quota: true,
+            ..FaultRule::default()
+        }],
+        ..fast_sim()
+    };
+    let Some(app) = TestApp::spawn(db, sim, &[]).await else {
+        return;
+    };
+    let body = json!({"mode": "individual", "items": mixed_items(3, 0)});
+    let (status, job) = app.post("/v1/jobs", &body).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["progress"]["failed"], 3, "{done}");
+    for r in app.results_exactly(&id, 3).await {
+        assert_eq!(r["error"]["code"], "insufficient_quota", "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
+    // One call per item: a quota refusal waits on a human, so nothing is sent again.
+    let refused = app
+        .sim
+        .sim()
+        .journal()
+        .iter()
+        .filter(|e| e.path == "/v1/chat/completions")
+        .count();
+    assert_eq!(refused, 3);
+    app.shutdown().await;
+
+    // Batches: OpenAI refuses to create the batch for quota.
+    let sim = SimConfig {
+        faults: vec![FaultRule {
+            path_prefix: "/v1/batches".into(),
+            method: Some("POST".into()),
+            insufficient_quota: true,
+            ..FaultRule::default()
+        }],
+        ..fast_sim()
+    };
+    let Some(app) = TestApp::spawn(db, sim, &[]).await else {
+        return;
+    };
+    let body = json!({"mode": "batch", "items": mixed_items(3, 0)});
+    let (_, job) = app.post("/v1/jobs", &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    for r in app.results_exactly(&id, 3).await {
+        assert_eq!(r["error"]["code"], "insufficient_quota", "{r}");
+    }
+    let creates = app
+        .sim
+        .sim()
+        .journal()
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/v1/batches")
+        .count();
+    assert_eq!(creates, 1, "a quota refusal was retried");
+    app.shutdown().await;
 }

@@ -250,13 +250,36 @@ async fn submit(
                 completion_window: "24h".to_string(),
                 metadata: Some(metadata),
             };
-            let batch = ctx.provider.create_batch(&request).await?;
+            let batch = match ctx.provider.create_batch(&request).await {
+                Ok(batch) => batch,
+                Err(err) if err.quota_exhausted() => return out_of_quota(ctx, &shard, &err).await,
+                Err(err) => return Err(err.into()),
+            };
             // The window adoption exists for: created at OpenAI, not yet stored here.
             crate::failpoint::crash_if_armed("after_create_batch");
             batch
         }
     };
     record_submitted(ctx, &shard, &batch).await
+}
+
+/// OpenAI refused to create the batch because the account is out of quota: the shard's
+/// items fail with `insufficient_quota`, as individual calls do, instead of the step being
+/// retried until someone adds credit. Resubmitting the job then sends them again.
+async fn out_of_quota(
+    ctx: &WorkerContext,
+    shard: &LeasedShard,
+    err: &crate::providers::ProviderError,
+) -> Result<(), StepError> {
+    let error = crate::domain::ItemError {
+        code: "insufficient_quota".into(),
+        message: err.to_string(),
+    };
+    ctx.store
+        .settle_shard_items(&shard.lease, &error, Leftover::Fail)
+        .await?;
+    tracing::error!(job = %shard.job_id, shard = %shard.id, error = %err, "OpenAI refused the batch: the account is out of quota; its items failed");
+    ctx.shard_done(shard, Some(&error)).await
 }
 
 /// Stores the batch id the moment it is known: shard `creating` → `submitted`.

@@ -44,6 +44,12 @@ impl OpenAiError {
         }
     }
 
+    /// The account is out of quota (a 429 `insufficient_quota`): nothing goes through
+    /// until a human adds credit.
+    pub fn quota_exhausted(&self) -> bool {
+        matches!(self, OpenAiError::Api { status: 429, body, .. } if is_quota_exhausted(body))
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             OpenAiError::Api { status, .. } => Some(*status),
