@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, fast_sim, free_port, mixed_items, Db, Service, TestApp, TestDb};
+use crate::common::{self, fast_sim, mixed_items, Db, Service, TestApp, TestDb};
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
 
@@ -35,9 +35,8 @@ async fn killed_while_batches_are_in_flight(kind: Db) {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let port = free_port();
 
-    let first = Service::start(&db.url, &sim, data.path(), port);
+    let first = Service::start(&db.url, &sim, data.path(), &[]).await;
     first.wait_ready(&http).await;
     let job = common::post_json(
         &http,
@@ -64,7 +63,7 @@ async fn killed_while_batches_are_in_flight(kind: Db) {
     }
     first.kill();
 
-    let second = Service::start(&db.url, &sim, data.path(), port);
+    let second = Service::start(&db.url, &sim, data.path(), &[]).await;
     second.wait_ready(&http).await;
     let start = Instant::now();
     let done = loop {

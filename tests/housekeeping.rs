@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    self, fast_sim, free_port, mixed_items, sql_exec, sql_i64, Db, Service, TestApp, TestDb,
-};
+use crate::common::{self, fast_sim, mixed_items, sql_exec, sql_i64, Db, Service, TestApp, TestDb};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -150,7 +148,7 @@ async fn sigterm_lets_the_running_submit_finish_and_exits_0(kind: Db) {
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let grace = [("BATCHLENS__SERVER__SHUTDOWN_TIMEOUT_SECS", "10")];
-    let service = Service::start_with(&db.url, &sim, data.path(), free_port(), &grace);
+    let service = Service::start(&db.url, &sim, data.path(), &grace).await;
     service.wait_ready(&http).await;
     let job = common::post_json(
         &http,
@@ -195,7 +193,7 @@ async fn sigterm_lets_the_running_submit_finish_and_exits_0(kind: Db) {
     }
 
     // Started again, it carries on with that batch and submits nothing twice.
-    let again = Service::start_with(&db.url, &sim, data.path(), free_port(), &grace);
+    let again = Service::start(&db.url, &sim, data.path(), &grace).await;
     again.wait_ready(&http).await;
     let start = Instant::now();
     loop {
@@ -293,7 +291,7 @@ async fn a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch(k
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let failpoint = [("BATCHLENS_FAILPOINTS", "after_create_batch")];
-    let mut first = Service::start_with(&db.url, &sim, data.path(), free_port(), &failpoint);
+    let mut first = Service::start(&db.url, &sim, data.path(), &failpoint).await;
     first.wait_ready(&http).await;
     let job = common::post_json(
         &http,
@@ -313,7 +311,7 @@ async fn a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch(k
     let unknown = "SELECT COUNT(*) FROM shards WHERE openai_batch_id IS NULL";
     assert_eq!(sql_i64(&db.url, unknown).await, 1, "the id was not stored");
 
-    let again = Service::start_with(&db.url, &sim, data.path(), free_port(), &[]);
+    let again = Service::start(&db.url, &sim, data.path(), &[]).await;
     again.wait_ready(&http).await;
     let start = Instant::now();
     let done = loop {

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::common::{
-    self, fast_sim, free_port, mixed_items, wait_until, Db, Service, TestApp, TestDb,
-};
+use crate::common::{self, fast_sim, mixed_items, wait_until, Db, Service, TestApp, TestDb};
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use serde_json::{json, Value};
 
@@ -138,9 +136,8 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let port = free_port();
     let extra = [("BATCHLENS__INDIVIDUAL__CONCURRENCY", "4"), UNLIMITED_TPM];
-    let first = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
+    let first = Service::start(&test_db.url, &sim, data.path(), &extra).await;
     first.wait_ready(&http).await;
     let job = common::post_json(
         &http,
@@ -158,8 +155,9 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
     first.kill();
     let calls_at_kill = sim.sim().stats().chat_calls;
 
-    let second = Service::start_with(&test_db.url, &sim, data.path(), port, &extra);
+    let second = Service::start(&test_db.url, &sim, data.path(), &extra).await;
     second.wait_ready(&http).await;
+    let job_url = format!("{}/v1/jobs/{id}", second.base);
     wait_until(Duration::from_secs(60), || async {
         let j = common::get_json(&http, &job_url).await;
         j["status"] == "completed"

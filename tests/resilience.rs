@@ -3,10 +3,9 @@
 //! limits, and a chaos run of the real binary killed again and again under faults.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, fast_sim, mixed_items, Db, TestApp, TestDb};
+use crate::common::{self, fast_sim, mixed_items, Db, Service, TestApp, TestDb};
 use batchlens::analyzer::{chat_request_body, fashion, RequestOptions};
 use batchlens::cost::text_tokens::chat_request_input_tokens;
 use batchlens::domain::Detail;
@@ -603,102 +602,6 @@ async fn a_failed_download_is_downloaded_again(db: Db) {
     let output = std::fs::read_to_string(dir.join(format!("{shard}.output.jsonl"))).unwrap();
     assert_eq!(output.lines().count(), 10);
     app.shutdown().await;
-}
-
-/// The service binary as an operator runs it, on a port it picks itself (read from its
-/// "listening" log line), so parallel tests never race for one.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    async fn start(
-        db_url: &str,
-        sim: &SimServer,
-        data_dir: &std::path::Path,
-        extra: &[(&str, &str)],
-    ) -> Service {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("service-stderr.log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchlens"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", db_url)
-            .env("OPENAI_BASE_URL", sim.base_url())
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("BATCHLENS__SERVER__PORT", "0")
-            .env("BATCHLENS__DATA_DIR", data_dir)
-            .env("BATCHLENS__BATCH__POLL_MIN_MS", "50")
-            .env("BATCHLENS__BATCH__POLL_MAX_MS", "200")
-            .env("BATCHLENS__BATCH__TICK_MS", "20")
-            .env("BATCHLENS__BATCH__LEASE_SECS", "5")
-            .env("BATCHLENS__LOG__LEVEL", "warn,batchlens::startup=info")
-            .env("BATCHLENS__LOG__FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("the batchlens binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Reads the address, then keeps draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["message"] == "batchlens listening" {
-                    if let (Some(tx), Some(addr)) = (tx.take(), entry["addr"].as_str()) {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("the service listens within 30 s")
-            .expect("the service logs its address");
-        Service {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "service not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// 2,000 items through the real binary, SIGKILLed at random moments and started again,

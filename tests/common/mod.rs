@@ -380,53 +380,70 @@ pub async fn sql_exec(url: &str, sql: &str) {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The service binary as an operator runs it.
+/// The service binary as an operator runs it, on a port it picks itself (read from its
+/// "listening" log line), so parallel tests never race for one.
 pub struct Service {
-    child: Child,
+    pub child: Child,
     pub base: String,
 }
 
 impl Service {
-    pub fn start(db_url: &str, sim: &SimServer, data_dir: &std::path::Path, port: u16) -> Service {
-        Self::start_with(db_url, sim, data_dir, port, &[])
-    }
-
-    pub fn start_with(
+    pub async fn start(
         db_url: &str,
         sim: &SimServer,
         data_dir: &std::path::Path,
-        port: u16,
         extra: &[(&str, &str)],
     ) -> Service {
-        let child = Command::new(env!("CARGO_BIN_EXE_batchlens"))
-            .env_clear()
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("service-stderr.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchlens"));
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", db_url)
             .env("OPENAI_BASE_URL", sim.base_url())
             .env("OPENAI_API_KEY", "sk-test")
-            .env("BATCHLENS__SERVER__PORT", port.to_string())
+            .env("BATCHLENS__SERVER__PORT", "0")
             .env("BATCHLENS__DATA_DIR", data_dir)
             .env("BATCHLENS__BATCH__POLL_MIN_MS", "50")
             .env("BATCHLENS__BATCH__POLL_MAX_MS", "200")
             .env("BATCHLENS__BATCH__TICK_MS", "20")
             .env("BATCHLENS__BATCH__LEASE_SECS", "5")
-            .env("BATCHLENS__LOG__LEVEL", "warn")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the batchlens binary starts");
+            .env("BATCHLENS__LOG__LEVEL", "warn,batchlens::startup=info")
+            .env("BATCHLENS__LOG__FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the batchlens binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Reads the address, then keeps draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["message"] == "batchlens listening" {
+                    if let (Some(tx), Some(addr)) = (tx.take(), entry["addr"].as_str()) {
+                        let _ = tx.send(addr.to_string());
+                    }
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the service listens within 30 s")
+            .expect("the service logs its address");
         Service {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{addr}"),
         }
     }
 
