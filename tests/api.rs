@@ -396,16 +396,17 @@ async fn listings_and_events(db: Db) {
     let (_, rest) = app.get(&format!("/v1/jobs?limit=2&cursor={cursor}")).await;
     assert_eq!(rest["data"][0]["id"], ids[0].as_str());
     assert!(rest["next_cursor"].is_null());
-    // The event stream ends after the terminal status.
-    let text = app
+    // The event stream ends after the terminal status (bounded: a stream that never
+    // ends fails the test instead of hanging it).
+    let events = app
         .http
         .get(app.url(&format!("/v1/jobs/{}/events", ids[0])))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .send();
+    let text = tokio::time::timeout(Duration::from_secs(60), async {
+        events.await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the event stream ended within 60 s");
     assert!(text.contains("event: progress"), "{text}");
     assert!(text.contains("event: status"));
     assert!(text.contains("\"completed\""), "{text}");

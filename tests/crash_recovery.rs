@@ -101,13 +101,23 @@ async fn postgres_killed_while_batches_are_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_replicas_share_one_job() {
     let sim = SimConfig {
-        in_progress_ms: 400,
+        in_progress_ms: 1_500,
         ..fast_sim()
     };
+    // Polls at least 300 ms apart: two polls of one batch under 150 ms apart can only be two
+    // replicas holding it at once, whatever a loaded machine does to arrival times.
+    const POLLS: [(&str, &str); 2] = [
+        ("BATCHLENS__BATCH__POLL_MIN_MS", "300"),
+        ("BATCHLENS__BATCH__POLL_MAX_MS", "300"),
+    ];
     let Some(a) = TestApp::spawn(
         Db::Postgres,
         sim,
-        &[("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000")],
+        &[
+            ("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000"),
+            POLLS[0],
+            POLLS[1],
+        ],
     )
     .await
     else {
@@ -119,6 +129,8 @@ async fn postgres_two_replicas_share_one_job() {
         a.data_dir.clone(),
         &[
             ("BATCHLENS__BATCH__MAX_FILE_BYTES", "30000"),
+            POLLS[0],
+            POLLS[1],
             // Its own OpenAI key, so the simulator's journal shows which replica sent what.
             ("OPENAI_API_KEY", "sk-replica-b"),
         ],
@@ -151,8 +163,7 @@ async fn postgres_two_replicas_share_one_job() {
         assert!(worked, "the replica with key {key} sent no batch request");
     }
     // A shard is polled by one replica at a time: each poll pushes the next one at least
-    // poll_min_ms (50 ms) away, so two polls of one batch closer than that would mean two
-    // replicas held it at once.
+    // poll_min_ms (300 ms) away.
     let mut polls: HashMap<String, Vec<i64>> = HashMap::new();
     for entry in a.sim.sim().journal() {
         if entry.method == "GET" && entry.path.starts_with("/v1/batches/batch_") {
@@ -167,7 +178,7 @@ async fn postgres_two_replicas_share_one_job() {
         times.sort();
         for pair in times.windows(2) {
             assert!(
-                pair[1] - pair[0] >= 40,
+                pair[1] - pair[0] >= 150,
                 "{path} polled twice within {} ms",
                 pair[1] - pair[0]
             );

@@ -76,8 +76,10 @@ async fn small_jobs_run_individually_with_batch_shaped_results(db: Db) {
 }
 
 async fn a_small_job_is_not_starved_by_a_large_one(db: Db) {
+    // 160 calls four at a time take 4 s at 100 ms each: room for a loaded machine to
+    // admit the small job long before the big one is through.
     let sim = openai_sim::SimConfig {
-        chat_latency_ms: 40,
+        chat_latency_ms: 100,
         ..fast_sim()
     };
     let Some(app) = TestApp::spawn(

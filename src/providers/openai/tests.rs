@@ -315,7 +315,9 @@ async fn an_attempt_that_times_out_is_retried() {
         reply(200, batch_json("batch_1", "completed")),
     ]);
     let mut config = config(&serve_script(&script).await);
-    config.request_timeout = Duration::from_millis(200);
+    // Long enough that the answered attempt never times out on a loaded machine; the
+    // first one gets no answer at all, so it times out whatever the value.
+    config.request_timeout = Duration::from_secs(2);
     let client = OpenAiClient::new(config).unwrap();
     let batch = within(client.retrieve_batch("batch_1")).await.unwrap();
     assert_eq!(batch.status, BatchStatus::Completed);
