@@ -21,13 +21,12 @@ on_both!(
     insufficient_quota_fails_the_items_with_that_code_and_is_not_retried,
 );
 
-/// Waits up to `within` for `done`, checking every 50 ms.
-async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits up to `within` for `done`; panics naming `what` if it does not come.
+async fn eventually(within: Duration, what: &str, done: impl FnMut() -> bool) {
+    assert!(
+        common::wait_for(within, done).await,
+        "timed out waiting for {what}"
+    );
 }
 
 async fn finished_batch_job(app: &TestApp, n: usize) -> String {

@@ -10,7 +10,7 @@ use batchlens::analyzer::{chat_request_body, fashion, RequestOptions};
 use batchlens::cost::text_tokens::chat_request_input_tokens;
 use batchlens::domain::Detail;
 use openai_sim::{FaultRule, SimConfig, SimServer};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 on_both!(
@@ -608,9 +608,18 @@ async fn a_failed_download_is_downloaded_again(db: Db) {
 /// while the simulator answers 10% of all requests with a 5xx or a 429 and fails 5% of
 /// the lines with a 500: every item ends exactly once, each shard attempt had exactly one
 /// batch, and the job's cost is the sum of its results'.
+/// A step to kill the service in, by the simulator request that shows it under way.
+type Phase = (&'static str, fn(&openai_sim::JournalEntry) -> bool);
+const UPLOAD: Phase = ("upload", |e| e.method == "POST" && e.path == "/v1/files");
+const POLL: Phase = ("poll", |e| {
+    e.method == "GET" && e.path.starts_with("/v1/batches/batch_")
+});
+const INGEST: Phase = ("ingest", |e| {
+    e.method == "GET" && e.path.ends_with("/content")
+});
+
 async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
     const ITEMS: usize = 2_000;
-    const KILLS: usize = 6;
     const MAX_ATTEMPTS: i64 = 4;
     let Some(db) = TestDb::new(kind).await else {
         return;
@@ -650,12 +659,40 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
     )
     .await;
     let id = job["id"].as_str().expect("job accepted").to_string();
-    for _ in 0..KILLS {
-        let after = Duration::from_millis(rand::thread_rng().gen_range(200..1_500));
-        tokio::time::sleep(after).await;
+    // Each kill waits for the step it is meant to hit: right after OpenAI answered an
+    // upload (the submit step goes on to create the batch and store its id), a poll (the
+    // poller stores what it saw) or a download (the ingester settles the lines). A seeded
+    // jitter of up to 30 ms moves it within the step; the seed is printed to replay a run.
+    let seed: u64 = std::env::var("BATCHLENS_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261202);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut landed: Vec<&str> = Vec::new();
+    for phase in [UPLOAD, POLL, INGEST, UPLOAD, POLL, INGEST] {
+        let mark = sim.sim().journal().last().map_or(0, |e| e.seq);
+        let seen = common::wait_for(Duration::from_secs(20), || {
+            sim.sim()
+                .journal()
+                .iter()
+                .any(|e| e.seq > mark && e.status == 200 && phase.1(e))
+        })
+        .await;
+        if !seen {
+            // Nothing of that kind left to do (every shard uploaded, say).
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
         service.kill();
+        landed.push(phase.0);
         service = Service::start(&db.url, &sim, data.path(), &extra).await;
         service.wait_ready(&http).await;
+    }
+    for (name, _) in [UPLOAD, POLL, INGEST] {
+        assert!(
+            landed.contains(&name),
+            "no kill landed during {name}: {landed:?}"
+        );
     }
     let done = loop {
         let Ok(r) = http
@@ -675,7 +712,7 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
             break job;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(150),
+            start.elapsed() < Duration::from_secs(300),
             "not finished: {job}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -725,6 +762,50 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
         (actual - cost).abs() <= 1e-9 * actual.max(1.0),
         "job cost {actual} vs results {cost}"
     );
+    // Against what OpenAI billed: the usage of every batch the simulator ran (each line
+    // it ran once, whatever the kills) is the usage the results carry, and the cost is
+    // that usage at the published batch prices.
+    let (mut billed_in, mut billed_cached, mut billed_out) = (0, 0, 0);
+    for batch in sim.sim().batches() {
+        billed_in += batch["usage"]["input_tokens"].as_i64().unwrap_or(0);
+        billed_cached += batch["usage"]["input_tokens_details"]["cached_tokens"]
+            .as_i64()
+            .unwrap_or(0);
+        billed_out += batch["usage"]["output_tokens"].as_i64().unwrap_or(0);
+    }
+    let sum = |field: &str| -> i64 {
+        results
+            .iter()
+            .map(|r| r["usage"][field].as_i64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        sum("input_tokens"),
+        billed_in,
+        "input tokens vs the simulator's"
+    );
+    assert_eq!(sum("cached_input_tokens"), billed_cached);
+    assert_eq!(
+        sum("output_tokens"),
+        billed_out,
+        "output tokens vs the simulator's"
+    );
+    let pricing = common::get_json(&http, &format!("{}/v1/pricing", service.base)).await;
+    let model = done["model"].as_str().unwrap();
+    let price = pricing["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == model)
+        .unwrap_or_else(|| panic!("no price for {model}: {pricing}"));
+    let per_token = |field: &str| price[field].as_f64().unwrap() / 1e6;
+    let billed_usd = (billed_in - billed_cached) as f64 * per_token("batch_input")
+        + billed_cached as f64 * per_token("batch_cached_input")
+        + billed_out as f64 * per_token("batch_output");
+    assert!(
+        (actual - billed_usd).abs() <= 1e-6 * billed_usd,
+        "job cost {actual} vs the simulator's usage at batch prices {billed_usd}"
+    );
     // One batch per (shard, attempt), whatever the kills hit.
     assert_one_batch_per_shard(&sim.sim(), &done);
     let stats = sim.sim().stats();
@@ -732,7 +813,7 @@ async fn chaos_kills_and_faults_lose_and_repeat_nothing(kind: Db) {
     assert!(stats.injected_5xx + stats.injected_429 > 0, "{stats:?}");
     assert!(done["batches"].as_array().unwrap().len() > 1);
     eprintln!(
-        "chaos ({kind:?}): {KILLS} kills, {} shards, {retried} items retried, {} 5xx and {} 429 \
+        "chaos ({kind:?}, seed {seed}): kills during {landed:?}, {} shards, {retried} items retried, {} 5xx and {} 429 \
          injected, done in {:?}",
         done["batches"].as_array().unwrap().len(),
         stats.injected_5xx,

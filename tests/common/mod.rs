@@ -325,6 +325,18 @@ pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value
 }
 
 /// Polls `probe` until it is true or the deadline passes.
+/// Whether `probe` became true within `deadline` (checked every 20 ms).
+pub async fn wait_for(deadline: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !probe() {
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 pub async fn wait_until<F, Fut>(deadline: Duration, mut probe: F)
 where
     F: FnMut() -> Fut,
