@@ -348,12 +348,15 @@ async fn an_open_job_filled_in_five_chunks(db: Db) {
     assert_eq!(submitted["status"], "queued");
     assert_eq!(submitted["mode"], "batch");
     assert!(submitted["estimate"]["batch_usd"].as_f64().unwrap() > 0.0);
-    let (status, _) = app
+    let (status, p) = app
         .post(&format!("/v1/jobs/{id}/items"), &json!({"items": []}))
         .await;
     assert_eq!(status, 409);
-    let (status, _) = app.post(&format!("/v1/jobs/{id}/submit"), &json!({})).await;
+    assert_eq!(p["type"], "https://batchlens.dev/problems/conflict", "{p}");
+    assert_eq!(p["status"], 409, "{p}");
+    let (status, p) = app.post(&format!("/v1/jobs/{id}/submit"), &json!({})).await;
     assert_eq!(status, 409);
+    assert_eq!(p["type"], "https://batchlens.dev/problems/conflict", "{p}");
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["total"], 102);

@@ -280,6 +280,9 @@ async fn savings_over_a_period(db: Db) {
         .get("/v1/costs?from=2022-01-01T00:00:00Z&to=2021-01-01T00:00:00Z")
         .await;
     assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["type"], "https://batchlens.dev/problems/validation");
+    let field = bad["errors"][0]["field"].as_str().unwrap_or_default();
+    assert!(field == "from" || field == "to", "{bad}");
     app.shutdown().await;
 }
 

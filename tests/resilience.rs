@@ -304,13 +304,20 @@ async fn cancelling_a_batch_job_mid_flight_keeps_finished_results(db: Db) {
     );
     let problem: Value = r.json().await.unwrap();
     assert_eq!(problem["status"], 409);
-    let (status, _) = app
+    assert_eq!(problem["type"], "https://batchlens.dev/problems/conflict");
+    let state = format!("job is {}", done["status"].as_str().unwrap());
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&state),
+        "{problem}"
+    );
+    let (status, problem) = app
         .post(
             &format!("/v1/jobs/{}/cancel", uuid::Uuid::new_v4()),
             &json!({}),
         )
         .await;
     assert_eq!(status, 404);
+    assert_eq!(problem["type"], "https://batchlens.dev/problems/not-found");
 
     // Items never sent are cancelled at once: an open job has nothing in flight.
     let (_, open) = app
