@@ -19,6 +19,7 @@ on_both!(
     a_crash_between_creating_a_batch_and_storing_its_id_adopts_that_batch,
     a_webhook_receiver_that_hangs_is_timed_out_and_tried_again,
     insufficient_quota_fails_the_items_with_that_code_and_is_not_retried,
+    polls_of_a_batch_double_their_interval_up_to_poll_max,
 );
 
 /// Waits up to `within` for `done`; panics naming `what` if it does not come.
@@ -468,5 +469,48 @@ async fn insufficient_quota_fails_the_items_with_that_code_and_is_not_retried(db
         .filter(|e| e.method == "POST" && e.path == "/v1/batches")
         .count();
     assert_eq!(creates, 1, "a quota refusal was retried");
+    app.shutdown().await;
+}
+
+async fn polls_of_a_batch_double_their_interval_up_to_poll_max(db: Db) {
+    const MIN: u64 = 100;
+    const MAX: u64 = 800;
+    let sim = SimConfig {
+        in_progress_ms: 6_000,
+        ..fast_sim()
+    };
+    let (min, max) = (MIN.to_string(), MAX.to_string());
+    let extra = [
+        ("BATCHLENS__BATCH__POLL_MIN_MS", min.as_str()),
+        ("BATCHLENS__BATCH__POLL_MAX_MS", max.as_str()),
+    ];
+    let Some(app) = TestApp::spawn(db, sim, &extra).await else {
+        return;
+    };
+    let id = finished_batch_job(&app, 2).await;
+    let polls: Vec<u64> = app
+        .sim
+        .sim()
+        .journal()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with("/v1/batches/batch_"))
+        .map(|e| e.at_ms)
+        .collect();
+    assert!(
+        polls.len() >= 6,
+        "{} polls of job {id}: {polls:?}",
+        polls.len()
+    );
+    // Each poll sets the next one an interval after itself: 2·min, doubling, capped at max.
+    // A late poll (a busy machine) only makes a gap longer, so the lower bounds hold; 10 ms
+    // is the clocks' rounding.
+    let gaps: Vec<u64> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+    for (k, gap) in gaps.iter().enumerate() {
+        let interval = (MIN << (k + 1)).min(MAX);
+        assert!(
+            *gap + 10 >= interval,
+            "gap {k} is {gap} ms, under {interval}: {gaps:?}"
+        );
+    }
     app.shutdown().await;
 }
