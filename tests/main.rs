@@ -15,6 +15,7 @@ mod dashboard;
 mod governor;
 mod individual;
 mod live_progress;
+mod openai_webhooks;
 mod openapi;
 mod outbound;
 mod resilience;
