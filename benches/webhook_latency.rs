@@ -9,14 +9,13 @@
 //! duration spread over the interval. Everything else at the shipped defaults
 //! (`batch.tick_ms` 500), SQLite. Prints figures; asserts nothing about time.
 
-use std::collections::{HashMap, HashSet};
+mod common;
+
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use batchlens::config::Settings;
-use batchlens::startup::Application;
 use openai_sim::{Sim, SimConfig, SimServer};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -32,8 +31,7 @@ struct Rig {
     base: String,
     http: reqwest::Client,
     sim: SimServer,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    service: common::Service,
     _data: tempfile::TempDir,
 }
 
@@ -42,37 +40,21 @@ impl Rig {
         let sim = SimServer::spawn(SimConfig::fast()).await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let poll = poll_ms.to_string();
-        let env: HashMap<String, String> = [
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", data.path().join("b.db").display()),
-            ),
-            ("OPENAI_BASE_URL", sim.base_url()),
-            ("OPENAI_API_KEY", "sk-bench".into()),
-            ("BATCHLENS__SERVER__PORT", "0".into()),
-            ("BATCHLENS__DATA_DIR", data.path().display().to_string()),
-            ("BATCHLENS__BATCH__POLL_MIN_MS", poll.clone()),
-            ("BATCHLENS__BATCH__POLL_MAX_MS", poll),
-            ("BATCHLENS__OPENAI__WEBHOOK_SECRET", SECRET.into()),
-            ("BATCHLENS__LOG__LEVEL", "error".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let settings = Settings::load_from(None, &env).expect("bench settings are valid");
-        let app = Application::build(settings)
-            .await
-            .expect("the service builds");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let handle = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
+        let service = common::Service::start(
+            &sim,
+            data.path(),
+            &[
+                ("BATCHLENS__BATCH__POLL_MIN_MS", poll.clone()),
+                ("BATCHLENS__BATCH__POLL_MAX_MS", poll),
+                ("BATCHLENS__OPENAI__WEBHOOK_SECRET", SECRET.into()),
+            ],
+        )
+        .await;
         Rig {
-            base,
+            base: service.base.clone(),
             http: reqwest::Client::new(),
             sim,
-            stop,
-            handle,
+            service,
             _data: data,
         }
     }
@@ -146,8 +128,7 @@ impl Rig {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.handle.await;
+        self.service.stop().await;
         self.sim.shutdown().await;
     }
 }
