@@ -11,11 +11,10 @@
 //! or `off` for one pass, `BENCH_LIMITER=token_bucket`, `sliding_window` or `fixed_window`
 //! for one kind; each pass takes about items / 600 minutes).
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use batchlens::config::Settings;
-use batchlens::startup::Application;
 use openai_sim::{RateLimiterKind, SimConfig, SimServer};
 use serde_json::{json, Value};
 
@@ -62,33 +61,21 @@ async fn run(items: usize, governor: bool, kind: RateLimiterKind) {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut env: HashMap<String, String> = HashMap::new();
-    for (k, v) in [
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("b.db").display()),
-        ),
-        ("OPENAI_BASE_URL", sim.base_url()),
-        ("OPENAI_API_KEY", "sk-bench".into()),
-        ("BATCHLENS__SERVER__PORT", "0".into()),
-        ("BATCHLENS__DATA_DIR", dir.path().display().to_string()),
-        ("BATCHLENS__LOG__LEVEL", "error".into()),
-        ("BATCHLENS__BATCH__TICK_MS", "20".into()),
-        ("BATCHLENS__OPENAI__MAX_COMPLETION_TOKENS", "20".into()),
-        ("BATCHLENS__OPENAI__MAX_RETRIES", "3".into()),
-        ("BATCHLENS__INDIVIDUAL__RPM", RPM.to_string()),
-        ("BATCHLENS__INDIVIDUAL__TPM", TPM.to_string()),
-        ("BATCHLENS__INDIVIDUAL__CONCURRENCY", "32".into()),
-        ("BATCHLENS__INDIVIDUAL__GOVERNOR", governor.to_string()),
-    ] {
-        env.insert(k.to_string(), v);
-    }
-    let settings = Settings::load_from(None, &env).unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let s = stop.clone();
-    let handle = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
+    let service = common::Service::start(
+        &sim,
+        dir.path(),
+        &[
+            ("BATCHLENS__BATCH__TICK_MS", "20".into()),
+            ("BATCHLENS__OPENAI__MAX_COMPLETION_TOKENS", "20".into()),
+            ("BATCHLENS__OPENAI__MAX_RETRIES", "3".into()),
+            ("BATCHLENS__INDIVIDUAL__RPM", RPM.to_string()),
+            ("BATCHLENS__INDIVIDUAL__TPM", TPM.to_string()),
+            ("BATCHLENS__INDIVIDUAL__CONCURRENCY", "32".into()),
+            ("BATCHLENS__INDIVIDUAL__GOVERNOR", governor.to_string()),
+        ],
+    )
+    .await;
+    let base = service.base.clone();
 
     let png = testkit::png_data_url(&testkit::TINY_PNG);
     let body = json!({
@@ -190,6 +177,5 @@ async fn run(items: usize, governor: bool, kind: RateLimiterKind) {
         items,
         once,
     );
-    stop.cancel();
-    let _ = handle.await;
+    service.stop().await;
 }

@@ -56,6 +56,16 @@ pub struct OpenAiSettings {
     pub request_timeout_secs: u64,
     pub transfer_timeout_secs: u64,
     pub max_retries: u32,
+    /// Verifies OpenAI's webhooks at `POST /v1/openai/webhooks` (Standard Webhooks,
+    /// `whsec_<base64>`); empty refuses them all.
+    pub webhook_secret: SecretString,
+}
+
+impl OpenAiSettings {
+    /// The HMAC key of `webhook_secret` (checked when the settings load); None when empty.
+    pub fn webhook_key(&self) -> Option<Vec<u8>> {
+        crate::signing::signing_key(self.webhook_secret.expose_secret()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +317,9 @@ impl Settings {
         if self.openai.default_model.trim().is_empty() {
             return Err(invalid("openai.default_model", "must not be empty"));
         }
+        if let Err(why) = crate::signing::signing_key(self.openai.webhook_secret.expose_secret()) {
+            return Err(invalid("openai.webhook_secret", why));
+        }
         if self.openai.max_completion_tokens == 0 {
             return Err(invalid(
                 "openai.max_completion_tokens",
@@ -485,6 +498,11 @@ mod tests {
             ("BATCHLENS__SERVER__HOST", "localhost-ish", "server.host"),
             ("BATCHLENS__BATCH__MAX_LINES", "60000", "batch.max_lines"),
             ("BATCHLENS__BATCH__POLL_MIN_MS", "0", "batch.poll_max_ms"),
+            (
+                "BATCHLENS__OPENAI__WEBHOOK_SECRET",
+                "hunter2",
+                "openai.webhook_secret",
+            ),
             ("DATABASE_URL", "mysql://x", "database.url"),
             ("BATCHLENS__LOG__FORMAT", "xml", "format"),
             ("BATCHLENS__SERVER__PORT", "eighty", "port"),

@@ -17,6 +17,7 @@ mod governor;
 mod housekeeping;
 mod individual;
 mod live_progress;
+mod openai_webhooks;
 mod openapi;
 mod outbound;
 mod resilience;

@@ -30,6 +30,7 @@ fn the_document_is_openapi_3_1_and_covers_the_contract() {
         ("/v1/pricing", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/v1/openai/webhooks", "post"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),
@@ -52,5 +53,15 @@ fn the_document_is_openapi_3_1_and_covers_the_contract() {
         "mode_reason",
     ] {
         assert!(job[field].is_object(), "JobView.{field} missing");
+    }
+    // OpenAI's webhooks carry no API key: the signature is the credential.
+    let hook = &doc["paths"]["/v1/openai/webhooks"]["post"];
+    assert!(hook.get("security").is_none(), "{hook}");
+    for status in ["200", "400", "401"] {
+        assert!(hook["responses"][status].is_object(), "{status} missing");
+    }
+    let ack = &doc["components"]["schemas"]["OpenAiWebhookAck"]["properties"];
+    for field in ["event", "batch_id", "replay", "shards_due"] {
+        assert!(ack[field].is_object(), "OpenAiWebhookAck.{field} missing");
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, fast_sim, mixed_items, Db, Service, TestApp, TestDb};
+use crate::common::{self, fast_sim, mixed_items, submit_batch, Db, Service, TestApp, TestDb};
 use batchlens::analyzer::{chat_request_body, fashion, RequestOptions};
 use batchlens::cost::text_tokens::chat_request_input_tokens;
 use batchlens::domain::Detail;
@@ -27,18 +27,6 @@ on_both!(
     a_failed_download_is_downloaded_again,
     chaos_kills_and_faults_lose_and_repeat_nothing,
 );
-
-/// Submits a batch-mode job of `n` mixed images and returns its id.
-async fn submit_batch(app: &TestApp, n: usize) -> String {
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(n, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    job["id"].as_str().unwrap().to_string()
-}
 
 /// Polls `probe` until it yields a value or the deadline passes.
 async fn wait_for<T, F, Fut>(deadline: Duration, mut probe: F) -> T

@@ -1,4 +1,5 @@
-//! Shared by the benchmarks: peak memory readings and a store with one big shard.
+//! Shared by the benchmarks: peak memory readings, a store with one big shard, and the
+//! service running in-process against a simulator.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -114,4 +115,51 @@ pub async fn job_with_one_shard(
 
 pub fn analyzer() -> Analyzer {
     batchlens::analyzer::fashion()
+}
+
+/// The service on a free port over a SQLite file in `dir`, against `sim`, with the bench
+/// defaults (errors-only logs) and `extra` settings on top.
+pub struct Service {
+    pub base: String,
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    pub async fn start(
+        sim: &openai_sim::SimServer,
+        dir: &std::path::Path,
+        extra: &[(&str, String)],
+    ) -> Service {
+        let mut env = std::collections::HashMap::new();
+        let defaults = [
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.join("b.db").display()),
+            ),
+            ("OPENAI_BASE_URL", sim.base_url()),
+            ("OPENAI_API_KEY", "sk-bench".into()),
+            ("BATCHLENS__SERVER__PORT", "0".into()),
+            ("BATCHLENS__DATA_DIR", dir.display().to_string()),
+            ("BATCHLENS__LOG__LEVEL", "error".into()),
+        ];
+        for (k, v) in defaults.into_iter().chain(extra.iter().cloned()) {
+            env.insert(k.to_string(), v);
+        }
+        let settings = batchlens::config::Settings::load_from(None, &env).unwrap();
+        let app = batchlens::startup::Application::build(settings)
+            .await
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let handle = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
+        Service { base, stop, handle }
+    }
+
+    /// Stops it and waits for it to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
 }

@@ -20,6 +20,7 @@ pub mod costs;
 mod dashboard;
 pub mod dto;
 pub mod jobs;
+pub mod openai_webhooks;
 pub mod ops;
 pub mod problem;
 
@@ -51,6 +52,7 @@ pub struct AppState {
         (name = "results", description = "Per-image analyses"),
         (name = "cost", description = "Spend, savings and estimates"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "openai", description = "Webhooks from OpenAI (batch events)"),
     )
 )]
 pub struct ApiDoc;
@@ -72,6 +74,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(costs::router())
         .merge(ops::router())
+        .merge(openai_webhooks::router())
 }
 
 /// The OpenAPI document, exactly as served at `/openapi.json`.

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// 401: missing or unknown key.
     #[error("missing or unknown API key")]
     Unauthorized,
+    /// 401: a webhook whose Standard Webhooks signature does not verify (why, in words).
+    #[error("{0}")]
+    UnverifiedWebhook(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -88,6 +91,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::UnverifiedWebhook(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unverified-webhook",
+                "Unverified webhook",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -258,7 +266,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn body_rejection(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge
     } else {

@@ -13,6 +13,7 @@ use crate::store::{DynStore, StoreError};
 pub mod estimate;
 pub mod idempotency;
 pub mod jobs;
+pub mod openai_webhooks;
 pub mod submit;
 pub mod views;
 

@@ -148,6 +148,7 @@ conformance!(
     model_load_and_estimates,
     gauges_count_jobs_and_waiting_items,
     webhooks_are_owed_claimed_and_settled,
+    openai_webhooks_make_shards_due_once,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -2456,4 +2457,139 @@ async fn webhooks_are_owed_claimed_and_settled(s: DynStore) {
     let hooks: Vec<_> = events.iter().filter(|e| e.kind == "webhook").collect();
     assert_eq!(hooks.len(), 2);
     assert_eq!(hooks[1].data["state"], "delivered");
+}
+
+/// One poll of the shard under `lease`: `status`, next poll in an hour; the lease is then
+/// released, as the poller's kernel does.
+async fn polled_for_an_hour(s: &DynStore, lease: &ShardLease, status: &str) {
+    let poll = ShardPoll {
+        batch_status: status.into(),
+        request_total: 2,
+        request_completed: 0,
+        request_failed: 0,
+        output_file_id: None,
+        error_file_id: None,
+        next_poll_at: Utc::now() + chrono::Duration::hours(1),
+        poll_interval_ms: 60_000,
+    };
+    assert!(s.shard_polled(lease, &poll).await.unwrap());
+    s.release_shard(lease).await.unwrap();
+}
+
+/// Claims the shard whatever its next poll (a poll in flight), returning its lease.
+async fn claim_now(s: &DynStore, shard: Uuid) -> ShardLease {
+    let later = Utc::now() + chrono::Duration::hours(2);
+    let claimed = claim(s, &[ShardStatus::Submitted], later, "poller", 100).await;
+    let token = claimed
+        .iter()
+        .find(|x| x.id == shard)
+        .expect("shard claimed")
+        .lease_token;
+    lease(shard, token)
+}
+
+async fn openai_webhooks_make_shards_due_once(s: DynStore) {
+    use super::OpenAiWebhookReceipt as Receipt;
+    let (_, shard, token) = submitted_shard(&s, "acme", 2).await;
+    let next_poll =
+        |s: DynStore| async move { s.get_shard(shard).await.unwrap().unwrap().next_poll_at };
+    let soon = || Utc::now() + chrono::Duration::minutes(30);
+    s.release_shard(&lease(shard, token)).await.unwrap();
+    let polling = claim_now(&s, shard).await;
+    polled_for_an_hour(&s, &polling, "in_progress").await;
+    assert!(next_poll(s.clone()).await > soon());
+
+    let first = Receipt {
+        replay: false,
+        shards_due: 0,
+    };
+    let replay = Receipt {
+        replay: true,
+        shards_due: 0,
+    };
+    // Another batch's event: recorded, no shard due.
+    assert_eq!(
+        s.openai_webhook_received("evt_1", Some("batch_other"))
+            .await
+            .unwrap(),
+        first
+    );
+    assert!(next_poll(s.clone()).await > soon());
+    // The same webhook-id again, even naming this batch: a replay, nothing changes.
+    assert_eq!(
+        s.openai_webhook_received("evt_1", Some("batch_n"))
+            .await
+            .unwrap(),
+        replay
+    );
+    assert!(next_poll(s.clone()).await > soon());
+    // A new event for the batch: due now.
+    assert_eq!(
+        s.openai_webhook_received("evt_2", Some("batch_n"))
+            .await
+            .unwrap(),
+        Receipt {
+            replay: false,
+            shards_due: 1
+        }
+    );
+    assert!(next_poll(s.clone()).await <= Utc::now());
+    let due = claim(&s, &[ShardStatus::Submitted], Utc::now(), "poller", 100).await;
+    assert_eq!(due.iter().map(|x| x.id).collect::<Vec<_>>(), vec![shard]);
+    // The poll it caused still finds the batch running (OpenAI lagging): poll again at once,
+    // once; the hint is then spent.
+    let hinted = lease(shard, due[0].lease_token);
+    polled_for_an_hour(&s, &hinted, "in_progress").await;
+    assert!(next_poll(s.clone()).await <= Utc::now());
+    let again = claim_now(&s, shard).await;
+    polled_for_an_hour(&s, &again, "in_progress").await;
+    assert!(next_poll(s.clone()).await > soon(), "the hint is spent");
+
+    // An event while a poll is in flight: that poll does not push the next one an hour out.
+    let in_flight = claim_now(&s, shard).await;
+    assert_eq!(
+        s.openai_webhook_received("evt_3", Some("batch_n"))
+            .await
+            .unwrap()
+            .shards_due,
+        1
+    );
+    polled_for_an_hour(&s, &in_flight, "in_progress").await;
+    assert!(next_poll(s.clone()).await <= Utc::now());
+    // A poll that finds the batch ended ignores the hint (the ingester takes over).
+    let ended = claim_now(&s, shard).await;
+    s.openai_webhook_received("evt_4", Some("batch_n"))
+        .await
+        .unwrap();
+    polled_for_an_hour(&s, &ended, "completed").await;
+    assert!(next_poll(s.clone()).await > soon());
+    // Events for a shard no longer submitted make nothing due.
+    assert!(s
+        .set_shard_status(&ended, ShardStatus::Ingesting, None)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.openai_webhook_received("evt_5", Some("batch_n"))
+            .await
+            .unwrap(),
+        first
+    );
+
+    // The janitor's sweep: ids received before the cut are forgotten, then count anew.
+    assert_eq!(
+        s.forget_openai_webhooks(Utc::now() - chrono::Duration::minutes(15))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.forget_openai_webhooks(Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        s.openai_webhook_received("evt_1", None).await.unwrap(),
+        first
+    );
 }

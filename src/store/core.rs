@@ -21,9 +21,10 @@ use super::common::{
 use super::dialect::{args, Arg, Dialect};
 use super::{
     BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
-    JobCursor, JobLease, JobStore, LeasedShard, Leftover, ModelLoad, NewShard, PlanItem, PlanStore,
-    ReportStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError,
-    StoreResult, WebhookAttempt, WebhookStore,
+    JobCursor, JobLease, JobStore, LeasedShard, Leftover, ModelLoad, NewShard,
+    OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore, SettleStore,
+    Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError, StoreResult, WebhookAttempt,
+    WebhookStore,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -796,7 +797,10 @@ impl<D: Dialect> ShardStore for D {
         let sql = "UPDATE shards SET batch_status = $3, request_total = $4, \
                    request_completed = $5, request_failed = $6, \
                    output_file_id = COALESCE($7, output_file_id), \
-                   error_file_id = COALESCE($8, error_file_id), next_poll_at = $9, \
+                   error_file_id = COALESCE($8, error_file_id), \
+                   next_poll_at = CASE WHEN poll_hinted_at IS NOT NULL \
+                     AND $3 NOT IN ('completed', 'failed', 'expired', 'cancelled') \
+                     THEN now() ELSE $9 END, poll_hinted_at = NULL, \
                    poll_interval_ms = $10, updated_at = now() \
                    WHERE id = $1 AND lease_token = $2";
         tx.exec(
@@ -1139,6 +1143,57 @@ impl<D: Dialect> WebhookStore for D {
         tx.event(job_id, "webhook", &attempt.detail).await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> OpenAiWebhookStore for D {
+    async fn openai_webhook_received(
+        &self,
+        webhook_id: &str,
+        batch_id: Option<&str>,
+    ) -> StoreResult<OpenAiWebhookReceipt> {
+        let mut tx = Tx::begin(self).await?;
+        let inserted = tx
+            .exec(
+                "INSERT INTO openai_webhooks (id, received_at) VALUES ($1, now()) \
+                 ON CONFLICT (id) DO NOTHING",
+                args![webhook_id],
+            )
+            .await?;
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(OpenAiWebhookReceipt {
+                replay: true,
+                shards_due: 0,
+            });
+        }
+        let shards_due = match batch_id {
+            None => 0,
+            Some(batch_id) => {
+                tx.exec(
+                    "UPDATE shards SET poll_hinted_at = now(), \
+                     next_poll_at = CASE WHEN next_poll_at < now() THEN next_poll_at \
+                       ELSE now() END \
+                     WHERE openai_batch_id = $1 AND kind = 'batch' AND status = 'submitted'",
+                    args![batch_id],
+                )
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(OpenAiWebhookReceipt {
+            replay: false,
+            shards_due,
+        })
+    }
+
+    async fn forget_openai_webhooks(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.write(
+            "DELETE FROM openai_webhooks WHERE received_at < $1",
+            args![before],
+        )
+        .await
     }
 }
 

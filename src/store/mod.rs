@@ -694,6 +694,31 @@ pub trait WebhookStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
+/// What a verified OpenAI webhook did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenAiWebhookReceipt {
+    /// Its `webhook-id` was seen before (on any replica): nothing changed.
+    pub replay: bool,
+    /// In-flight shards of the batch made due for polling now.
+    pub shards_due: u64,
+}
+
+/// OpenAI's own webhooks (batch events), received at `POST /v1/openai/webhooks`.
+#[async_trait]
+pub trait OpenAiWebhookStore: Send + Sync {
+    /// Records a verified delivery's `webhook-id` and, the first time only, makes the
+    /// submitted shards of `batch_id` due for polling now (marking them hinted, so a poll
+    /// already in flight polls again instead of waiting out its interval): one transaction.
+    async fn openai_webhook_received(
+        &self,
+        webhook_id: &str,
+        batch_id: Option<&str>,
+    ) -> StoreResult<OpenAiWebhookReceipt>;
+
+    /// Forgets the ids received before `before`; returns how many.
+    async fn forget_openai_webhooks(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
+
 /// Everything the service keeps, by concern; `DynStore` names it.
 #[async_trait]
 pub trait Store:
@@ -706,6 +731,7 @@ pub trait Store:
     + IdempotencyStore
     + ReportStore
     + WebhookStore
+    + OpenAiWebhookStore
     + Send
     + Sync
     + 'static

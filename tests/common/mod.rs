@@ -307,6 +307,18 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Submits a batch-mode job of `n` mixed images and returns its id.
+pub async fn submit_batch(app: &TestApp, n: usize) -> String {
+    let (status, job) = app
+        .post(
+            "/v1/jobs",
+            &json!({"mode": "batch", "items": mixed_items(n, 0)}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
 /// GET `url`'s JSON body.
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()

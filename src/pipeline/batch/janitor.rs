@@ -1,6 +1,7 @@
 //! Data directory hygiene: removes a finished job's JSONL files (inputs kept as the backup
 //! the old pipeline kept, outputs as downloaded) once `batch.retention_hours` have passed
-//! since it finished.
+//! since it finished, and forgets the ids of OpenAI webhooks older than
+//! [`OPENAI_WEBHOOK_IDS_KEPT`] (a replay that old is refused by its timestamp anyway).
 
 use std::path::Path;
 
@@ -9,8 +10,20 @@ use uuid::Uuid;
 
 use crate::pipeline::{StepError, WorkerContext};
 
-/// Removes expired job folders under `<data_dir>/batches`. Returns how many it removed.
+/// How long a received OpenAI `webhook-id` is remembered: three times the timestamp
+/// tolerance of `signing::verify`.
+pub const OPENAI_WEBHOOK_IDS_KEPT: ChronoDuration = ChronoDuration::minutes(15);
+
+/// Removes expired job folders under `<data_dir>/batches` and old OpenAI webhook ids.
+/// Returns how many folders it removed.
 pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
+    let forgotten = ctx
+        .store
+        .forget_openai_webhooks(Utc::now() - OPENAI_WEBHOOK_IDS_KEPT)
+        .await?;
+    if forgotten > 0 {
+        tracing::debug!(forgotten, "forgot old OpenAI webhook ids");
+    }
     let root = ctx.settings.batches_dir();
     let retention = ChronoDuration::hours(ctx.settings.batch.retention_hours as i64);
     let mut removed = 0;
