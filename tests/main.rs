@@ -18,4 +18,5 @@ mod live_progress;
 mod openapi;
 mod outbound;
 mod resilience;
+mod tenants;
 mod webhook_safety;
