@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# batchlens: release build in a full Rust image, run in a slim one as a non-root user.
+# batchlens: release build in a full Rust image, run in a slim one as a non-root user that
+# owns its data volume (0700; the service creates its files 0600 inside).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -17,7 +18,8 @@ RUN apt-get update \
     && groupadd --system --gid 10001 batchlens \
     && useradd --system --uid 10001 --gid batchlens --home-dir /var/lib/batchlens --shell /usr/sbin/nologin batchlens \
     && mkdir -p /var/lib/batchlens \
-    && chown batchlens:batchlens /var/lib/batchlens
+    && chown batchlens:batchlens /var/lib/batchlens \
+    && chmod 0700 /var/lib/batchlens
 COPY --from=build /usr/local/bin/batchlens /usr/local/bin/batchlens
 COPY batchlens.example.toml /etc/batchlens/batchlens.example.toml
 USER batchlens

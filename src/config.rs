@@ -29,6 +29,9 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    /// Limits per tenant (`[tenants.<name>]`), the unset ones from `[tenants.default]`.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantLimitSettings>,
     #[serde(default)]
     pub pricing: BTreeMap<String, ModelPrice>,
 }
@@ -163,11 +166,59 @@ pub struct LogSettings {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     #[serde(default)]
     pub keys: Vec<ApiKeySetting>,
+    /// How long a replica trusts its copy of the database's keys (`batchlens keys`), in
+    /// seconds: a created or revoked key takes effect within this time.
+    #[serde(default = "default_key_cache_secs")]
+    pub key_cache_secs: u64,
+    /// Refuse callers without a key even when no key exists yet (keys only in the
+    /// database): the API is never open, and may listen on any address.
+    #[serde(default)]
+    pub require_key: bool,
 }
+
+fn default_key_cache_secs() -> u64 {
+    10
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            key_cache_secs: default_key_cache_secs(),
+            require_key: false,
+        }
+    }
+}
+
+/// One tenant's limits; an unset one is the `[tenants.default]` value, else no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimitSettings {
+    /// API requests per second (a token bucket of this rate holding at least 1 request).
+    pub requests_per_second: Option<f64>,
+    /// Images accepted and not finished yet, over all the tenant's jobs.
+    pub max_open_items: Option<u64>,
+    /// What the tenant's jobs created in a calendar month (UTC) may cost.
+    pub monthly_budget_usd: Option<f64>,
+}
+
+impl TenantLimitSettings {
+    /// Each limit of `self`, else of `defaults`.
+    pub fn or(self, defaults: TenantLimitSettings) -> Self {
+        Self {
+            requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
+            max_open_items: self.max_open_items.or(defaults.max_open_items),
+            monthly_budget_usd: self.monthly_budget_usd.or(defaults.monthly_budget_usd),
+        }
+    }
+}
+
+/// The `[tenants]` table name whose limits apply to every tenant without its own.
+pub const DEFAULT_TENANT_LIMITS: &str = "default";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiKeySetting {
@@ -182,15 +233,12 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("configuration: {setting}: {problem}")]
-    Invalid {
-        setting: &'static str,
-        problem: String,
-    },
+    Invalid { setting: String, problem: String },
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        setting,
+        setting: setting.into(),
         problem: problem.into(),
     }
 }
@@ -264,6 +312,7 @@ impl Settings {
         self.validate_server()?;
         self.validate_openai()?;
         self.validate_workers()?;
+        self.validate_tenants()?;
         self.validate_rest()
     }
 
@@ -274,12 +323,13 @@ impl Settings {
             .host
             .parse()
             .map_err(|_| invalid("server.host", "must be an IP address such as 127.0.0.1"))?;
-        if self.auth.keys.is_empty() && !host.is_loopback() {
+        if self.auth.keys.is_empty() && !self.auth.require_key && !host.is_loopback() {
             return Err(invalid(
                 "server.host",
                 format!(
-                    "{host} is not a loopback address: with no [[auth.keys]] configured the \
-                     service is open and only listens on 127.0.0.1 or ::1"
+                    "{host} is not a loopback address: with no [[auth.keys]] configured (and \
+                     auth.require_key off) the service is open and only listens on 127.0.0.1 \
+                     or ::1"
                 ),
             ));
         }
@@ -375,6 +425,59 @@ impl Settings {
         Ok(())
     }
 
+    /// `auth` and `tenants`.
+    fn validate_tenants(&self) -> Result<(), ConfigError> {
+        if !(1..=10).contains(&self.auth.key_cache_secs) {
+            return Err(invalid(
+                "auth.key_cache_secs",
+                "must be between 1 and 10 (a created or revoked key takes effect within it)",
+            ));
+        }
+        for (name, limits) in &self.tenants {
+            if name.trim().is_empty() {
+                return Err(invalid("tenants", "a tenant name must not be empty"));
+            }
+            if let Some(rps) = limits.requests_per_second {
+                if !(rps.is_finite() && rps > 0.0) {
+                    return Err(invalid(
+                        format!("tenants.{name}.requests_per_second"),
+                        format!("must be a number above 0, not {rps}"),
+                    ));
+                }
+            }
+            if limits.max_open_items == Some(0) {
+                return Err(invalid(
+                    format!("tenants.{name}.max_open_items"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(usd) = limits.monthly_budget_usd {
+                if !(usd.is_finite() && (0.0..=1e6).contains(&usd)) {
+                    return Err(invalid(
+                        format!("tenants.{name}.monthly_budget_usd"),
+                        format!("must be between 0 and 1000000 USD, not {usd}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits of `tenant`: its own `[tenants.<name>]`, the rest from
+    /// `[tenants.default]`.
+    pub fn tenant_limits(&self, tenant: &str) -> TenantLimitSettings {
+        let defaults = self
+            .tenants
+            .get(DEFAULT_TENANT_LIMITS)
+            .copied()
+            .unwrap_or_default();
+        self.tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
+            .or(defaults)
+    }
+
     /// `intake`, `log`, `auth.keys` and `pricing`.
     fn validate_rest(&self) -> Result<(), ConfigError> {
         if self.intake.max_image_bytes == 0 {
@@ -425,8 +528,10 @@ impl Settings {
         self.database.url.expose_secret()
     }
 
+    /// No key configured and none required: every caller is the tenant `default` unless
+    /// the database holds keys (see `api::auth::KeyRing`).
     pub fn is_open(&self) -> bool {
-        self.auth.keys.is_empty()
+        self.auth.keys.is_empty() && !self.auth.require_key
     }
 
     pub fn lease(&self) -> Duration {
@@ -552,5 +657,60 @@ mod tests {
         .unwrap();
         let err = Settings::load_from(Some((&file, true)), &env(&[])).unwrap_err();
         assert!(err.to_string().contains("auth.keys.sha256"), "{err}");
+    }
+
+    #[test]
+    fn tenant_limits_fall_back_to_the_default_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "[tenants.default]\nrequests_per_second = 5\nmonthly_budget_usd = 100\n\
+             [tenants.acme]\nrequests_per_second = 0.5\nmax_open_items = 1000\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some((&file, true)), &env(&[])).unwrap();
+        let acme = s.tenant_limits("acme");
+        assert_eq!(acme.requests_per_second, Some(0.5));
+        assert_eq!(acme.max_open_items, Some(1000));
+        assert_eq!(acme.monthly_budget_usd, Some(100.0));
+        let other = s.tenant_limits("globex");
+        assert_eq!(other.requests_per_second, Some(5.0));
+        assert_eq!(other.max_open_items, None);
+        assert_eq!(s.auth.key_cache_secs, 10);
+        let none = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(none.tenant_limits("acme"), TenantLimitSettings::default());
+    }
+
+    #[test]
+    fn bad_tenant_limits_name_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        for (toml, setting) in [
+            (
+                "[tenants.acme]\nrequests_per_second = 0\n",
+                "tenants.acme.requests_per_second",
+            ),
+            (
+                "[tenants.default]\nrequests_per_second = -1\n",
+                "tenants.default.requests_per_second",
+            ),
+            (
+                "[tenants.acme]\nmax_open_items = 0\n",
+                "tenants.acme.max_open_items",
+            ),
+            (
+                "[tenants.acme]\nmonthly_budget_usd = -5\n",
+                "tenants.acme.monthly_budget_usd",
+            ),
+            ("[tenants.acme]\nmax_open_items = -3\n", "max_open_items"),
+            ("[tenants.acme]\nrequests_per_sec = 3\n", "requests_per_sec"),
+            ("[auth]\nkey_cache_secs = 60\n", "auth.key_cache_secs"),
+            ("[auth]\nkey_cache_secs = 0\n", "auth.key_cache_secs"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Settings::load_from(Some((&file, true)), &env(&[])).unwrap_err();
+            assert!(err.to_string().contains(setting), "{toml}: {err}");
+        }
     }
 }

@@ -27,6 +27,11 @@ struct Cli {
 enum Command {
     /// Run the service (configured by batchlens.toml and BATCHLENS__* variables).
     Serve,
+    /// Manage API keys in the service's database (DATABASE_URL / the config, like `serve`).
+    Keys {
+        #[command(subcommand)]
+        command: batchlens::keys::KeysCommand,
+    },
     #[command(flatten)]
     Client(Box<ClientCommand>),
 }
@@ -36,6 +41,7 @@ async fn main() {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Command::Serve) => serve().await,
+        Some(Command::Keys { command }) => std::process::exit(batchlens::keys::run(command).await),
         Some(Command::Client(command)) => std::process::exit(batchlens::cli::run(*command).await),
     }
 }

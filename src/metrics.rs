@@ -26,6 +26,7 @@ pub const BATCHES_SUBMITTED: &str = "batchlens_batches_submitted_total";
 pub const BATCHES_ENDED: &str = "batchlens_batches_ended_total";
 pub const WEBHOOKS: &str = "batchlens_webhook_attempts_total";
 pub const OPENAI_WEBHOOKS: &str = "batchlens_openai_webhooks_total";
+pub const TENANT_LIMITED: &str = "batchlens_tenant_limited_total";
 pub const JOBS: &str = "batchlens_jobs";
 pub const ITEMS_WAITING: &str = "batchlens_items_waiting";
 
@@ -104,6 +105,10 @@ fn describe() {
     describe_counter!(
         OPENAI_WEBHOOKS,
         "OpenAI webhooks received at /v1/openai/webhooks, by outcome (accepted, replay, unverified, bad_request)"
+    );
+    describe_counter!(
+        TENANT_LIMITED,
+        "Requests refused by a tenant limit, by limit (requests_per_second, max_open_items, monthly_budget_usd)"
     );
     describe_gauge!(JOBS, "Jobs in the database, by status (all replicas)");
     describe_gauge!(

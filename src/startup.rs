@@ -2,7 +2,6 @@
 //! workers' context (each built here, neither from the other), router, background
 //! workers, graceful shutdown.
 
-use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::KeyRing;
 use crate::api::{self, AppState};
 use crate::app::App;
 use crate::config::Settings;
@@ -50,12 +50,7 @@ impl Application {
     /// Connects the store (running migrations), prepares the data directory and binds the
     /// listener (`server.port = 0` picks a free port; see [`Application::port`]).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        std::fs::create_dir_all(settings.batches_dir()).map_err(|source| {
-            StartupError::DataDir {
-                path: settings.batches_dir().display().to_string(),
-                source,
-            }
-        })?;
+        prepare_data_dir(&settings)?;
         let store = store::connect(settings.database_url()).await?;
         let keys: Vec<(String, String)> = settings
             .auth
@@ -63,10 +58,10 @@ impl Application {
             .iter()
             .map(|k| (k.tenant.clone(), k.sha256.clone()))
             .collect();
-        if keys.is_empty() {
+        if settings.is_open() {
             tracing::warn!(
-                "no [[auth.keys]] configured: the API is open to anyone who can reach it, \
-                 so it only listens on loopback ({})",
+                "no [[auth.keys]] configured: until `batchlens keys create` stores one, the \
+                 API is open to anyone who can reach it, so it only listens on loopback ({})",
                 settings.server.host
             );
         }
@@ -94,12 +89,14 @@ impl Application {
                 store: store.clone(),
                 settings: settings.clone(),
                 prices: prices.clone(),
+                rate: Default::default(),
             },
-            keys: Arc::new(
-                keys.into_iter()
-                    .map(|(t, h)| (h, t))
-                    .collect::<HashMap<_, _>>(),
-            ),
+            keys: Arc::new(KeyRing::new(
+                &keys,
+                settings.auth.require_key,
+                Some(store.clone()),
+                Duration::from_secs(settings.auth.key_cache_secs),
+            )),
             metrics: crate::metrics::install(),
         };
         let workers = WorkerContext {
@@ -182,6 +179,21 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Creates the data directory and its `batches` folder owner-only (0700), and makes an
+/// existing one owner-only too: they hold every tenant's images.
+pub fn prepare_data_dir(settings: &Settings) -> Result<(), StartupError> {
+    let fail = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| StartupError::DataDir { path, source }
+    };
+    let (data, batches) = (&settings.data_dir, settings.batches_dir());
+    crate::files::create_dir_all(&batches).map_err(fail(&batches))?;
+    for dir in [data, &batches] {
+        crate::files::restrict_dir(dir).map_err(fail(dir))?;
+    }
+    Ok(())
 }
 
 fn openai_config(settings: &Settings) -> OpenAiConfig {

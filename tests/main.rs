@@ -21,4 +21,5 @@ mod openai_webhooks;
 mod openapi;
 mod outbound;
 mod resilience;
+mod tenants;
 mod webhook_safety;

@@ -245,13 +245,34 @@ pub struct CostTotalsView {
     pub actual_usd: f64,
     pub individual_usd: f64,
     pub savings_usd: f64,
+    /// The tenant's monthly budget this calendar month (UTC), whatever the period asked.
+    pub budget: BudgetView,
 }
 
-/// Savings over a period, all jobs of the tenant.
+/// The caller's `monthly_budget_usd` and what is left of it this month.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"monthly_usd": 50.0, "month_start": "2026-12-01T00:00:00Z",
+    "spent_usd": 12.5, "in_flight_usd": 2.5, "remaining_usd": 35.0}))]
+pub struct BudgetView {
+    /// null: the tenant has no budget.
+    pub monthly_usd: Option<f64>,
+    /// The month counted: jobs created since then.
+    pub month_start: DateTime<Utc>,
+    /// What the month's finished jobs cost.
+    pub spent_usd: f64,
+    /// What its unfinished jobs hold: each one's estimate, or its cost so far when more.
+    pub in_flight_usd: f64,
+    /// The budget less both, at least 0; null without a budget.
+    pub remaining_usd: Option<f64>,
+}
+
+/// Savings over a period, all jobs of the tenant, and its monthly budget.
 #[utoipa::path(get, path = "/v1/costs", tag = "cost", params(CostQuery),
     responses((status = 200, body = CostTotalsView),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json",
+               description = "The tenant is over its requests_per_second (Retry-After says when to try again)")),
     security(("bearer" = [])))]
 pub async fn cost_totals(
     State(state): State<AppState>,
@@ -261,6 +282,7 @@ pub async fn cost_totals(
     let to = q.to.unwrap_or_else(Utc::now);
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));
     let t = state.app.cost_totals(&tenant.0, from, to).await?;
+    let b = state.app.budget(&tenant.0).await?;
     Ok(Json(CostTotalsView {
         from,
         to,
@@ -269,6 +291,13 @@ pub async fn cost_totals(
         actual_usd: pico_to_usd(t.actual_pico_usd),
         individual_usd: pico_to_usd(t.individual_pico_usd),
         savings_usd: pico_to_usd(t.individual_pico_usd - t.actual_pico_usd),
+        budget: BudgetView {
+            monthly_usd: b.monthly_budget_usd,
+            month_start: b.month_start,
+            spent_usd: b.spent_usd,
+            in_flight_usd: b.in_flight_usd,
+            remaining_usd: b.remaining_usd,
+        },
     }))
 }
 

@@ -78,7 +78,9 @@ fn accepted(view: &JobView) -> Response {
         (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over server.max_body_bytes", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No usable item, a broken rule, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No usable item, a broken rule, an Idempotency-Key reused with another body, or (type …/problems/budget) an estimate over what is left of the tenant's monthly_budget_usd", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant is over its requests_per_second or max_open_items (Retry-After says when to try again)", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("bearer" = [])))]
 pub async fn create_job(
@@ -175,7 +177,9 @@ pub async fn get_job(
     responses((status = 200, body = JobView),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, description = "The job is not open", body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+              (status = 422, description = "No usable item, a broken rule, or (type …/problems/budget) the chunk's estimate over what is left of the tenant's monthly_budget_usd", body = Problem, content_type = "application/problem+json"),
+              (status = 429, description = "The tenant is over its requests_per_second or max_open_items (Retry-After says when to try again)", body = Problem, content_type = "application/problem+json",
+               headers(("Retry-After" = u64, description = "Seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn append_items(
     State(state): State<AppState>,

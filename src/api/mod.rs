@@ -2,7 +2,6 @@
 //! routes, the OpenAPI document generated from the same handlers. Handlers extract, call
 //! `app`, and answer; nothing here touches the store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -30,8 +29,8 @@ use problem::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub app: App,
-    /// sha256(key) → tenant, from the configuration.
-    pub keys: Arc<HashMap<String, String>>,
+    /// The API keys: configured, and the database's (cached for `auth.key_cache_secs`).
+    pub keys: Arc<auth::KeyRing>,
     /// Renders `/metrics`; None when another recorder took the process first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

@@ -70,6 +70,15 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// 422 of type `budget`: the job would take the tenant over its monthly budget.
+    #[error("{0}")]
+    OverBudget(String),
+    /// 429 with `Retry-After` (whole seconds): the tenant is over a limit.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     NotReady(String),
     /// 500: logged with its cause, answered bare.
@@ -118,6 +127,16 @@ impl ApiError {
                 "validation",
                 "Invalid request",
             ),
+            ApiError::OverBudget(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "budget",
+                "Over the monthly budget",
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limit",
+                "Too many requests",
+            ),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,12 +177,19 @@ impl IntoResponse for ApiError {
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }
 
@@ -186,6 +212,14 @@ impl From<AppError> for ApiError {
             },
             AppError::NotFound(why) => ApiError::NotFound(why),
             AppError::Conflict(why) => ApiError::Conflict(why),
+            AppError::TooManyRequests {
+                detail,
+                retry_after,
+            } => ApiError::TooManyRequests {
+                detail,
+                retry_after,
+            },
+            AppError::OverBudget(why) => ApiError::OverBudget(why),
             AppError::Internal(cause) => ApiError::Internal(cause),
         }
     }

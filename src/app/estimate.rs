@@ -88,6 +88,11 @@ impl App {
                 ))
             })
             .collect();
+        self.estimate_for_job(job, &dims).await
+    }
+
+    /// The estimate of images of these dimensions run as `job` runs them.
+    pub async fn estimate_for_job(&self, job: &Job, dims: &[(u32, u32)]) -> AppResult<Estimate> {
         let spec = JobSpec {
             name: job.name.clone(),
             model: job.model.clone(),
@@ -100,7 +105,7 @@ impl App {
         let per_item = self.per_item_for(&job.tenant, &spec).await?;
         Ok(crate::cost::estimate::estimate(
             &self.prices,
-            &submit::estimate_input(&spec, &dims, per_item),
+            &submit::estimate_input(&spec, dims, per_item),
         ))
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
+use super::limits;
 use super::submit::{self, JobInput};
 use super::views::JobSnapshot;
 use super::{App, AppError, AppResult};
@@ -23,6 +24,11 @@ impl App {
         let spec = submit::check_spec(&self.settings, &req)?;
         let per_item = self.per_item_for(tenant, &spec).await?;
         let prepared = self.prepare(tenant, spec, req, per_item).await?;
+        self.check_open_items(tenant, prepared.intake.accepted)
+            .await?;
+        let est = &prepared.estimate;
+        let held = limits::estimate_for(prepared.job.mode, est.batch, est.individual);
+        self.check_budget(tenant, held, None).await?;
         let job = self
             .store
             .create_job(&prepared.job, &prepared.intake.items)
@@ -65,7 +71,28 @@ impl App {
         })
         .await
         .map_err(AppError::internal)??;
+        self.check_open_items(tenant, intake.accepted).await?;
+        // A budget holds the open job's estimate for all its images so far.
+        let estimate = match self.settings.tenant_limits(tenant).monthly_budget_usd {
+            None => None,
+            Some(_) => {
+                let before = self.estimate_stored_job(&job).await?;
+                let dims = submit::item_dims(&self.settings, &intake.items);
+                let chunk = self.estimate_for_job(&job, &dims).await?;
+                let sum = |a: Option<i64>, b: Option<i64>| a.zip(b).map(|(a, b)| a + b);
+                let (batch, individual) = (
+                    sum(before.batch, chunk.batch),
+                    sum(before.individual, chunk.individual),
+                );
+                let held = limits::estimate_for(job.mode, batch, individual);
+                self.check_budget(tenant, held, Some(&job)).await?;
+                Some((batch, individual))
+            }
+        };
         let job = self.store.append_items(tenant, id, &intake.items).await?;
+        if let Some((batch, individual)) = estimate {
+            self.store.set_open_estimate(id, batch, individual).await?;
+        }
         tracing::info!(job = %id, added = intake.items.len(), total = job.counts.total, "items appended");
         count_intake(intake.items.len(), intake.rejected.len());
         let mut view = self.job_view(&job).await?;

@@ -14,15 +14,18 @@ pub mod estimate;
 pub mod idempotency;
 pub mod jobs;
 pub mod openai_webhooks;
+pub mod limits;
 pub mod submit;
 pub mod views;
 
-/// What the use cases need: the store, the settings and the price table in force.
+/// What the use cases need: the store, the settings, the price table in force and the
+/// tenants' request buckets.
 #[derive(Clone)]
 pub struct App {
     pub store: DynStore,
     pub settings: Arc<Settings>,
     pub prices: Arc<PriceTable>,
+    pub rate: Arc<limits::RateLimiter>,
 }
 
 /// A problem with one field of the input, named by its path (`items[3].image_url`).
@@ -46,6 +49,17 @@ pub enum AppError {
     /// The state of the job forbids the action, or an idempotency key is in flight.
     #[error("{0}")]
     Conflict(String),
+    /// The tenant is over a limit (`requests_per_second`, `max_open_items`): try again
+    /// after `retry_after`.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
+    /// The job's estimate would take the tenant over its `monthly_budget_usd`; the detail
+    /// says how much is left.
+    #[error("{0}")]
+    OverBudget(String),
     /// A failure of ours (storage, a task): logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),

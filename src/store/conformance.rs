@@ -149,6 +149,8 @@ conformance!(
     gauges_count_jobs_and_waiting_items,
     webhooks_are_owed_claimed_and_settled,
     openai_webhooks_make_shards_due_once,
+    api_keys_created_listed_revoked,
+    open_items_and_month_spend_per_tenant,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -2592,4 +2594,139 @@ async fn openai_webhooks_make_shards_due_once(s: DynStore) {
         s.openai_webhook_received("evt_1", None).await.unwrap(),
         first
     );
+}
+
+// ---- tenants ------------------------------------------------------------------------
+
+async fn api_keys_created_listed_revoked(s: DynStore) {
+    let (h1, h2, h3) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+    s.insert_api_key(&h1, "bl_00000001", "acme").await.unwrap();
+    let taken = s.insert_api_key(&h3, "bl_00000001", "acme").await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    s.insert_api_key(&h2, "bl_00000002", "globex")
+        .await
+        .unwrap();
+    let mut active = s.active_api_keys().await.unwrap();
+    active.sort();
+    assert_eq!(
+        active,
+        vec![(h1.clone(), "acme".into()), (h2.clone(), "globex".into())]
+    );
+    assert!(s.revoke_api_key("bl_00000001").await.unwrap());
+    assert!(!s.revoke_api_key("bl_00000001").await.unwrap(), "once");
+    assert!(!s.revoke_api_key("bl_nope").await.unwrap());
+    assert_eq!(
+        s.active_api_keys().await.unwrap(),
+        vec![(h2, "globex".into())]
+    );
+    let listed = s.list_api_keys().await.unwrap();
+    let shown: Vec<_> = listed
+        .iter()
+        .map(|k| (k.prefix.as_str(), k.tenant.as_str(), k.revoked_at.is_some()))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("bl_00000001", "acme", true),
+            ("bl_00000002", "globex", false)
+        ]
+    );
+    let age = Utc::now() - listed[0].created_at;
+    assert!(age < chrono::Duration::minutes(5), "created now: {age}");
+}
+
+async fn open_items_and_month_spend_per_tenant(s: DynStore) {
+    let since = Utc::now() - chrono::Duration::hours(1);
+    // Running, 3 items submitted, 2 of them settled for 1,500 (over its estimate of 10).
+    let (a, shard, tok) = submitted_shard(&s, "acme", 3).await;
+    s.record_shard_outcomes(
+        &lease(shard, tok),
+        &[
+            succeeded("item-0", Some(1_000), Mode::Batch),
+            succeeded("item-1", Some(500), Mode::Batch),
+        ],
+    )
+    .await
+    .unwrap();
+    // Queued individual: holds its individual estimate (20); one rejected image.
+    s.create_job(
+        &new_job("acme", JobStatus::Queued, Mode::Individual, Utc::now()),
+        &[item("a", None), item("b", None), rejected("r")],
+    )
+    .await
+    .unwrap();
+    // Created before the month: open, but not in its spend.
+    s.create_job(
+        &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+        &[item("a", None)],
+    )
+    .await
+    .unwrap();
+    s.create_job(
+        &new_job("globex", JobStatus::Queued, Mode::Batch, Utc::now()),
+        &[item("a", None)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.open_items("acme").await.unwrap(), 4);
+    assert_eq!(s.open_items("globex").await.unwrap(), 1);
+    assert_eq!(s.open_items("nobody").await.unwrap(), 0);
+    let spend = s.month_spend("acme", since).await.unwrap();
+    assert_eq!(
+        (spend.actual_pico_usd, spend.in_flight_pico_usd),
+        (0, 1_520)
+    );
+
+    assert!(s
+        .transition_job(
+            a,
+            &[JobStatus::Queued, JobStatus::Running],
+            JobStatus::Completed
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        s.open_items("acme").await.unwrap(),
+        3,
+        "a finished job holds none"
+    );
+    let spend = s.month_spend("acme", since).await.unwrap();
+    assert_eq!(
+        (spend.actual_pico_usd, spend.in_flight_pico_usd),
+        (1_500, 20)
+    );
+    assert_eq!(spend.total(), 1_520);
+
+    // An open job holds its running estimate (auto: the individual one).
+    let open = s
+        .create_job(
+            &new_job("acme", JobStatus::Open, Mode::Auto, Utc::now()),
+            &[item("a", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.month_spend("acme", since)
+            .await
+            .unwrap()
+            .in_flight_pico_usd,
+        40
+    );
+    assert!(s
+        .set_open_estimate(open.id, Some(100), Some(300))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.month_spend("acme", since)
+            .await
+            .unwrap()
+            .in_flight_pico_usd,
+        320
+    );
+    assert!(
+        !s.set_open_estimate(a, Some(1), Some(1)).await.unwrap(),
+        "not open"
+    );
+    let globex = s.month_spend("globex", since).await.unwrap();
+    assert_eq!((globex.actual_pico_usd, globex.in_flight_pico_usd), (0, 10));
 }

@@ -21,10 +21,10 @@ use super::common::{
 use super::dialect::{args, Arg, Dialect};
 use super::{
     BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
-    JobCursor, JobLease, JobStore, LeasedShard, Leftover, ModelLoad, NewShard,
-    OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore, SettleStore,
-    Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError, StoreResult, WebhookAttempt,
-    WebhookStore,
+    JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, ModelLoad, MonthSpend,
+    NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore,
+    SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError, StoreResult,
+    StoredKey, WebhookAttempt, WebhookStore,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -363,6 +363,23 @@ impl<D: Dialect> JobStore for D {
         let job = tx.lock_job(None, job_id).await?;
         tx.commit().await?;
         Ok(job)
+    }
+
+    async fn set_open_estimate(
+        &self,
+        job_id: Uuid,
+        estimate_batch_pico_usd: Option<PicoUsd>,
+        estimate_individual_pico_usd: Option<PicoUsd>,
+    ) -> StoreResult<bool> {
+        let sql = "UPDATE jobs SET estimate_batch_pico_usd = $2, \
+                   estimate_individual_pico_usd = $3, updated_at = now() \
+                   WHERE id = $1 AND status = 'open'";
+        let list = args![
+            job_id,
+            estimate_batch_pico_usd,
+            estimate_individual_pico_usd
+        ];
+        Ok(self.write(sql, list).await? == 1)
     }
 
     async fn get_job(&self, tenant: Option<&str>, id: Uuid) -> StoreResult<Option<Job>> {
@@ -1090,6 +1107,80 @@ impl<D: Dialect> ReportStore for D {
 
     async fn gauges(&self) -> StoreResult<Gauges> {
         common::gauges_from_rows(&self.read(common::GAUGES_SQL, &[]).await?)
+    }
+
+    async fn open_items(&self, tenant: &str) -> StoreResult<i64> {
+        let sql = "SELECT CAST(COALESCE(sum(pending + submitted), 0) AS BIGINT) AS open \
+                   FROM jobs WHERE tenant = $1 \
+                   AND status NOT IN ('completed', 'failed', 'cancelled')";
+        let rows = self.read(sql, args![tenant]).await?;
+        rows.first().ok_or(StoreError::NotFound)?.int("open")
+    }
+
+    async fn month_spend(&self, tenant: &str, since: DateTime<Utc>) -> StoreResult<MonthSpend> {
+        // An unfinished job counts at its estimate for its mode (individual while the mode
+        // is not decided: the dearer one), or at its cost so far when that is more.
+        let sql = "SELECT CAST(COALESCE(sum(CASE WHEN status IN ('completed', 'failed', \
+                   'cancelled') THEN actual_pico_usd ELSE 0 END), 0) AS BIGINT) AS actual, \
+                   CAST(COALESCE(sum(CASE WHEN status IN ('completed', 'failed', 'cancelled') \
+                   THEN 0 WHEN actual_pico_usd > reserve THEN actual_pico_usd ELSE reserve END), \
+                   0) AS BIGINT) AS in_flight \
+                   FROM (SELECT status, actual_pico_usd, CASE WHEN mode = 'batch' \
+                   THEN COALESCE(estimate_batch_pico_usd, 0) \
+                   ELSE COALESCE(estimate_individual_pico_usd, estimate_batch_pico_usd, 0) END \
+                   AS reserve FROM jobs WHERE tenant = $1 AND created_at >= $2) AS month";
+        let rows = self.read(sql, args![tenant, since]).await?;
+        let row = rows.first().ok_or(StoreError::NotFound)?;
+        Ok(MonthSpend {
+            actual_pico_usd: row.int("actual")?,
+            in_flight_pico_usd: row.int("in_flight")?,
+        })
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> KeyStore for D {
+    async fn insert_api_key(&self, sha256: &str, prefix: &str, tenant: &str) -> StoreResult<()> {
+        let sql = "INSERT INTO api_keys (sha256, prefix, tenant, created_at) \
+                   VALUES ($1, $2, $3, now())";
+        match self.write(sql, args![sha256, prefix, tenant]).await {
+            Err(StoreError::Database(e)) if common::is_unique_violation(&e) => Err(
+                StoreError::Conflict(format!("a key with prefix {prefix} exists")),
+            ),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        let sql = "SELECT prefix, tenant, created_at, revoked_at FROM api_keys \
+                   WHERE prefix IS NOT NULL ORDER BY created_at, prefix";
+        self.read(sql, &[])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    prefix: row.text("prefix")?,
+                    tenant: row.text("tenant")?,
+                    created_at: row.ts("created_at")?,
+                    revoked_at: row.opt_ts("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, prefix: &str) -> StoreResult<bool> {
+        let sql = "UPDATE api_keys SET revoked_at = now() \
+                   WHERE prefix = $1 AND revoked_at IS NULL";
+        Ok(self.write(sql, args![prefix]).await? > 0)
+    }
+
+    async fn active_api_keys(&self) -> StoreResult<Vec<(String, String)>> {
+        let sql = "SELECT sha256, tenant FROM api_keys WHERE revoked_at IS NULL";
+        self.read(sql, &[])
+            .await?
+            .iter()
+            .map(|row| Ok((row.text("sha256")?, row.text("tenant")?)))
+            .collect()
     }
 }
 

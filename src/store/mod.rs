@@ -231,6 +231,31 @@ pub struct WebhookAttempt {
     pub detail: serde_json::Value,
 }
 
+/// A tenant's spend this month as a budget sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MonthSpend {
+    /// What finished jobs created since the month began cost.
+    pub actual_pico_usd: PicoUsd,
+    /// Jobs not finished yet: each at the larger of its estimate (for its mode) and what
+    /// it has cost so far.
+    pub in_flight_pico_usd: PicoUsd,
+}
+
+impl MonthSpend {
+    pub fn total(&self) -> PicoUsd {
+        self.actual_pico_usd + self.in_flight_pico_usd
+    }
+}
+
+/// An API key stored in the database (its hash is never shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub prefix: String,
+    pub tenant: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// What `/metrics` reads from the database at each scrape.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -315,8 +340,8 @@ impl JobLease {
 /// The store's methods, for `use crate::store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        EventStore, IdempotencyStore, ItemStore, JobStore, PlanStore, ReportStore, SettleStore,
-        ShardStore, Store, WebhookStore,
+        EventStore, IdempotencyStore, ItemStore, JobStore, KeyStore, PlanStore, ReportStore,
+        SettleStore, ShardStore, Store, WebhookStore,
     };
 }
 
@@ -344,6 +369,15 @@ pub trait JobStore: Send + Sync {
         estimate_batch_pico_usd: Option<PicoUsd>,
         estimate_individual_pico_usd: Option<PicoUsd>,
     ) -> StoreResult<Job>;
+
+    /// Sets an open job's estimates (of all its items so far, which a tenant's budget
+    /// holds); false when the job is not open.
+    async fn set_open_estimate(
+        &self,
+        job_id: Uuid,
+        estimate_batch_pico_usd: Option<PicoUsd>,
+        estimate_individual_pico_usd: Option<PicoUsd>,
+    ) -> StoreResult<bool>;
 
     /// A job by id; with a tenant, only that tenant's.
     async fn get_job(&self, tenant: Option<&str>, id: Uuid) -> StoreResult<Option<Job>>;
@@ -668,6 +702,31 @@ pub trait ReportStore: Send + Sync {
 
     /// Jobs by status and items waiting, over every tenant, for `/metrics`.
     async fn gauges(&self) -> StoreResult<Gauges>;
+
+    /// The tenant's items accepted and not finished yet (pending or submitted), over all
+    /// its jobs.
+    async fn open_items(&self, tenant: &str) -> StoreResult<i64>;
+
+    /// The tenant's spend on jobs created since `since`: finished jobs at their cost,
+    /// unfinished ones at the larger of their estimate and their cost so far.
+    async fn month_spend(&self, tenant: &str, since: DateTime<Utc>) -> StoreResult<MonthSpend>;
+}
+
+/// API keys created at run time (`batchlens keys`), stored as SHA-256.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a key's hash under its display prefix; `Conflict` when the prefix (or the
+    /// hash) is taken.
+    async fn insert_api_key(&self, sha256: &str, prefix: &str, tenant: &str) -> StoreResult<()>;
+
+    /// Every stored key, oldest first.
+    async fn list_api_keys(&self) -> StoreResult<Vec<StoredKey>>;
+
+    /// Revokes the key with this prefix; false when there is none not yet revoked.
+    async fn revoke_api_key(&self, prefix: &str) -> StoreResult<bool>;
+
+    /// `(sha256, tenant)` of every key not revoked.
+    async fn active_api_keys(&self) -> StoreResult<Vec<(String, String)>>;
 }
 
 /// Webhook deliveries owed by finished jobs.
@@ -732,6 +791,7 @@ pub trait Store:
     + ReportStore
     + WebhookStore
     + OpenAiWebhookStore
+    + KeyStore
     + Send
     + Sync
     + 'static

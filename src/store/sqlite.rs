@@ -81,17 +81,9 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        if !in_memory {
-            if let Some(dir) = opts.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::InvalidUrl(format!(
-                            "cannot create folder {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
-                }
-            }
+        let file = (!in_memory).then(|| opts.get_filename().to_path_buf());
+        if let Some(file) = &file {
+            prepare_file(file)?;
         }
         // An in-memory database lives as long as its one connection.
         let pool_opts = if in_memory {
@@ -106,6 +98,16 @@ impl SqliteStore {
         let pool = pool_opts.connect_with(opts).await?;
         let store = Self::from_pool(pool);
         store.migrate().await?;
+        if let Some(file) = &file {
+            // SQLite gives the -wal and -shm files the database's mode; an older install's
+            // may predate that.
+            for suffix in ["-wal", "-shm"] {
+                let mut side = file.as_os_str().to_owned();
+                side.push(suffix);
+                crate::files::restrict_file(std::path::Path::new(&side))
+                    .map_err(|e| cannot(file, e))?;
+            }
+        }
         Ok(store)
     }
 
@@ -125,6 +127,24 @@ impl SqliteStore {
             .await?;
         Ok(())
     }
+}
+
+fn cannot(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::InvalidUrl(format!("cannot prepare {}: {e}", path.display()))
+}
+
+/// Creates the database's folder (0700) and the empty file (0600) before SQLite opens it,
+/// so neither is ever readable by others; an existing file is made owner-only.
+fn prepare_file(file: &std::path::Path) -> StoreResult<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::files::create_dir_all(dir).map_err(|e| cannot(dir, e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(file).map_err(|e| cannot(file, e))?;
+    crate::files::restrict_file(file).map_err(|e| cannot(file, e))
 }
 
 /// The core's SQL with `now()` as parameter `$n+1` (bound to `at` by [`query`]).

@@ -113,7 +113,7 @@ async fn download(
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await?;
+        crate::files::create_dir_all_async(parent).await?;
     }
     let mut part = path.as_os_str().to_owned();
     part.push(format!(".{token}.part"));

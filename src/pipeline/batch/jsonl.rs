@@ -83,10 +83,10 @@ pub async fn write_shard_file(
     template: &LineTemplate<'_>,
 ) -> std::io::Result<(PathBuf, u64)> {
     let dir = shard_dir(data_dir, shard.job_id);
-    tokio::fs::create_dir_all(&dir).await?;
+    crate::files::create_dir_all_async(&dir).await?;
     let path = dir.join(format!("{}.jsonl", shard.id));
     let tmp = dir.join(format!("{}.jsonl.{}.tmp", shard.id, shard.lease_token));
-    let mut out = BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&tmp).await?);
+    let mut out = BufWriter::with_capacity(1 << 20, crate::files::create_file(&tmp).await?);
     let mut after = None;
     let mut bytes = 0u64;
     let mut buf = Vec::with_capacity(1 << 20);

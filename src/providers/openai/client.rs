@@ -512,7 +512,7 @@ fn tmp_path(dest: &Path) -> PathBuf {
 /// publishes complete bytes even across a crash.
 async fn write_body(mut response: Response, path: &Path) -> Result<u64, OpenAiError> {
     let expected = response.content_length();
-    let file = tokio::fs::File::create(path).await?;
+    let file = crate::files::create_file(path).await?;
     let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
     let mut written = 0u64;
     while let Some(chunk) = response.chunk().await.map_err(OpenAiError::from_reqwest)? {
