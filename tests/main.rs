@@ -14,6 +14,7 @@ mod crash_recovery;
 mod dashboard;
 mod governor;
 mod individual;
+mod item_results;
 mod live_progress;
 mod openapi;
 mod outbound;

@@ -11,8 +11,10 @@ use crate::cost::pricing::PriceTable;
 use crate::store::{DynStore, StoreError};
 
 pub mod estimate;
+pub mod events;
 pub mod idempotency;
 pub mod jobs;
+pub mod results;
 pub mod submit;
 pub mod views;
 
