@@ -186,6 +186,22 @@ fn percent(job: &Value) -> f64 {
     job["progress"]["percent"].as_f64().unwrap()
 }
 
+/// [`mixed_items`]; for a screenshot, with a photo-like picture in its inline images.
+fn looks(n: usize, photos: bool) -> Vec<Value> {
+    let mut items = mixed_items(n, 0);
+    if photos {
+        let photo = crate::common::b64(&testkit::jpeg_photo(320, 240));
+        for item in &mut items {
+            if item.get("image_url").is_none() {
+                item.as_object_mut().unwrap().remove("data_url");
+                item["image_base64"] = json!(photo);
+                item["mime_type"] = json!("image/jpeg");
+            }
+        }
+    }
+    items
+}
+
 async fn create(app: &TestApp, body: Value) -> String {
     let (status, job) = app.post("/v1/jobs", &body).await;
     assert_eq!(status, 202, "{job}");
@@ -203,7 +219,7 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
 
     let done = create(
         &app,
-        json!({"name": "finished-lookbook", "mode": "batch", "items": mixed_items(8, 0)}),
+        json!({"name": "finished-lookbook", "mode": "batch", "items": looks(8, shot.is_some())}),
     )
     .await;
     if shot.is_some() {
@@ -299,20 +315,6 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
     assert!(live >= 1);
     // The spend chart is drawn (one group per day).
     assert_eq!(dom1.matches(r#"<g class="day""#).count(), 30, "{dom1}");
-    if let Some(path) = &shot {
-        let out = format!("--screenshot={path}");
-        chromium(
-            &[
-                &out,
-                "--window-size=1280,1100",
-                "--virtual-time-budget=3000",
-            ],
-            &url,
-            Duration::from_secs(60),
-        )
-        .await;
-    }
-
     // The batch moves on (its clock, still held, pushed 6 s of its 20): a new look while
     // it runs shows the bar further along, fed by the stream. (A resumed clock would jump
     // by the time it was held.)
@@ -329,6 +331,20 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
     assert_eq!(moved["status"], "running", "{moved}");
     let dom_mid = dump(&app.url("/"), 3_000).await;
     let still = job(&app, &running).await;
+    // The screenshot: the running job part way, the finished one open with its thumbnails.
+    if let Some(path) = &shot {
+        let out = format!("--screenshot={path}");
+        chromium(
+            &[
+                &out,
+                "--window-size=1280,1500",
+                "--virtual-time-budget=3000",
+            ],
+            &url,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
     app.sim.sim().resume_clock();
     assert_eq!(still["status"], "running", "{still}");
     let (status_mid, p_mid) = row(&dom_mid, &running).unwrap_or_else(|| panic!("{dom_mid}"));
