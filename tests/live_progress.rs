@@ -14,10 +14,11 @@ on_both!(
     progress_moves_while_the_batch_runs,
     a_job_with_rejected_items_starts_at_zero,
     events_follow_a_slow_batch_step_by_step,
+    a_retry_says_reopened_before_a_lower_figure,
 );
 
 async fn progress_moves_while_the_batch_runs(db: Db) {
-    let Some((app, job)) = slow_batch(db, 6_000, &[]).await else {
+    let Some((app, job)) = ten_images(db, slow(6_000), &[]).await else {
         return;
     };
     assert_eq!(job["progress"]["processing"], 0);
@@ -79,17 +80,13 @@ async fn a_job_with_rejected_items_starts_at_zero(db: Db) {
     app.shutdown().await;
 }
 
-/// An application whose batches stay `in_progress_ms` in progress, and a 10-image batch
-/// job submitted to it (None when the database is not available).
-async fn slow_batch(
+/// An application on a simulator configured by `sim`, and a 10-image batch job
+/// submitted to it (None when the database is not available).
+async fn ten_images(
     db: Db,
-    in_progress_ms: u64,
+    sim: openai_sim::SimConfig,
     extra: &[(&str, &str)],
 ) -> Option<(TestApp, Value)> {
-    let sim = openai_sim::SimConfig {
-        in_progress_ms,
-        ..fast_sim()
-    };
     let app = TestApp::spawn(db, sim, extra).await?;
     let (status, job) = app
         .post(
@@ -99,6 +96,14 @@ async fn slow_batch(
         .await;
     assert_eq!(status, 202, "{job}");
     Some((app, job))
+}
+
+/// The simulator with batches `in_progress_ms` in progress.
+fn slow(in_progress_ms: u64) -> openai_sim::SimConfig {
+    openai_sim::SimConfig {
+        in_progress_ms,
+        ..fast_sim()
+    }
 }
 
 /// The `data` of each SSE event named `name`, parsed.
@@ -171,7 +176,7 @@ impl Events {
 /// here) fill the gaps; progress events never come faster than one a second.
 async fn events_follow_a_slow_batch_step_by_step(db: Db) {
     let extra = [("BATCHLENS__SERVER__EVENTS_HEARTBEAT_MS", "150")];
-    let Some((app, job)) = slow_batch(db, 20_000, &extra).await else {
+    let Some((app, job)) = ten_images(db, slow(20_000), &extra).await else {
         return;
     };
     let id = job["id"].as_str().unwrap().to_string();
@@ -252,5 +257,77 @@ async fn events_follow_a_slow_batch_step_by_step(db: Db) {
          {} heartbeats",
         events.heartbeats
     );
+    app.shutdown().await;
+}
+
+/// Half the lines fail with a 500 (worth another attempt): the batch reports them done
+/// while it runs, so the figure counts them, then they go back to run again. The stream says
+/// `reopened` (how many) before any lower figure; otherwise percent only rises.
+async fn a_retry_says_reopened_before_a_lower_figure(db: Db) {
+    let sim = openai_sim::SimConfig {
+        line_failure_rate: 0.5,
+        line_failure_status: 500,
+        seed: 7,
+        in_progress_ms: 4_000,
+        ..fast_sim()
+    };
+    let Some((app, job)) = ten_images(db, sim, &[]).await else {
+        return;
+    };
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut events = Events::open(&app, &id).await;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next(Duration::from_secs(30)).await {
+        seen.push(event);
+    }
+    let reopened: Vec<&Value> = seen
+        .iter()
+        .filter(|(name, _)| name == "reopened")
+        .map(|(_, data)| data)
+        .collect();
+    assert!(!reopened.is_empty(), "{seen:?}");
+    for r in &reopened {
+        assert_eq!(r["reason"], "retry", "{r}");
+        assert!(r["items"].as_i64().unwrap() >= 1, "{r}");
+    }
+    // A lower figure only right after a `reopened`.
+    let mut last: Option<f64> = None;
+    let mut said = false;
+    let mut lower = 0;
+    for (name, data) in &seen {
+        match name.as_str() {
+            "reopened" => said = true,
+            "progress" => {
+                let p = data["percent"].as_f64().unwrap();
+                if let Some(before) = last {
+                    assert!(
+                        p >= before || said,
+                        "{before} then {p} unannounced: {seen:?}"
+                    );
+                    lower += usize::from(p < before);
+                }
+                last = Some(p);
+                said = false;
+            }
+            _ => {}
+        }
+    }
+    let trace: Vec<String> = seen
+        .iter()
+        .map(|(name, d)| match name.as_str() {
+            "progress" => format!("{}%", d["percent"]),
+            "reopened" => format!("reopened {}", d["items"]),
+            _ => d["status"].to_string(),
+        })
+        .collect();
+    eprintln!("retry stream: {}", trace.join(", "));
+    // The batch ran for 4 s with its failed lines counted done: the figure sent before
+    // they went back was higher than the one after.
+    assert!(lower >= 1, "no lower figure: {trace:?}");
+    let (name, data) = seen.last().unwrap();
+    assert_eq!(name, "status");
+    let end = app.get(&format!("/v1/jobs/{id}")).await.1;
+    assert_eq!(data["status"], end["status"], "{end}");
+    assert_eq!(last, Some(100.0));
     app.shutdown().await;
 }
