@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub port: u16,
     pub max_body_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    /// Quiet time after which `/v1/jobs/{id}/events` sends a `: keep-alive` comment.
+    pub events_heartbeat_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +337,9 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.events_heartbeat_ms < 10 {
+            return Err(invalid("server.events_heartbeat_ms", "must be at least 10"));
         }
         if self.webhooks.max_attempts == 0 {
             return Err(invalid("webhooks.max_attempts", "must be at least 1"));

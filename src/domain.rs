@@ -189,6 +189,17 @@ impl Counts {
         self.succeeded + self.failed + self.rejected + self.cancelled
     }
 
+    /// The items that are work: all but the rejected ones.
+    pub fn work(&self) -> i64 {
+        self.total - self.rejected
+    }
+
+    /// The work done, `processing` in-flight batch lines included (at most [`Self::work`]):
+    /// what `progress.percent` counts.
+    pub fn done_with(&self, processing: i64) -> i64 {
+        (self.succeeded + self.failed + self.cancelled + processing.max(0)).min(self.work())
+    }
+
     /// API.md's `progress.percent` with no batch lines in flight.
     pub fn percent(&self) -> f64 {
         self.percent_with(0)
@@ -197,12 +208,11 @@ impl Counts {
     /// (items with an outcome + `processing`) / (total − rejected) × 100, one decimal,
     /// at most 100: rejected images are not work.
     pub fn percent_with(&self, processing: i64) -> f64 {
-        let work = self.total - self.rejected;
+        let work = self.work();
         if work <= 0 {
             return 0.0;
         }
-        let done = self.succeeded + self.failed + self.cancelled + processing.max(0);
-        let p = (done as f64 * 100.0 / work as f64).min(100.0);
+        let p = (self.done_with(processing) as f64 * 100.0 / work as f64).min(100.0);
         (p * 10.0).round() / 10.0
     }
 

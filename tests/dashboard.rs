@@ -123,7 +123,13 @@ async fn chromium(args: &[&str], url: &str, limit: Duration) -> String {
 /// The page's DOM after it had `budget_ms` of (virtual) time.
 async fn dump(url: &str, budget_ms: u32) -> String {
     let budget = format!("--virtual-time-budget={budget_ms}");
-    let dom = chromium(&["--dump-dom", &budget], url, Duration::from_secs(60)).await;
+    // Tall enough that every thumbnail of the open job is in view (they load when seen).
+    let dom = chromium(
+        &["--dump-dom", "--window-size=1280,3000", &budget],
+        url,
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(dom.contains("<html"), "no DOM dumped: {dom}");
     dom
 }
@@ -141,6 +147,24 @@ fn row(dom: &str, id: &str) -> Option<(String, f64)> {
     let percent = attr(r#"data-percent=""#)?.parse().ok()?;
     assert!(tr.contains(r#"class="bar""#), "no bar in {tr}");
     Some((status, percent))
+}
+
+/// The job row's bar attribute `name` (`data-live`: figures the page took from `/events`).
+fn bar_attr(dom: &str, id: &str, name: &str) -> Option<String> {
+    let start = dom.find(&format!(r#"data-job-id="{id}""#))?;
+    let tr = &dom[start..start + dom[start..].find("</tr>")?];
+    let prefix = format!(r#"{name}=""#);
+    let at = tr.find(&prefix)? + prefix.len();
+    Some(tr[at..at + tr[at..].find('"')?].to_string())
+}
+
+/// The markup of the result card of `custom_id` (up to the next card).
+fn card<'a>(dom: &'a str, custom_id: &str) -> &'a str {
+    let start = dom
+        .find(&format!(r#"data-custom-id="{custom_id}""#))
+        .unwrap_or_else(|| panic!("no card {custom_id} in {dom}"));
+    let rest = &dom[start + 1..];
+    &dom[start..start + 1 + rest.find("data-custom-id=").unwrap_or(rest.len())]
 }
 
 /// The number in the first `prefix…"` of the DOM.
@@ -162,6 +186,22 @@ fn percent(job: &Value) -> f64 {
     job["progress"]["percent"].as_f64().unwrap()
 }
 
+/// [`mixed_items`]; for a screenshot, with a photo-like picture in its inline images.
+fn looks(n: usize, photos: bool) -> Vec<Value> {
+    let mut items = mixed_items(n, 0);
+    if photos {
+        let photo = crate::common::b64(&testkit::jpeg_photo(320, 240));
+        for item in &mut items {
+            if item.get("image_url").is_none() {
+                item.as_object_mut().unwrap().remove("data_url");
+                item["image_base64"] = json!(photo);
+                item["mime_type"] = json!("image/jpeg");
+            }
+        }
+    }
+    items
+}
+
 async fn create(app: &TestApp, body: Value) -> String {
     let (status, job) = app.post("/v1/jobs", &body).await;
     assert_eq!(status, 202, "{job}");
@@ -179,7 +219,7 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
 
     let done = create(
         &app,
-        json!({"name": "finished-lookbook", "mode": "batch", "items": mixed_items(8, 0)}),
+        json!({"name": "finished-lookbook", "mode": "batch", "items": looks(8, shot.is_some())}),
     )
     .await;
     if shot.is_some() {
@@ -212,8 +252,9 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
     }
 
     // First look, with the finished job's results open (the page deep-links by hash). The
-    // simulator's clock stands still meanwhile, so the batch is still in progress however
-    // long a loaded machine takes to run the browser.
+    // simulator's clock stands still from here to the second look (it moves only when the
+    // test pushes it), so the batch is still in progress however long a loaded machine
+    // takes to run the browser.
     app.sim.sim().pause_clock();
     let url = app.url(&format!("/#job={done}"));
     let before = percent(&job(&app, &running).await);
@@ -226,7 +267,6 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
         "finished during the first look: {now}"
     );
     let after = percent(&now);
-    app.sim.sim().resume_clock();
 
     assert_eq!(
         row(&dom1, &done),
@@ -256,14 +296,48 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
         assert!((shown - want).abs() < 1e-12, "{attr}: {shown} vs {cost}");
     }
     assert!(cost["individual_usd"].as_f64() > cost["actual_usd"].as_f64());
+    // Thumbnails: inline images fetched with the key into blob: URLs (no key in a URL);
+    // an image_url item has no stored bytes.
+    for inline in ["img-1", "img-2"] {
+        let c = card(&dom1, inline);
+        assert!(
+            c.contains(r#"<img loading="lazy" alt="" src="blob:"#),
+            "{c}"
+        );
+    }
+    assert!(card(&dom1, "img-0").contains("no stored image"), "{dom1}");
+    assert!(!dom1.contains("key="), "{dom1}");
+    // The running job's bar was fed by its event stream.
+    let live: u32 = bar_attr(&dom1, &running, "data-live")
+        .unwrap_or_else(|| panic!("no figure from /events in {dom1}"))
+        .parse()
+        .unwrap();
+    assert!(live >= 1);
     // The spend chart is drawn (one group per day).
     assert_eq!(dom1.matches(r#"<g class="day""#).count(), 30, "{dom1}");
+    // The batch moves on (its clock, still held, pushed 6 s of its 20): a new look while
+    // it runs shows the bar further along, fed by the stream. (A resumed clock would jump
+    // by the time it was held.)
+    app.sim.sim().advance_clock(Duration::from_millis(6_000));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = loop {
+        let now = job(&app, &running).await;
+        if percent(&now) > after {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the batch did not move: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(moved["status"], "running", "{moved}");
+    let dom_mid = dump(&app.url("/"), 3_000).await;
+    let still = job(&app, &running).await;
+    // The screenshot: the running job part way, the finished one open with its thumbnails.
     if let Some(path) = &shot {
         let out = format!("--screenshot={path}");
         chromium(
             &[
                 &out,
-                "--window-size=1280,1100",
+                "--window-size=1280,1500",
                 "--virtual-time-budget=3000",
             ],
             &url,
@@ -271,6 +345,19 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
         )
         .await;
     }
+    app.sim.sim().resume_clock();
+    assert_eq!(still["status"], "running", "{still}");
+    let (status_mid, p_mid) = row(&dom_mid, &running).unwrap_or_else(|| panic!("{dom_mid}"));
+    assert_eq!(status_mid, "running");
+    assert!(p_mid > p1, "the bar did not advance: {p1} then {p_mid}");
+    assert!(
+        percent(&moved) - 0.05 <= p_mid && p_mid <= percent(&still) + 0.05 && p_mid < 100.0,
+        "bar at {p_mid}, API from {moved} to {still}"
+    );
+    assert!(
+        bar_attr(&dom_mid, &running, "data-live").is_some(),
+        "{dom_mid}"
+    );
 
     // Second look, once the batch is done.
     let end = app.wait_terminal(&running, Duration::from_secs(60)).await;
@@ -278,7 +365,7 @@ async fn the_page_lists_jobs_and_follows_a_running_one_to_the_end() {
     let dom2 = dump(&app.url("/"), 3_000).await;
     let (status2, p2) = row(&dom2, &running).unwrap_or_else(|| panic!("{dom2}"));
     assert_eq!(status2, "completed");
-    assert!(p2 >= p1, "the bar went back from {p1} to {p2}");
+    assert!(p2 >= p_mid, "the bar went back from {p_mid} to {p2}");
     assert_eq!(p2, 100.0);
     assert_eq!(row(&dom2, &done), Some(("completed".to_string(), 100.0)));
     eprintln!(

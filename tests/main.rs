@@ -16,6 +16,7 @@ mod dashboard;
 mod governor;
 mod housekeeping;
 mod individual;
+mod item_results;
 mod live_progress;
 mod openai_webhooks;
 mod openapi;

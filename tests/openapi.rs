@@ -25,6 +25,8 @@ fn the_document_is_openapi_3_1_and_covers_the_contract() {
         ("/v1/jobs/{id}/posts", "get"),
         ("/v1/jobs/{id}/cost", "get"),
         ("/v1/jobs/{id}/events", "get"),
+        ("/v1/jobs/{id}/results/{custom_id}", "get"),
+        ("/v1/jobs/{id}/results/{custom_id}/image", "get"),
         ("/v1/estimates", "post"),
         ("/v1/costs", "get"),
         ("/v1/pricing", "get"),
@@ -36,6 +38,40 @@ fn the_document_is_openapi_3_1_and_covers_the_contract() {
             doc["paths"][path][method].is_object(),
             "{method} {path} is missing from the document"
         );
+    }
+    // One result is a results row; its image is binary, in the four formats intake keeps.
+    let one = &doc["paths"]["/v1/jobs/{id}/results/{custom_id}"]["get"]["responses"];
+    assert_eq!(
+        one["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ResultView"
+    );
+    let image = &doc["paths"]["/v1/jobs/{id}/results/{custom_id}/image"]["get"]["responses"];
+    for kind in ["image/png", "image/jpeg", "image/webp", "image/gif"] {
+        assert!(image["200"]["content"][kind].is_object(), "{kind}");
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["ImageBytes"]["format"],
+        "binary"
+    );
+    for responses in [one, image] {
+        for status in ["401", "404"] {
+            assert!(
+                responses[status]["content"]["application/problem+json"].is_object(),
+                "{status}"
+            );
+        }
+    }
+    // The events cadence, as API.md and the README say it.
+    let events = doc["paths"]["/v1/jobs/{id}/events"]["get"]["description"]
+        .as_str()
+        .unwrap();
+    for needle in [
+        "one a second per job",
+        "`reopened`",
+        "`: keep-alive`",
+        "15 s",
+    ] {
+        assert!(events.contains(needle), "{needle:?} not in {events}");
     }
     let job = &doc["components"]["schemas"]["JobView"]["properties"];
     for field in [

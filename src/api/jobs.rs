@@ -1,17 +1,12 @@
 //! `/v1/jobs`: submit, fill in chunks, cancel, read status, results, posts; the routes and
 //! their handlers.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -19,7 +14,7 @@ use uuid::Uuid;
 use super::auth::Tenant;
 use super::dto::{
     ItemsRequest, JobListQuery, JobPage, JobRequest, JobView, PostPage, PostView, PostsQuery,
-    Progress, ResultPage, ResultView, ResultsQuery,
+    ResultPage, ResultView, ResultsQuery,
 };
 use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
 use super::AppState;
@@ -36,7 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(list_results))
         .routes(routes!(list_posts))
-        .routes(routes!(job_events))
 }
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -349,64 +343,6 @@ pub async fn list_posts(
             .collect(),
         next_cursor,
     }))
-}
-
-/// Progress and state changes as Server-Sent Events.
-///
-/// Events `progress` (data: the progress object) and `status` (data: `{"status": …}`);
-/// the stream ends after the terminal status.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, description = "text/event-stream of progress and status events", content_type = "text/event-stream", body = String),
-              (status = 404, body = Problem, content_type = "application/problem+json")),
-    security(("bearer" = [])))]
-pub async fn job_events(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<Uuid>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
-    let processing = state.app.job_processing(id).await?;
-    let first = vec![
-        sse("status", &serde_json::json!({"status": job.status})),
-        sse("progress", &Progress::new(job.counts, processing)),
-    ];
-    let done = job.status.is_terminal();
-    let tail = futures::stream::unfold(
-        (state, (job.status, job.counts, processing), done),
-        move |(state, last, done)| async move {
-            if done {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let job = match state.app.job_now(id).await {
-                Ok(Some(job)) => job,
-                _ => return None,
-            };
-            let processing = state.app.job_processing(id).await.unwrap_or(last.2);
-            let mut events = Vec::new();
-            if job.counts != last.1 || processing != last.2 {
-                events.push(sse("progress", &Progress::new(job.counts, processing)));
-            }
-            if job.status != last.0 {
-                events.push(sse("status", &serde_json::json!({"status": job.status})));
-            }
-            let done = job.status.is_terminal();
-            Some((
-                futures::stream::iter(events),
-                (state, (job.status, job.counts, processing), done),
-            ))
-        },
-    )
-    .flatten();
-    let stream = futures::stream::iter(first).chain(tail).map(Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-fn sse<T: serde::Serialize>(kind: &str, data: &T) -> SseEvent {
-    SseEvent::default()
-        .event(kind)
-        .data(serde_json::to_string(data).unwrap_or_default())
 }
 
 pub fn clamp_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -18,10 +18,12 @@ pub mod auth;
 pub mod costs;
 mod dashboard;
 pub mod dto;
+pub mod events;
 pub mod jobs;
 pub mod openai_webhooks;
 pub mod ops;
 pub mod problem;
+pub mod results;
 
 use problem::ApiError;
 
@@ -71,6 +73,8 @@ impl Modify for BearerAuth {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(jobs::router())
+        .merge(events::router())
+        .merge(results::router())
         .merge(costs::router())
         .merge(ops::router())
         .merge(openai_webhooks::router())

@@ -11,10 +11,12 @@ use crate::cost::pricing::PriceTable;
 use crate::store::{DynStore, StoreError};
 
 pub mod estimate;
+pub mod events;
 pub mod idempotency;
 pub mod jobs;
-pub mod openai_webhooks;
 pub mod limits;
+pub mod openai_webhooks;
+pub mod results;
 pub mod submit;
 pub mod views;
 

@@ -77,6 +77,11 @@ pub async fn follow(api: &Api, job_id: &str) -> Result<Value, CliError> {
                 let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 match event.as_str() {
                     "progress" => show(&data, &status, false),
+                    // A retry sent items back: the next figure may be lower.
+                    "reopened" => bar.status(
+                        format!("{} items re-opened for a retry", data["items"]),
+                        true,
+                    ),
                     "status" => {
                         if let Some(s) = data["status"].as_str() {
                             status = s.to_string();

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::domain::{ItemError, Job, ShardStatus};
+use crate::domain::{Counts, ItemError, Job, ShardStatus};
 use crate::providers::{DynProvider, ProviderError};
 use crate::store::{DynStore, LeasedShard, ShardLease, StoreError};
 
@@ -223,9 +223,8 @@ impl WorkerContext {
                 "job finished: Completed: {}/{}", group(job.counts.succeeded),
                 group(job.counts.total));
         } else if let Some(job) = self.store.get_job(None, job_id).await? {
-            tracing::info!(job = %job_id, "progress: Completed: {}/{} ({}%)",
-                group(job.counts.terminal()), group(job.counts.total),
-                job.counts.percent());
+            let processing = crate::domain::processing(&self.store.list_shards(job_id).await?);
+            tracing::info!(job = %job_id, "progress: {}", completed_line(&job.counts, processing));
         }
         Ok(())
     }
@@ -307,6 +306,18 @@ pub fn spawn_loop<F, Fut>(
 }
 
 /// 7988 → "7,988", as the seed pipeline logged progress.
+/// The old pipeline's progress line with `progress`'s figures: `Completed: 1,250/7,988
+/// (15.6%)`, done work (in-flight batch lines included) over the work (rejected images
+/// are not work).
+pub fn completed_line(counts: &Counts, processing: i64) -> String {
+    format!(
+        "Completed: {}/{} ({}%)",
+        group(counts.done_with(processing)),
+        group(counts.work()),
+        counts.percent_with(processing)
+    )
+}
+
 pub fn group(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
@@ -334,6 +345,24 @@ mod tests {
         assert_eq!(group(1250), "1,250");
         assert_eq!(group(7988), "7,988");
         assert_eq!(group(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn the_completed_line_has_the_progress_figures() {
+        // 8,000 images, 12 rejected: 1,000 settled and 250 lines done in flight.
+        let counts = Counts {
+            total: 8000,
+            rejected: 12,
+            succeeded: 990,
+            failed: 10,
+            submitted: 6988,
+            ..Counts::default()
+        };
+        assert_eq!(
+            completed_line(&counts, 250),
+            "Completed: 1,250/7,988 (15.6%)"
+        );
+        assert_eq!(counts.percent_with(250), 15.6);
     }
 
     #[test]

@@ -649,6 +649,16 @@ async fn list_items_and_posts(s: DynStore) {
             (None, 7),
         ]
     );
+
+    // One item by custom_id; none for an unknown id or another job's.
+    let one = s.get_item(j.id, "i4").await.unwrap().unwrap();
+    assert_eq!((one.position, one.post_id.as_deref()), (4, Some("b")));
+    assert_eq!(
+        s.get_item(j.id, "r").await.unwrap().unwrap().status,
+        ItemStatus::Rejected
+    );
+    assert!(s.get_item(j.id, "i99").await.unwrap().is_none());
+    assert!(s.get_item(Uuid::now_v7(), "i4").await.unwrap().is_none());
 }
 
 // ---- planning -----------------------------------------------------------------------
@@ -1454,6 +1464,8 @@ async fn events_in_order(s: DynStore) {
         .await
         .unwrap()
         .is_empty());
+    assert_eq!(s.last_event_id(a.id).await.unwrap(), all[2].id);
+    assert_eq!(s.last_event_id(Uuid::new_v4()).await.unwrap(), 0);
     assert!(matches!(
         s.append_event(Uuid::new_v4(), "x", &json!({})).await,
         Err(StoreError::NotFound)

@@ -529,6 +529,13 @@ impl<D: Dialect> ItemStore for D {
         rows_to(&rows, item_from_row)
     }
 
+    async fn get_item(&self, job_id: Uuid, custom_id: &str) -> StoreResult<Option<Item>> {
+        // One row through the unique (job_id, custom_id) index.
+        let sql = format!("SELECT {ITEM_COLS} FROM items WHERE job_id = $1 AND custom_id = $2");
+        let rows = self.read(&sql, args![job_id, custom_id]).await?;
+        Ok(rows_to(&rows, item_from_row)?.into_iter().next())
+    }
+
     async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
         let sql = "SELECT width, height FROM items WHERE job_id = $1 AND status = 'pending' \
                    ORDER BY position";
@@ -980,6 +987,13 @@ impl<D: Dialect> EventStore for D {
         tx.lock_job(None, job_id).await?;
         tx.event(job_id, kind, data).await?;
         tx.commit().await
+    }
+
+    async fn last_event_id(&self, job_id: Uuid) -> StoreResult<i64> {
+        // The last entry of the (job_id, id) index.
+        let sql = "SELECT id FROM events WHERE job_id = $1 ORDER BY id DESC LIMIT 1";
+        let rows = self.read(sql, args![job_id]).await?;
+        rows.first().map_or(Ok(0), |r| r.int("id"))
     }
 
     async fn events_after(

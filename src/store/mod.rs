@@ -436,6 +436,9 @@ pub trait ItemStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<Item>>;
 
+    /// The job's item with this `custom_id`, if any.
+    async fn get_item(&self, job_id: Uuid, custom_id: &str) -> StoreResult<Option<Item>>;
+
     /// Width and height of every pending item of the job (None for URLs), in position order.
     async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
 
@@ -654,6 +657,9 @@ pub trait EventStore: Send + Sync {
         kind: &str,
         data: &serde_json::Value,
     ) -> StoreResult<()>;
+
+    /// The id of the job's latest event (0 when it has none): where a watcher starts.
+    async fn last_event_id(&self, job_id: Uuid) -> StoreResult<i64>;
 
     /// Events of a job with id greater than `after_id`, oldest first.
     async fn events_after(

@@ -153,6 +153,11 @@
   }
   function paintBar(e, p, status) {
     const pct = percentOf(p);
+    // Never backwards (a list read can be older than the stream's last figure), except
+    // after the stream said a retry re-opened items, or at the end.
+    if (e.reopen) e.reopen = false;
+    else if (e.shown !== undefined && pct < e.shown && !TERMINAL.has(status)) return;
+    e.shown = pct;
     const work = (p.total || 0) - (p.rejected || 0);
     const done = (p.succeeded || 0) + (p.failed || 0) + (p.cancelled || 0) + (p.processing || 0);
     e.bar.dataset.percent = pct.toFixed(1);
@@ -161,7 +166,8 @@
     e.fill.style.width = pct + "%";
     e.label.textContent = `${pct.toFixed(pct > 0 && pct < 100 ? 1 : 0)}%  ·  ${Math.min(done, work)}/${work}`;
     e.bar.title = `${p.succeeded || 0} succeeded, ${p.failed || 0} failed, ${p.rejected || 0} rejected, ` +
-      `${p.pending || 0} pending, ${p.submitted || 0} submitted`;
+      `${p.pending || 0} pending, ${p.submitted || 0} submitted` +
+      (e.bar.dataset.reopened ? `; ${e.bar.dataset.reopened} re-opened by retries` : "");
   }
   function upsert(job) {
     let e = jobs.get(job.id);
@@ -303,8 +309,13 @@
     if (!e) return false;
     if (type === "progress") {
       e.job.progress = d;
+      e.bar.dataset.live = String((Number(e.bar.dataset.live) || 0) + 1); // figures the stream brought
       paintBar(e, d, e.job.status);
       if (selected === id) paintDetailMeta(e.job);
+    } else if (type === "reopened") {
+      // A retry sent items back: the next figure may be lower, and that is right.
+      e.reopen = true;
+      e.bar.dataset.reopened = String((Number(e.bar.dataset.reopened) || 0) + (Number(d.items) || 0));
     } else if (type === "status" && d.status) {
       e.job.status = d.status;
       paintJob(e);

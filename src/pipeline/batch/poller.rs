@@ -7,8 +7,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 
 use super::ingest;
 use crate::domain::{ItemError, JobStatus, ShardKind, ShardStatus};
-use crate::pipeline::kernel::group;
 use crate::pipeline::kernel::run_shards;
+use crate::pipeline::kernel::{completed_line, group};
 use crate::pipeline::retry::{self, TOKEN_LIMIT_EXCEEDED};
 use crate::pipeline::{StepError, WorkerContext};
 use crate::providers::{Batch, BatchStatus, ProviderError};
@@ -93,6 +93,12 @@ async fn poll(ctx: &WorkerContext, shard: LeasedShard) -> Result<(), StepError> 
     tracing::info!(job = %shard.job_id, shard = %shard.id,
         "{}: Completed: {}/{} (failed {})", batch.status.as_str(),
         group(counts.completed), group(counts.total), group(counts.failed));
+    if counts.completed != shard.request_completed || counts.failed != shard.request_failed {
+        // The job's line, with the figures of its `progress` (every batch in flight).
+        let processing = crate::domain::processing(&ctx.store.list_shards(job.id).await?);
+        tracing::info!(job = %shard.job_id, "progress: {}",
+            completed_line(&job.counts, processing));
+    }
     match batch.status {
         BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled => {
             finish(ctx, &shard, &batch).await?;
