@@ -9,6 +9,7 @@ mod common;
 mod api;
 mod batch_jobs;
 mod cli;
+mod contract;
 mod cost;
 mod crash_recovery;
 mod dashboard;
