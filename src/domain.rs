@@ -240,6 +240,8 @@ pub fn pico_to_usd(pico: PicoUsd) -> f64 {
 /// The analyzer a job runs: a prompt and the strict JSON schema its answer must fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Analyzer {
+    /// What to ask about each image: 1 to 20,000 characters, not only white space.
+    #[schema(min_length = 1, max_length = 20000, pattern = "\\S")]
     pub prompt: String,
     #[schema(value_type = Object)]
     pub schema: serde_json::Value,

@@ -17,6 +17,7 @@ use crate::api::{self, AppState};
 use crate::app::App;
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
+use crate::outbound::{Resolver, SystemResolver};
 use crate::pipeline::{workers, WorkerContext};
 use crate::providers::openai::{OpenAiClient, OpenAiConfig};
 use crate::store::{self, DynStore};
@@ -26,6 +27,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     workers: WorkerContext,
+    /// Resolves the names of outbound requests: the system's unless a test sets another.
+    resolver: Arc<dyn Resolver>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +113,15 @@ impl Application {
             listener,
             state,
             workers,
+            resolver: Arc::new(SystemResolver),
         })
+    }
+
+    /// Outbound requests (webhook deliveries) resolve names through `resolver` instead of
+    /// the system's: tests point names at loopback without touching the network.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -141,6 +152,7 @@ impl Application {
         let extras = workers::Extras {
             render_job: api::dto::render_job,
             metrics: self.state.metrics.clone(),
+            resolver: self.resolver.clone(),
         };
         workers::spawn_all(&self.workers, extras, &stop, &tracker);
         tracker.close();

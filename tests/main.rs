@@ -10,6 +10,7 @@ mod api;
 mod batch_jobs;
 mod cli;
 mod config_rules;
+mod contract;
 mod cost;
 mod crash_recovery;
 mod dashboard;

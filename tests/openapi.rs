@@ -101,3 +101,109 @@ fn the_document_is_openapi_3_1_and_covers_the_contract() {
         assert!(ack[field].is_object(), "OpenAiWebhookAck.{field} missing");
     }
 }
+
+/// The operations anyone may call: health, readiness, metrics and the public price table
+/// (the document and the Swagger UI are not in the document). OpenAI's own webhooks, when
+/// the route exists, are verified by signature instead of a key.
+const PUBLIC: [(&str, &str); 5] = [
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/metrics", "get"),
+    ("/v1/pricing", "get"),
+    ("/v1/openai/webhooks", "post"),
+];
+
+/// Every (path, method, operation) of the document.
+pub fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                out.push((path.clone(), method.clone(), op.clone()));
+            }
+        }
+    }
+    out
+}
+
+pub fn is_public(path: &str, method: &str) -> bool {
+    PUBLIC.contains(&(path, method))
+}
+
+#[test]
+fn every_secured_operation_declares_401_429_and_500_as_problems() {
+    let doc: serde_json::Value = serde_json::from_str(&batchlens::api::openapi_json()).unwrap();
+    let ops = operations(&doc);
+    let secured: Vec<_> = ops.iter().filter(|(p, m, _)| !is_public(p, m)).collect();
+    assert!(secured.len() >= 12, "{} secured operations", secured.len());
+    for (path, method, op) in secured {
+        assert_eq!(
+            op["security"],
+            serde_json::json!([{"bearer": []}]),
+            "{method} {path} needs the bearer key"
+        );
+        for status in ["401", "429", "500"] {
+            let content = &op["responses"][status]["content"]["application/problem+json"];
+            assert_eq!(
+                content["schema"]["$ref"], "#/components/schemas/Problem",
+                "{method} {path} does not declare {status} as a problem"
+            );
+        }
+        let has = |place: &str| {
+            op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == place))
+        };
+        if has("path") {
+            for status in ["400", "404"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+        if op["requestBody"].is_object() {
+            for status in ["400", "413", "415", "422"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    for (path, method) in PUBLIC {
+        if let Some(op) = doc["paths"][path][method].as_object() {
+            assert!(op.get("security").is_none(), "{method} {path} is public");
+        }
+    }
+}
+
+#[test]
+fn limits_are_bounded_and_events_are_an_event_stream() {
+    let doc: serde_json::Value = serde_json::from_str(&batchlens::api::openapi_json()).unwrap();
+    for (path, max) in [
+        ("/v1/jobs", 200),
+        ("/v1/jobs/{id}/results", 1000),
+        ("/v1/jobs/{id}/posts", 500),
+    ] {
+        let limit = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap_or_else(|| panic!("{path} has no limit"))
+            .clone();
+        assert_eq!(limit["schema"]["minimum"], 1, "{path}");
+        assert_eq!(limit["schema"]["maximum"], max, "{path}");
+    }
+    let events = &doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["content"];
+    assert_eq!(
+        events["text/event-stream"]["schema"]["$ref"],
+        "#/components/schemas/JobEvent"
+    );
+    let event = &doc["components"]["schemas"]["JobEvent"];
+    assert_eq!(event["type"], "object");
+    assert!(event["properties"]["event"].is_object() && event["properties"]["data"].is_object());
+    let prompt = &doc["components"]["schemas"]["Analyzer"]["properties"]["prompt"];
+    assert_eq!(prompt["minLength"], 1);
+}

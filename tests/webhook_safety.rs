@@ -1,12 +1,15 @@
 //! Webhook URLs a tenant gives cannot reach loopback or private addresses: literal refused
 //! addresses, credentials, over-long and non-https URLs are a 422 naming `webhook_url` at
-//! submit, and a loopback listener counts no connection; `bearer` in any case is accepted.
+//! submit, and a loopback listener counts no connection; a name that resolves (through a
+//! test resolver) to loopback fails its delivery as "blocked address" without connecting;
+//! `bearer` in any case is accepted.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{fast_sim, mixed_items, Db, TestApp};
+use batchlens::outbound::StaticResolver;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -132,7 +135,70 @@ async fn the_bearer_scheme_is_case_insensitive(db: Db) {
     app.shutdown().await;
 }
 
+/// Waits until the job's webhook delivery has ended (delivered or failed) and answers it.
+async fn delivery_outcome(app: &TestApp, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+        let state = job["webhook"]["state"].as_str().unwrap_or_default();
+        if state == "failed" || state == "delivered" {
+            return job["webhook"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no webhook outcome: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A name (accepted at submit: it is not a literal address) that resolves to loopback
+/// fails its delivery as "blocked address" on the address actually resolved, and the
+/// listener behind it never sees a connection. With `allow_private` the same name does
+/// connect: the test resolver is the one deliveries use.
+async fn a_name_resolving_to_loopback_is_a_blocked_delivery(db: Db) {
+    let (port, seen) = counting_listener("127.0.0.1").await.unwrap();
+    let resolver = || {
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        Arc::new(StaticResolver::new().with("hooks.example.test", &[loopback]))
+    };
+    let hook = format!("https://hooks.example.test:{port}/hook");
+    let one_attempt = ("BATCHLENS__WEBHOOKS__MAX_ATTEMPTS", "1");
+    let Some(app) = TestApp::spawn_resolving(db, fast_sim(), &[one_attempt], resolver()).await
+    else {
+        return;
+    };
+    let (status, job, _) = submit(&app, &hook).await;
+    assert_eq!(status, 202, "{job}");
+    let webhook = delivery_outcome(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(webhook["state"], "failed", "{webhook}");
+    assert_eq!(webhook["attempts"], 1, "{webhook}");
+    assert_eq!(webhook["last_error"], "blocked address", "{webhook}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    app.shutdown().await;
+
+    // The development setting: the same name now reaches the listener (which answers no
+    // TLS, so the delivery still fails, without naming the host or the port).
+    let Some(app) = TestApp::spawn_resolving(
+        db,
+        fast_sim(),
+        &[one_attempt, ("BATCHLENS__WEBHOOKS__ALLOW_PRIVATE", "true")],
+        resolver(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (status, job, _) = submit(&app, &hook).await;
+    assert_eq!(status, 202, "{job}");
+    let webhook = delivery_outcome(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(webhook["last_error"], "delivery failed", "{webhook}");
+    assert!(seen.load(Ordering::SeqCst) >= 1);
+    app.shutdown().await;
+}
+
 on_both!(
     literal_refused_webhook_urls_are_a_422_and_never_connected,
+    a_name_resolving_to_loopback_is_a_blocked_delivery,
     the_bearer_scheme_is_case_insensitive,
 );

@@ -1,7 +1,7 @@
 //! Money endpoints: a job's cost, estimates before submitting, savings over a period, the
 //! price table in force.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::auth::Tenant;
 use super::dto::JobRequest;
+use super::extract::{ApiPath, ApiQuery};
 use super::jobs::load_job;
 use super::problem::{ApiError, ApiJson, Problem};
 use super::AppState;
@@ -79,7 +80,7 @@ pub struct JobCost {
 pub async fn job_cost(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<JobCost>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let c = job.cost;
@@ -277,7 +278,7 @@ pub struct BudgetView {
 pub async fn cost_totals(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(q): Query<CostQuery>,
+    ApiQuery(q): ApiQuery<CostQuery>,
 ) -> Result<Json<CostTotalsView>, ApiError> {
     let to = q.to.unwrap_or_else(Utc::now);
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));

@@ -26,8 +26,10 @@ use crate::intake::{ItemInput, Rejection};
     ]}))]
 pub struct JobRequest {
     /// A label for people.
+    #[schema(max_length = 200)]
     pub name: Option<String>,
     /// The OpenAI model; default from `openai.default_model`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", example = "gpt-4o-mini")]
     pub model: Option<String>,
     /// `auto` (default): individual calls below `individual.max_items` items, else batch.
     pub mode: Option<Mode>,
@@ -41,7 +43,7 @@ pub struct JobRequest {
     /// Receives one POST when the job finishes (completed, failed or cancelled): the job as
     /// `GET /v1/jobs/{id}` shows it, signed as Standard Webhooks describe; retried with
     /// back-off until it answers 2xx. https only.
-    #[schema(example = "https://example.com/hooks/batchlens")]
+    #[schema(example = "https://example.com/hooks/batchlens", max_length = 2048)]
     pub webhook_url: Option<String>,
     /// Create the job in status `open` and add items with `POST /v1/jobs/{id}/items`.
     #[serde(default)]
@@ -71,6 +73,7 @@ impl From<JobRequest> for JobInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemsRequest {
+    #[schema(min_items = 1)]
     pub items: Vec<ItemInput>,
 }
 
@@ -288,6 +291,27 @@ pub fn render_job(snapshot: JobSnapshot) -> serde_json::Value {
     serde_json::to_value(JobView::from(snapshot)).unwrap_or_default()
 }
 
+/// One Server-Sent Event of `GET /v1/jobs/{id}/events`, by its fields on the wire
+/// (`event: progress` / `data: {…}`, then a blank line).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"event": "status", "data": "{\"status\":\"running\"}"}))]
+pub struct JobEvent {
+    pub event: JobEventKind,
+    /// One line of JSON: the `Progress` object for `progress`, `{"status": <JobStatus>}`
+    /// for `status`, `{"items": n, "reason": "retry"}` for `reopened` (a retry sent items
+    /// back, so the next `progress` may be lower).
+    pub data: String,
+}
+
+/// The kinds of job event.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEventKind {
+    Progress,
+    Status,
+    Reopened,
+}
+
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobPage {
@@ -300,6 +324,7 @@ pub struct JobPage {
 pub struct JobListQuery {
     pub status: Option<JobStatus>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -309,6 +334,7 @@ pub struct JobListQuery {
 pub struct ResultsQuery {
     pub status: Option<ItemStatus>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -404,6 +430,7 @@ pub struct PostPage {
 #[into_params(parameter_in = Query)]
 pub struct PostsQuery {
     /// Posts per page, 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
@@ -23,7 +23,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::Tenant;
-use super::dto::Progress;
+use super::dto::{JobEvent, Progress};
+use super::extract::ApiPath;
 use super::jobs::load_job;
 use super::problem::{ApiError, Problem};
 use super::AppState;
@@ -53,14 +54,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// proxies keep the stream open.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, description = "text/event-stream of status, progress and reopened events", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "text/event-stream of status, progress and reopened events", content_type = "text/event-stream", body = JobEvent),
               (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn job_events(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let first = Reading {

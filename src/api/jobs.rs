@@ -2,7 +2,7 @@
 //! their handlers.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -16,6 +16,7 @@ use super::dto::{
     ItemsRequest, JobListQuery, JobPage, JobRequest, JobView, PostPage, PostView, PostsQuery,
     ResultPage, ResultView, ResultsQuery,
 };
+use super::extract::{bad_parameter, ApiPath, ApiQuery};
 use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
 use super::AppState;
 use crate::app::idempotency::Once;
@@ -63,7 +64,7 @@ fn accepted(view: &JobView) -> Response {
 /// is still running is a 409.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     request_body = JobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (at most 255 characters)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes retries safe (1 to 255 characters)")),
     responses(
         (status = 202, description = "Stored; work starts", body = JobView,
          headers(("Location" = String, description = "/v1/jobs/{id}"))),
@@ -127,7 +128,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn list_jobs(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(q): Query<JobListQuery>,
+    ApiQuery(q): ApiQuery<JobListQuery>,
 ) -> Result<axum::Json<JobPage>, ApiError> {
     let limit = clamp_limit(q.limit, 50, 200)?;
     let after = q.cursor.as_deref().map(decode_job_cursor).transpose()?;
@@ -155,7 +156,7 @@ pub async fn list_jobs(
 pub async fn get_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     Ok(axum::Json(job_view(&state, &job).await?))
@@ -178,7 +179,7 @@ pub async fn get_job(
 pub async fn append_items(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<ItemsRequest>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let view = state.app.append(&tenant.0, id, req.items).await?;
@@ -196,7 +197,7 @@ pub async fn append_items(
 pub async fn submit_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let view = state.app.submit_open(&tenant.0, id).await?;
     Ok(accepted(&view.into()))
@@ -220,7 +221,7 @@ pub async fn submit_job(
 pub async fn cancel_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let view = state.app.cancel(&tenant.0, id).await?;
     Ok(accepted(&view.into()))
@@ -239,8 +240,8 @@ pub async fn cancel_job(
 pub async fn list_results(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
-    Query(q): Query<ResultsQuery>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
@@ -311,8 +312,8 @@ fn ndjson_results(state: AppState, job_id: Uuid, status: Option<ItemStatus>) -> 
 pub async fn list_posts(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<Uuid>,
-    Query(q): Query<PostsQuery>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<PostsQuery>,
 ) -> Result<axum::Json<PostPage>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let limit = clamp_limit(q.limit, 100, 500)?;
@@ -320,7 +321,7 @@ pub async fn list_posts(
     let after: Option<Option<String>> = match q.cursor.as_deref() {
         Some(c) => Some(
             serde_json::from_str(&decode_cursor(c)?)
-                .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))?,
+                .map_err(|_| bad_parameter("cursor", "not a cursor this API gave out"))?,
         ),
         None => None,
     };
@@ -349,7 +350,7 @@ pub fn clamp_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Ap
     match limit {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::field(
+        Some(_) => Err(bad_parameter(
             "limit",
             format!("must be between 1 and {max}"),
         )),
@@ -365,18 +366,18 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::field("cursor", "not a cursor this API gave out"))
+        .ok_or_else(|| bad_parameter("cursor", "not a cursor this API gave out"))
 }
 
 fn decode_position(cursor: &str) -> Result<i64, ApiError> {
     decode_cursor(cursor)?
         .parse()
-        .map_err(|_| ApiError::field("cursor", "not a cursor this API gave out"))
+        .map_err(|_| bad_parameter("cursor", "not a cursor this API gave out"))
 }
 
 fn decode_job_cursor(cursor: &str) -> Result<JobCursor, ApiError> {
     let raw = decode_cursor(cursor)?;
-    let bad = || ApiError::field("cursor", "not a cursor this API gave out");
+    let bad = || bad_parameter("cursor", "not a cursor this API gave out");
     let (at, id) = raw.split_once('|').ok_or_else(bad)?;
     Ok(JobCursor {
         created_at: DateTime::parse_from_rfc3339(at)

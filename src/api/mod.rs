@@ -17,8 +17,10 @@ use crate::app::App;
 pub mod auth;
 pub mod costs;
 mod dashboard;
+pub mod doc;
 pub mod dto;
 pub mod events;
+pub mod extract;
 pub mod jobs;
 pub mod openai_webhooks;
 pub mod ops;
@@ -80,15 +82,23 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(openai_webhooks::router())
 }
 
+/// The routes and their document, the shared error statuses declared on every operation
+/// (they need the operations, so they are added once the routes are merged).
+fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = api_router().split_for_parts();
+    doc::ErrorStatuses.modify(&mut doc);
+    (routes, doc)
+}
+
 /// The OpenAPI document, exactly as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    api_parts().1
 }
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.app.settings.server.max_body_bytes;
-    let (routes, doc) = api_router().split_for_parts();
+    let (routes, doc) = api_parts();
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .merge(dashboard::router())

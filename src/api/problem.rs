@@ -271,33 +271,52 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
     }
 }
 
-/// Parses JSON, naming the path of the first field that does not fit.
+/// Parses JSON, naming the path of the first field that does not fit. The whole body must
+/// be one JSON value: trailing bytes after it are malformed JSON too.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = inner.to_string();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::BadRequest {
-                detail: format!("malformed JSON: {message}"),
-                errors: Vec::new(),
-            }
-        } else {
-            let path = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            ApiError::BadRequest {
-                detail: format!("{path}: {message}"),
-                errors: vec![FieldError {
-                    field: path,
-                    message,
-                }],
-            }
+        // serde_json reports a value of the wrong type for an enum (`{"mode": 5}`) as a
+        // syntax error ("expected value"): the body is well-formed JSON, so it is the
+        // field that is wrong.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        if (inner.is_syntax() || inner.is_eof()) && !well_formed {
+            return malformed(&inner);
         }
-    })
+        let message = if inner.is_syntax() {
+            "invalid type: expected one of the documented strings".to_string()
+        } else {
+            inner.to_string()
+        };
+        let path = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::BadRequest {
+            detail: format!("{path}: {message}"),
+            errors: vec![FieldError {
+                field: path,
+                message,
+            }],
+        }
+    })?;
+    de.end().map_err(|err| malformed(&err))?;
+    Ok(parsed)
+}
+
+/// A body that is not one JSON value: the field is the whole `body`.
+fn malformed(err: &serde_json::Error) -> ApiError {
+    let message = format!("malformed JSON: {err}");
+    ApiError::BadRequest {
+        detail: message.clone(),
+        errors: vec![FieldError {
+            field: "body".to_string(),
+            message,
+        }],
+    }
 }
 
 pub(super) fn body_rejection(rejection: BytesRejection) -> ApiError {

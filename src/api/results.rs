@@ -1,6 +1,6 @@
 //! `/v1/jobs/{id}/results/{custom_id}`: one result, and the image it was analyzed from.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::ToSchema;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::auth::Tenant;
 use super::dto::ResultView;
+use super::extract::ApiPath;
 use super::jobs::load_job;
 use super::problem::{ApiError, Problem};
 use super::AppState;
@@ -36,7 +37,7 @@ pub struct ImageBytes(#[allow(dead_code)] Vec<u8>);
 pub async fn get_result(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path((id, custom_id)): Path<(Uuid, String)>,
+    ApiPath((id, custom_id)): ApiPath<(Uuid, String)>,
 ) -> Result<axum::Json<ResultView>, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let item = state.app.result(job.id, &custom_id).await?;
@@ -61,7 +62,7 @@ pub async fn get_result(
 pub async fn get_result_image(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path((id, custom_id)): Path<(Uuid, String)>,
+    ApiPath((id, custom_id)): ApiPath<(Uuid, String)>,
 ) -> Result<Response, ApiError> {
     let job = load_job(&state, &tenant, id).await?;
     let image = state.app.result_image(job.id, &custom_id).await?;

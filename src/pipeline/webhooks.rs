@@ -10,6 +10,7 @@
 //! = `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")); the body is
 //! `{"type": "job.finished", "timestamp": …, "data": <the job as GET /v1/jobs/{id}>}`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -20,7 +21,7 @@ use tracing::Instrument;
 
 use crate::app::views::{job_snapshot, JobSnapshot};
 use crate::domain::{Job, WebhookState};
-use crate::outbound::{Failure, Options, Outbound};
+use crate::outbound::{Failure, Options, Outbound, Resolver};
 use crate::pipeline::{StepError, WorkerContext};
 pub use crate::signing::{sign, signing_key};
 use crate::store::WebhookAttempt;
@@ -61,10 +62,16 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(ctx: &WorkerContext, render: RenderJob) -> Self {
+    /// Deliveries resolve receivers' names through `resolver` (the system's in service; a
+    /// fixed table in tests, so a name can point at loopback without the network).
+    pub fn new(ctx: &WorkerContext, render: RenderJob, resolver: Arc<dyn Resolver>) -> Self {
         let settings = &ctx.settings.webhooks;
         let timeout = Duration::from_secs(settings.timeout_secs);
-        let http = Outbound::new(Options::webhooks(timeout).policy(settings.url_policy()));
+        let http = Outbound::new(
+            Options::webhooks(timeout)
+                .policy(settings.url_policy())
+                .resolver(resolver),
+        );
         Webhooks {
             ctx: ctx.clone(),
             render,

@@ -2,6 +2,7 @@
 //! (`kernel::spawn_loop`), which looks for work every `batch.tick_ms`, goes again at once
 //! while a step finds some, and stops taking new work when the token is cancelled.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use super::batch::{janitor, planner, poller, submitter};
 use super::individual::{self, Executor};
 use super::kernel::{spawn_loop, StepError, WorkerContext};
 use super::webhooks::{RenderJob, Webhooks};
+use crate::outbound::Resolver;
 
 /// What the workers of one replica run with besides the context.
 pub struct Extras {
@@ -19,6 +21,8 @@ pub struct Extras {
     /// Drains histogram samples into their buckets between scrapes, when this process
     /// owns the metrics recorder.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Resolves the names outbound requests (webhook deliveries) connect to.
+    pub resolver: Arc<dyn Resolver>,
 }
 
 pub fn spawn_all(
@@ -70,7 +74,7 @@ pub fn spawn_all(
             },
         );
     }
-    let webhooks = Webhooks::new(ctx, extras.render_job);
+    let webhooks = Webhooks::new(ctx, extras.render_job, extras.resolver);
     spawn_loop("webhooks", tick, stop, tracker, move || {
         let w = webhooks.clone();
         async move { w.run_once().await }

@@ -157,11 +157,31 @@ impl TestApp {
         extra: &[(&str, &str)],
         config_file: Option<&std::path::Path>,
     ) -> Option<TestApp> {
+        Self::spawn_full(kind, sim, extra, config_file, None).await
+    }
+
+    /// An application whose outbound requests resolve names through `resolver`.
+    pub async fn spawn_resolving(
+        kind: Db,
+        sim: SimConfig,
+        extra: &[(&str, &str)],
+        resolver: std::sync::Arc<dyn batchlens::outbound::Resolver>,
+    ) -> Option<TestApp> {
+        Self::spawn_full(kind, sim, extra, None, Some(resolver)).await
+    }
+
+    async fn spawn_full(
+        kind: Db,
+        sim: SimConfig,
+        extra: &[(&str, &str)],
+        config_file: Option<&std::path::Path>,
+        resolver: Option<std::sync::Arc<dyn batchlens::outbound::Resolver>>,
+    ) -> Option<TestApp> {
         let db = std::sync::Arc::new(TestDb::new(kind).await?);
         let sim = std::sync::Arc::new(SimServer::spawn(sim).await.unwrap());
         let data = tempfile::tempdir().unwrap();
         let data_dir = data.path().to_path_buf();
-        let mut app = Self::start_configured(db, sim, data_dir, extra, config_file).await;
+        let mut app = Self::start_configured(db, sim, data_dir, extra, config_file, resolver).await;
         app._data = Some(data);
         Some(app)
     }
@@ -173,7 +193,7 @@ impl TestApp {
         data_dir: PathBuf,
         extra: &[(&str, &str)],
     ) -> TestApp {
-        Self::start_configured(db, sim, data_dir, extra, None).await
+        Self::start_configured(db, sim, data_dir, extra, None, None).await
     }
 
     async fn start_configured(
@@ -182,11 +202,15 @@ impl TestApp {
         data_dir: PathBuf,
         extra: &[(&str, &str)],
         config_file: Option<&std::path::Path>,
+        resolver: Option<std::sync::Arc<dyn batchlens::outbound::Resolver>>,
     ) -> TestApp {
         let settings = settings(&db.url, &sim.base_url(), &data_dir, extra, config_file);
-        let app = Application::build(settings)
+        let mut app = Application::build(settings)
             .await
             .expect("the application builds");
+        if let Some(resolver) = resolver {
+            app = app.with_resolver(resolver);
+        }
         let base = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
         let s = stop.clone();
