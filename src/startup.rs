@@ -92,7 +92,7 @@ impl Application {
                 store: store.clone(),
                 settings: settings.clone(),
                 prices: prices.clone(),
-                rate: Default::default(),
+                gate: Default::default(),
             },
             keys: Arc::new(KeyRing::new(
                 &keys,

@@ -280,6 +280,27 @@ async fn max_open_items_per_tenant(db: Db) {
     app.shutdown().await;
 }
 
+/// Concurrent jobs of one tenant cannot together take more than its last open items: the
+/// checks and the insert are one admission per tenant (in a replica).
+async fn max_open_items_holds_under_concurrency(db: Db) {
+    let Some(app) = spawn_tenants(db, TWO, "[tenants.acme]\nmax_open_items = 3\n").await else {
+        return;
+    };
+    let one = json!({"open": true, "items": mixed_items(1, 0)});
+    let sent = (0..8).map(|_| post_with(&app, "/v1/jobs", "key-a", &one));
+    let statuses: Vec<u16> = futures::future::join_all(sent)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let accepted = statuses.iter().filter(|&&s| s == 202).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((accepted, refused), (3, 5), "{statuses:?}");
+    let list = json_with(&app, "/v1/jobs", "key-a").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    app.shutdown().await;
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
@@ -449,6 +470,7 @@ on_both!(
     keys_created_and_revoked_at_run_time,
     requests_per_second_per_tenant,
     max_open_items_per_tenant,
+    max_open_items_holds_under_concurrency,
     monthly_budget_per_tenant,
     data_files_are_owner_only,
 );

@@ -24,6 +24,7 @@ impl App {
         let spec = submit::check_spec(&self.settings, &req)?;
         let per_item = self.per_item_for(tenant, &spec).await?;
         let prepared = self.prepare(tenant, spec, req, per_item).await?;
+        let _admission = self.admission(tenant).await;
         self.check_open_items(tenant, prepared.intake.accepted)
             .await?;
         let est = &prepared.estimate;
@@ -71,11 +72,14 @@ impl App {
         })
         .await
         .map_err(AppError::internal)??;
+        let _admission = self.admission(tenant).await;
         self.check_open_items(tenant, intake.accepted).await?;
         // A budget holds the open job's estimate for all its images so far.
         let estimate = match self.settings.tenant_limits(tenant).monthly_budget_usd {
             None => None,
             Some(_) => {
+                // As it is now: another chunk may have moved its estimate meanwhile.
+                let job = self.job(tenant, id).await?;
                 let before = self.estimate_stored_job(&job).await?;
                 let dims = submit::item_dims(&self.settings, &intake.items);
                 let chunk = self.estimate_for_job(&job, &dims).await?;

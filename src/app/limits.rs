@@ -4,10 +4,11 @@
 //! (this month's spend plus the estimates of unfinished jobs, from the store).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use super::{App, AppError, AppResult};
@@ -16,13 +17,17 @@ use crate::domain::{pico_to_usd, Job, Mode, PicoUsd};
 /// How long a caller over `max_open_items` is told to wait: images finish on their own.
 pub const OPEN_ITEMS_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// One token bucket per tenant: `rate` tokens a second, holding at most `max(rate, 1)`.
+/// A replica's own state of the tenant limits: one token bucket per tenant (`rate` tokens
+/// a second, holding at most `max(rate, 1)`), and one admission lock per tenant, held from
+/// the open-items and budget checks to the insert so a tenant's concurrent requests to
+/// this replica cannot both take the last of a limit.
 #[derive(Debug, Default)]
-pub struct RateLimiter {
+pub struct TenantGate {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    admissions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl RateLimiter {
+impl TenantGate {
     /// Takes one request's token, or says how long until there is one.
     pub fn take(&self, tenant: &str, rate: f64) -> Result<(), Duration> {
         let capacity = rate.max(1.0);
@@ -37,6 +42,18 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
         }
+    }
+
+    /// Waits for the tenant's admission lock.
+    pub async fn admit(&self, tenant: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .admissions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 }
 
@@ -95,7 +112,7 @@ impl App {
         let Some(rate) = self.settings.tenant_limits(tenant).requests_per_second else {
             return Ok(());
         };
-        self.rate.take(tenant, rate).map_err(|wait| {
+        self.gate.take(tenant, rate).map_err(|wait| {
             metrics::counter!(crate::metrics::TENANT_LIMITED, "limit" => "requests_per_second")
                 .increment(1);
             AppError::TooManyRequests {
@@ -106,6 +123,16 @@ impl App {
                 retry_after: wait,
             }
         })
+    }
+
+    /// The tenant's admission lock when it has a limit checked against the store
+    /// (`max_open_items`, `monthly_budget_usd`): hold it from the checks to the insert.
+    pub async fn admission(&self, tenant: &str) -> Option<OwnedMutexGuard<()>> {
+        let limits = self.settings.tenant_limits(tenant);
+        if limits.max_open_items.is_none() && limits.monthly_budget_usd.is_none() {
+            return None;
+        }
+        Some(self.gate.admit(tenant).await)
     }
 
     /// Refuses `adding` more open images when the tenant would pass `max_open_items`.
@@ -191,7 +218,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_refills_at_its_rate() {
-        let limiter = RateLimiter::default();
+        let limiter = TenantGate::default();
         for _ in 0..2 {
             limiter.take("acme", 2.0).unwrap();
         }
@@ -205,6 +232,18 @@ mod tests {
         limiter.take("slow", 0.1).unwrap();
         let wait = limiter.take("slow", 0.1).unwrap_err();
         assert!(wait > Duration::from_secs(9), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn one_admission_per_tenant_at_a_time() {
+        let gate = TenantGate::default();
+        let held = gate.admit("acme").await;
+        let other = tokio::time::timeout(Duration::from_secs(5), gate.admit("globex")).await;
+        assert!(other.is_ok(), "another tenant is not held up");
+        assert!(gate.admissions.lock().unwrap()["acme"].try_lock().is_err());
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(5), gate.admit("acme")).await;
+        assert!(again.is_ok());
     }
 
     #[test]

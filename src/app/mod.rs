@@ -20,14 +20,14 @@ pub mod results;
 pub mod submit;
 pub mod views;
 
-/// What the use cases need: the store, the settings, the price table in force and the
-/// tenants' request buckets.
+/// What the use cases need: the store, the settings, the price table in force and this
+/// replica's state of the tenant limits.
 #[derive(Clone)]
 pub struct App {
     pub store: DynStore,
     pub settings: Arc<Settings>,
     pub prices: Arc<PriceTable>,
-    pub rate: Arc<limits::RateLimiter>,
+    pub gate: Arc<limits::TenantGate>,
 }
 
 /// A problem with one field of the input, named by its path (`items[3].image_url`).
