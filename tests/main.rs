@@ -17,5 +17,6 @@ mod individual;
 mod live_progress;
 mod openapi;
 mod outbound;
+mod read_path;
 mod resilience;
 mod webhook_safety;
