@@ -294,6 +294,31 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The first [`MAX_STORED_REJECTIONS`] items refused at intake, in position order
+    /// (all of them are items with status `rejected`).
+    pub rejections: Vec<Rejection>,
+    /// Moves whenever anything the job's views (the job, its results, posts and cost)
+    /// show changes: what the ETag `"v<version>"` is made of.
+    pub version: i64,
+}
+
+/// Rejections a job row keeps for its view; the rest are read as rejected items.
+pub const MAX_STORED_REJECTIONS: usize = 100;
+
+/// An item that will not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Rejection {
+    /// The item's position in the job (0-based).
+    #[schema(example = 2)]
+    pub index: i64,
+    /// The item's custom_id: the one given, or a generated one when that was unusable.
+    #[schema(example = "item-2")]
+    pub custom_id: String,
+    /// What is wrong, for a person to fix.
+    #[schema(
+        example = "image_base64: not a PNG, JPEG, WEBP or GIF image (first bytes 25 50 44 46: looks like a PDF)"
+    )]
+    pub reason: String,
 }
 
 /// Everything needed to create a job row.
@@ -346,6 +371,8 @@ pub struct Item {
     pub position: i64,
     pub custom_id: String,
     pub post_id: Option<String>,
+    /// The stored image reference; empty for a rejected item, and when read as a page of
+    /// results (those reads skip the column).
     pub image: String,
     pub width: Option<i32>,
     pub height: Option<i32>,

@@ -22,6 +22,7 @@ mod live_progress;
 mod openai_webhooks;
 mod openapi;
 mod outbound;
+mod read_path;
 mod resilience;
 mod tenants;
 mod webhook_safety;

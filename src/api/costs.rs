@@ -2,6 +2,8 @@
 //! price table in force.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,6 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::Tenant;
+use super::conditional;
 use super::dto::JobRequest;
 use super::extract::{ApiPath, ApiQuery};
 use super::jobs::load_job;
@@ -72,16 +75,27 @@ pub struct JobCost {
 }
 
 /// A job's tokens, actual cost, individual-call equivalent and savings.
+///
+/// Carries an `ETag`; with a matching `If-None-Match` the answer is a 304 with no body.
 #[utoipa::path(get, path = "/v1/jobs/{id}/cost", tag = "cost",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, body = JobCost),
+    params(("id" = Uuid, Path, description = "Job id"),
+           ("If-None-Match" = Option<String>, Header, description = "An ETag this endpoint gave (or a list, or `*`): 304 while it is current")),
+    responses((status = 200, body = JobCost,
+               headers(("ETag" = String, description = "\"v<version>\" of the job"),
+                       ("Cache-Control" = String, description = "no-cache"))),
+              (status = 304, description = "Not Modified: the If-None-Match tag is current; no body",
+               headers(("ETag" = String), ("Cache-Control" = String))),
               (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn job_cost(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<JobCost>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await? {
+        return Ok(not_modified);
+    }
     let job = load_job(&state, &tenant, id).await?;
     let c = job.cost;
     let savings = c.individual_pico_usd - c.actual_pico_usd;
@@ -90,7 +104,7 @@ pub async fn job_cost(
         _ => job.estimate_batch_pico_usd,
     };
     let priced = c.batch_items + c.individual_items;
-    Ok(Json(JobCost {
+    let cost = JobCost {
         model: job.model.clone(),
         currency: "USD",
         tokens: TokenTotals {
@@ -121,7 +135,8 @@ pub async fn job_cost(
                 usd: pico_to_usd(c.individual_mode_pico_usd),
             },
         },
-    }))
+    };
+    Ok(conditional::tagged(job.version, Json(cost)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

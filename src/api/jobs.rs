@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::Tenant;
+use super::conditional::{self, Check};
 use super::dto::{
     ItemsRequest, JobListQuery, JobPage, JobRequest, JobView, PostPage, PostView, PostsQuery,
     ResultPage, ResultView, ResultsQuery,
@@ -39,11 +40,6 @@ const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Loads the caller's job or answers 404.
 pub async fn load_job(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Job, ApiError> {
     Ok(state.app.job(&tenant.0, id).await?)
-}
-
-/// The job as clients see it.
-async fn job_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
-    Ok(JobView::from(state.app.job_view(job).await?))
 }
 
 fn accepted(view: &JobView) -> Response {
@@ -148,18 +144,35 @@ pub async fn list_jobs(
 }
 
 /// A job's status, progress, batches and cost summary.
+///
+/// Reads the job row and its shards, never its items: `rejected` holds the first 100
+/// rejections, the rest are at `/results?status=rejected`. Carries an `ETag`; with a
+/// matching `If-None-Match` the answer is a 304 with no body.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, body = JobView),
+    params(("id" = Uuid, Path, description = "Job id"),
+           ("If-None-Match" = Option<String>, Header, description = "An ETag this endpoint gave (or a list, or `*`): 304 while it is current")),
+    responses((status = 200, body = JobView,
+               headers(("ETag" = String, description = "\"v<version>\": changes whenever what the job's views show changes"),
+                       ("Cache-Control" = String, description = "no-cache"))),
+              (status = 304, description = "Not Modified: the If-None-Match tag is current; no body",
+               headers(("ETag" = String), ("Cache-Control" = String))),
               (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get_job(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<axum::Json<JobView>, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
-    Ok(axum::Json(job_view(&state, &job).await?))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await? {
+        return Ok(not_modified);
+    }
+    let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
+    let version = snapshot.job.version;
+    Ok(conditional::tagged(
+        version,
+        axum::Json(JobView::from(snapshot)),
+    ))
 }
 
 /// Append items to an open job.
@@ -231,10 +244,16 @@ pub async fn cancel_job(
 ///
 /// With `Accept: application/x-ndjson` every result is streamed, one JSON object per line,
 /// in item order (the `cursor` and `limit` are then ignored; `status` still filters).
+/// A JSON page carries an `ETag`; with a matching `If-None-Match` the answer is a 304.
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "results",
-    params(("id" = Uuid, Path, description = "Job id"), ResultsQuery),
+    params(("id" = Uuid, Path, description = "Job id"), ResultsQuery,
+           ("If-None-Match" = Option<String>, Header, description = "An ETag this endpoint gave (or a list, or `*`): 304 while it is current")),
     responses((status = 200, body = ResultPage,
-               content((ResultPage = "application/json"), (ResultView = "application/x-ndjson"))),
+               content((ResultPage = "application/json"), (ResultView = "application/x-ndjson")),
+               headers(("ETag" = String, description = "\"v<version>\" of the job (JSON pages only)"),
+                       ("Cache-Control" = String, description = "no-cache"))),
+              (status = 304, description = "Not Modified: the If-None-Match tag is current; no body",
+               headers(("ETag" = String), ("Cache-Control" = String))),
               (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list_results(
@@ -244,23 +263,27 @@ pub async fn list_results(
     ApiQuery(q): ApiQuery<ResultsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
     if wants_ndjson(&headers) {
+        let job = load_job(&state, &tenant, id).await?;
         return Ok(ndjson_results(state, job.id, q.status));
     }
     let limit = clamp_limit(q.limit, 100, 1000)?;
     let after = q.cursor.as_deref().map(decode_position).transpose()?;
-    let page = state.app.results(job.id, q.status, after, limit).await?;
+    let version = match conditional::check(&state, &tenant, id, &headers).await? {
+        Check::NotModified(response) => return Ok(response),
+        Check::Current(version) => version,
+    };
+    let page = state.app.results(id, q.status, after, limit).await?;
     let next_cursor = page
         .more
         .then(|| page.data.last())
         .flatten()
         .map(|i| encode_cursor(&i.position.to_string()));
-    Ok(axum::Json(ResultPage {
+    let body = ResultPage {
         data: page.data.iter().map(ResultView::from).collect(),
         next_cursor,
-    })
-    .into_response())
+    };
+    Ok(conditional::tagged(version, axum::Json(body)))
 }
 
 fn wants_ndjson(headers: &HeaderMap) -> bool {
@@ -304,9 +327,16 @@ fn ndjson_results(state: AppState, job_id: Uuid, status: Option<ItemStatus>) -> 
 }
 
 /// Results grouped by `post_id` (items without one come under `post_id: null`, last).
+///
+/// Carries an `ETag`; with a matching `If-None-Match` the answer is a 304 with no body.
 #[utoipa::path(get, path = "/v1/jobs/{id}/posts", tag = "results",
-    params(("id" = Uuid, Path, description = "Job id"), PostsQuery),
-    responses((status = 200, body = PostPage),
+    params(("id" = Uuid, Path, description = "Job id"), PostsQuery,
+           ("If-None-Match" = Option<String>, Header, description = "An ETag this endpoint gave (or a list, or `*`): 304 while it is current")),
+    responses((status = 200, body = PostPage,
+               headers(("ETag" = String, description = "\"v<version>\" of the job"),
+                       ("Cache-Control" = String, description = "no-cache"))),
+              (status = 304, description = "Not Modified: the If-None-Match tag is current; no body",
+               headers(("ETag" = String), ("Cache-Control" = String))),
               (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list_posts(
@@ -314,8 +344,8 @@ pub async fn list_posts(
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<PostsQuery>,
-) -> Result<axum::Json<PostPage>, ApiError> {
-    let job = load_job(&state, &tenant, id).await?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let limit = clamp_limit(q.limit, 100, 500)?;
     // The cursor is the last post of the previous page.
     let after: Option<Option<String>> = match q.cursor.as_deref() {
@@ -325,7 +355,11 @@ pub async fn list_posts(
         ),
         None => None,
     };
-    let page = state.app.posts(job.id, after, limit).await?;
+    let version = match conditional::check(&state, &tenant, id, &headers).await? {
+        Check::NotModified(response) => return Ok(response),
+        Check::Current(version) => version,
+    };
+    let page = state.app.posts(id, after, limit).await?;
     let next_cursor = if page.more {
         page.data
             .last()
@@ -333,7 +367,7 @@ pub async fn list_posts(
     } else {
         None
     };
-    Ok(axum::Json(PostPage {
+    let body = PostPage {
         data: page
             .data
             .into_iter()
@@ -343,7 +377,8 @@ pub async fn list_posts(
             })
             .collect(),
         next_cursor,
-    }))
+    };
+    Ok(conditional::tagged(version, axum::Json(body)))
 }
 
 pub fn clamp_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -15,6 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::app::App;
 
 pub mod auth;
+pub mod conditional;
 pub mod costs;
 mod dashboard;
 pub mod doc;

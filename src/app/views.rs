@@ -2,6 +2,7 @@
 //! shared by the API and the webhook sender — and the pages of jobs, results and posts.
 //! Returns domain data; the HTTP layer renders it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ pub use crate::store::{CostTotals, Gauges, JobCursor};
 pub struct JobSnapshot {
     pub job: Job,
     /// Items refused at intake: this request's on a submit or append, else the job's
-    /// first 100.
+    /// first 100 (kept on its row).
     pub rejected: Vec<Rejection>,
     pub shards: Vec<Shard>,
 }
@@ -61,6 +62,29 @@ impl App {
         Ok(crate::domain::processing(&shards))
     }
 
+    /// The caller's job as callers see it, read in one statement (its row and its
+    /// shards, never its items), or not found.
+    pub async fn job_snapshot(&self, tenant: &str, id: Uuid) -> AppResult<JobSnapshot> {
+        let (job, shards) = self
+            .store
+            .job_with_shards(Some(tenant), id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("no job {id}")))?;
+        Ok(JobSnapshot {
+            rejected: job.rejections.clone(),
+            job,
+            shards,
+        })
+    }
+
+    /// The version of the caller's job (what its ETag is made of), or not found.
+    pub async fn job_version(&self, tenant: &str, id: Uuid) -> AppResult<i64> {
+        self.store
+            .job_version(tenant, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("no job {id}")))
+    }
+
     /// The job as callers see it (see [`job_snapshot`]).
     pub async fn job_view(&self, job: &Job) -> AppResult<JobSnapshot> {
         job_snapshot(&self.store, job).await
@@ -80,10 +104,20 @@ impl App {
             .await?;
         let more = jobs.len() as i64 > limit;
         let jobs = &jobs[..jobs.len().min(limit as usize)];
-        let mut data = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            data.push(self.job_view(job).await?);
+        // The page's shards in one statement, not one per job.
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let mut by_job: HashMap<Uuid, Vec<Shard>> = HashMap::new();
+        for shard in self.store.list_shards_of_jobs(&ids).await? {
+            by_job.entry(shard.job_id).or_default().push(shard);
         }
+        let data = jobs
+            .iter()
+            .map(|job| JobSnapshot {
+                job: job.clone(),
+                rejected: job.rejections.clone(),
+                shards: by_job.remove(&job.id).unwrap_or_default(),
+            })
+            .collect();
         Ok(Page { data, more })
     }
 
@@ -195,35 +229,12 @@ impl App {
     }
 }
 
-/// The job as callers see it, read from its row, its shards and its first rejections:
-/// what the API answers and the webhook sender delivers.
+/// The job as callers see it, from its row (with its first rejections) and its shards:
+/// what the API answers and the webhook sender delivers. One statement; never items.
 pub async fn job_snapshot(store: &DynStore, job: &Job) -> AppResult<JobSnapshot> {
-    let shards = store.list_shards(job.id).await?;
-    let rejected = if job.counts.rejected > 0 {
-        store
-            .list_items(job.id, Some(ItemStatus::Rejected), None, 100)
-            .await?
-            .iter()
-            .map(rejection_of)
-            .collect()
-    } else {
-        Vec::new()
-    };
     Ok(JobSnapshot {
         job: job.clone(),
-        rejected,
-        shards,
+        rejected: job.rejections.clone(),
+        shards: store.list_shards(job.id).await?,
     })
-}
-
-fn rejection_of(item: &Item) -> Rejection {
-    Rejection {
-        index: item.position,
-        custom_id: item.custom_id.clone(),
-        reason: item
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .unwrap_or_default(),
-    }
 }

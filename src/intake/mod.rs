@@ -79,21 +79,7 @@ impl Default for IntakeLimits {
     }
 }
 
-/// An item that will not run, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct Rejection {
-    /// The item's position in the job (0-based).
-    #[schema(example = 2)]
-    pub index: i64,
-    /// The item's custom_id: the one given, or a generated one when that was unusable.
-    #[schema(example = "item-2")]
-    pub custom_id: String,
-    /// What is wrong, for a person to fix.
-    #[schema(
-        example = "image_base64: not a PNG, JPEG, WEBP or GIF image (first bytes 25 50 44 46: looks like a PDF)"
-    )]
-    pub reason: String,
-}
+pub use crate::domain::Rejection;
 
 /// The outcome of checking one chunk of items.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Leftover, Settled, StoreError, StoreResult};
 use crate::domain::{
     Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus,
-    Mode, NewItem, Shard, Usage,
+    Mode, NewItem, Rejection, Shard, Usage, MAX_STORED_REJECTIONS,
 };
 
 /// Rows per bulk statement.
@@ -26,7 +26,7 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
     individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
     estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
-    webhook_state, webhook_attempts, webhook_error";
+    webhook_state, webhook_attempts, webhook_error, rejections, version";
 
 /// SET clauses that make a job that turns terminal owe its webhook: `terminal` is the SQL
 /// of "the new status is terminal", `now` of the current time. Only a job with a
@@ -44,10 +44,77 @@ pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image,
     cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, individual_pico_usd, \
     run_mode, resolved_model, finished_at";
 
+/// [`ITEM_COLS`] as results and posts pages read them: everything but the image, which
+/// reads back empty (the pages never show it, and a data URL can be megabytes).
+pub(crate) const RESULT_COLS: &str = "job_id, position, custom_id, post_id, '' AS image, \
+    width, height, status, attempts, shard_id, output, error_code, error_message, \
+    input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, \
+    individual_pico_usd, run_mode, resolved_model, finished_at";
+
 pub(crate) const SHARD_COLS: &str = "id, job_id, kind, attempt, model, status, item_count, \
     input_file_id, openai_batch_id, output_file_id, error_file_id, batch_status, \
     request_total, request_completed, request_failed, error_code, error_message, \
     poll_interval_ms, next_poll_at, lease_token, created_at, updated_at";
+
+/// `cols` (a column list) qualified by `table`, each aliased `{alias}{name}`: for joins
+/// whose tables share column names.
+pub(crate) fn qualified(cols: &str, table: &str, alias: &str) -> String {
+    cols.split(',')
+        .map(|c| {
+            let c = c.trim();
+            format!("{table}.{c} AS {alias}{c}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row read through column names with a prefix (the aliases of [`qualified`]).
+pub(crate) struct Prefixed<'a, R> {
+    pub row: &'a R,
+    pub prefix: &'static str,
+}
+
+impl<R: RowGet> Prefixed<'_, R> {
+    fn col(&self, col: &str) -> String {
+        format!("{}{col}", self.prefix)
+    }
+}
+
+impl<R: RowGet> RowGet for Prefixed<'_, R> {
+    fn text(&self, col: &str) -> StoreResult<String> {
+        self.row.text(&self.col(col))
+    }
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+        self.row.opt_text(&self.col(col))
+    }
+    fn int(&self, col: &str) -> StoreResult<i64> {
+        self.row.int(&self.col(col))
+    }
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+        self.row.opt_int(&self.col(col))
+    }
+    fn int32(&self, col: &str) -> StoreResult<i32> {
+        self.row.int32(&self.col(col))
+    }
+    fn opt_int32(&self, col: &str) -> StoreResult<Option<i32>> {
+        self.row.opt_int32(&self.col(col))
+    }
+    fn uuid(&self, col: &str) -> StoreResult<Uuid> {
+        self.row.uuid(&self.col(col))
+    }
+    fn opt_uuid(&self, col: &str) -> StoreResult<Option<Uuid>> {
+        self.row.opt_uuid(&self.col(col))
+    }
+    fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>> {
+        self.row.ts(&self.col(col))
+    }
+    fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        self.row.opt_ts(&self.col(col))
+    }
+    fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
+        self.row.opt_json(&self.col(col))
+    }
+}
 
 pub(crate) const EVENT_COLS: &str = "id, job_id, kind, data, created_at";
 
@@ -88,7 +155,7 @@ pub(crate) const CANCEL_AT_ONCE: &str = "(shard_id IS NULL OR shard_id IN \
 /// Records a webhook attempt, fenced by the claim: $1 job id, $2 the claim's due time,
 /// $3 the new state, $4 the next due time, $5 why it was not delivered.
 pub(crate) const WEBHOOK_ATTEMPTED_SQL: &str = "UPDATE jobs SET webhook_state = $3, \
-     webhook_attempts = webhook_attempts + 1, webhook_due_at = $4, webhook_error = $5 \
+     version = version + 1, webhook_attempts = webhook_attempts + 1, webhook_due_at = $4, webhook_error = $5 \
      WHERE id = $1 AND webhook_due_at = $2 AND webhook_state = 'pending'";
 
 /// Claimed webhook deliveries from `RETURNING {JOB_COLS}, webhook_due_at` rows.
@@ -219,6 +286,8 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
         created_at: r.ts("created_at")?,
         updated_at: r.ts("updated_at")?,
         completed_at: r.opt_ts("completed_at")?,
+        rejections: serde_json::from_value(r.json("rejections")?).map_err(corrupt)?,
+        version: r.int("version")?,
     })
 }
 
@@ -388,8 +457,8 @@ impl JobDelta {
         ]
     }
 
-    /// `UPDATE jobs SET <col> = <col> + $2, …, updated_at = <now> WHERE id = $1
-    /// RETURNING <job>`; the 17 deltas bind as `$2..=$18`.
+    /// `UPDATE jobs SET <col> = <col> + $2, …, updated_at = <now>, version + 1 WHERE
+    /// id = $1 RETURNING <job>`; the 17 deltas bind as `$2..=$18`.
     pub fn update_sql(now: &str) -> String {
         let sets: Vec<String> = Self::COLUMNS
             .iter()
@@ -397,7 +466,8 @@ impl JobDelta {
             .map(|(i, c)| format!("{c} = {c} + ${}", i + 2))
             .collect();
         format!(
-            "UPDATE jobs SET {}, updated_at = {now} WHERE id = $1 RETURNING {JOB_COLS}",
+            "UPDATE jobs SET {}, updated_at = {now}, version = version + 1 WHERE id = $1 \
+             RETURNING {JOB_COLS}",
             sets.join(", ")
         )
     }
@@ -513,6 +583,25 @@ pub(crate) fn finished_status(status: JobStatus, c: &Counts) -> Option<JobStatus
     } else {
         JobStatus::Failed
     })
+}
+
+/// The rejections among `items` (positions from `first`) that a job row keeping `kept`
+/// already has room for (see [`MAX_STORED_REJECTIONS`]).
+pub(crate) fn rejections_of(first: i64, items: &[NewItem], kept: usize) -> Vec<Rejection> {
+    (first..)
+        .zip(items)
+        .filter(|(_, it)| it.status == ItemStatus::Rejected)
+        .take(MAX_STORED_REJECTIONS.saturating_sub(kept))
+        .map(|(index, it)| Rejection {
+            index,
+            custom_id: it.custom_id.clone(),
+            reason: it
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// The first custom_id used twice in `items`.
@@ -643,6 +732,51 @@ mod tests {
             status: ItemStatus::Pending,
             error: None,
         }
+    }
+
+    #[test]
+    fn result_columns_are_item_columns_without_the_image() {
+        let words = |cols: &str| {
+            cols.split(',')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        };
+        let expected: Vec<String> = words(ITEM_COLS)
+            .into_iter()
+            .map(|c| {
+                if c == "image" {
+                    "'' AS image".into()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        assert_eq!(words(RESULT_COLS), expected);
+    }
+
+    #[test]
+    fn stored_rejections_are_the_first_hundred() {
+        let mut items: Vec<_> = (0..150).map(|i| item(&format!("i{i}"), 1)).collect();
+        for it in items.iter_mut().skip(10) {
+            it.status = ItemStatus::Rejected;
+            it.error = Some(ItemError {
+                code: "bad".into(),
+                message: format!("{} is bad", it.custom_id),
+            });
+        }
+        let all = rejections_of(5, &items, 0);
+        assert_eq!(all.len(), MAX_STORED_REJECTIONS);
+        assert_eq!(
+            (
+                all[0].index,
+                all[0].custom_id.as_str(),
+                all[0].reason.as_str()
+            ),
+            (15, "i10", "i10 is bad")
+        );
+        let rest = rejections_of(5, &items, 98);
+        assert_eq!(rest.len(), 2);
+        assert!(rejections_of(5, &items, 100).is_empty());
     }
 
     #[test]

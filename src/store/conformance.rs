@@ -151,6 +151,10 @@ conformance!(
     openai_webhooks_make_shards_due_once,
     api_keys_created_listed_revoked,
     open_items_and_month_spend_per_tenant,
+    version_moves_with_what_views_show,
+    rejections_kept_on_the_job_row,
+    shards_of_many_jobs_in_one_read,
+    item_pages_skip_the_image,
 );
 
 // ---- fixtures -----------------------------------------------------------------------
@@ -373,7 +377,10 @@ async fn jobs_create_get_list(s: DynStore) {
         vec![(0, "a"), (1, "b"), (2, "c")]
     );
     assert_eq!(stored[0].post_id.as_deref(), Some("p1"));
-    assert_eq!(stored[0].image, "https://cdn.example.com/a.jpg");
+    assert_eq!(
+        stored[0].image, "",
+        "a page of results does not read the image"
+    );
     assert_eq!((stored[0].width, stored[0].height), (Some(640), Some(480)));
     assert_eq!(stored[0].attempts, 0);
     assert_eq!(stored[0].finished_at, None);
@@ -460,7 +467,15 @@ async fn timestamps_round_trip(s: DynStore) {
         )
         .await
         .unwrap();
-    assert_eq!(page, vec![created]);
+    // The same row, but for the version its new shard moved.
+    assert!(page[0].version > created.version);
+    assert_eq!(
+        page,
+        vec![Job {
+            version: page[0].version,
+            ..created
+        }]
+    );
 }
 
 async fn append_and_submit_open_job(s: DynStore) {
@@ -2741,4 +2756,344 @@ async fn open_items_and_month_spend_per_tenant(s: DynStore) {
     );
     let globex = s.month_spend("globex", since).await.unwrap();
     assert_eq!((globex.actual_pico_usd, globex.in_flight_pico_usd), (0, 10));
+}
+
+// ---- read path ----------------------------------------------------------------------
+
+/// The job's version now, checked against its row and `job_version`.
+async fn version(s: &DynStore, id: Uuid) -> i64 {
+    let v = job(s, id).await.version;
+    assert_eq!(s.job_version("acme", id).await.unwrap(), Some(v));
+    v
+}
+
+/// Asserts whether the job's version moved since `before` (`what` moved it or not), and
+/// returns the current one.
+async fn check_version(s: &DynStore, id: Uuid, before: i64, moved: bool, what: &str) -> i64 {
+    let now = version(s, id).await;
+    if moved {
+        assert!(now > before, "{what} moves the version ({before} → {now})");
+    } else {
+        assert_eq!(now, before, "{what} leaves the version alone");
+    }
+    now
+}
+
+/// Runs `step`, then [`check_version`].
+macro_rules! moves {
+    ($s:expr, $id:expr, $before:expr, $moved:expr, $what:literal, $step:expr) => {{
+        $step;
+        check_version($s, $id, $before, $moved, $what).await
+    }};
+}
+
+async fn version_moves_with_what_views_show(s: DynStore) {
+    let s = &s;
+    let mut batch = items(3);
+    batch.push(rejected("bad"));
+    let created = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &batch,
+        )
+        .await
+        .unwrap();
+    let id = created.id;
+    assert_eq!(s.job_version("globex", id).await.unwrap(), None);
+    assert_eq!(s.job_version("acme", Uuid::new_v4()).await.unwrap(), None);
+    let v = version(s, id).await;
+    assert_eq!(v, created.version);
+
+    // Planning: the lease is nobody's business, the new shard is (`batches[]`).
+    let (_, t) = claim_plan(s, "p", LEASE, 10).await.unwrap().remove(0);
+    let v = check_version(s, id, v, false, "a planning lease").await;
+    let shard = new_shard(vec![0, 1, 2], at(0));
+    let v = moves!(s, id, v, true, "a new shard", {
+        assert!(s
+            .create_shards(&job_lease(id, t), std::slice::from_ref(&shard))
+            .await
+            .unwrap())
+    });
+    let v = moves!(s, id, v, false, "releasing the plan lease", {
+        s.release_job(&job_lease(id, t)).await.unwrap()
+    });
+
+    // The submitter: claims, estimates and renewals show nowhere; statuses do.
+    let tok = claim(s, &[ShardStatus::Planned], at(10), "w", 10).await[0].lease_token;
+    let l = lease(shard.id, tok);
+    let v = check_version(s, id, v, false, "a shard claim").await;
+    let v = moves!(s, id, v, false, "a shard estimate", {
+        assert!(s.set_shard_estimate(&l, 1234).await.unwrap())
+    });
+    let v = moves!(s, id, v, false, "a lease renewal", {
+        assert!(s.renew_shard(&l, LEASE).await.unwrap())
+    });
+    let v = moves!(s, id, v, true, "an upload (planned → creating)", {
+        assert!(s.shard_uploaded(&l, "file-in").await.unwrap())
+    });
+    let v = moves!(s, id, v, true, "a created batch", {
+        assert!(s.shard_submitted(&l, "batch_1", at(20)).await.unwrap())
+    });
+
+    // The poller: a poll that learns nothing new leaves it; moving counts move it.
+    let poll = ShardPoll {
+        batch_status: "in_progress".into(),
+        request_total: 3,
+        request_completed: 0,
+        request_failed: 0,
+        output_file_id: None,
+        error_file_id: None,
+        next_poll_at: at(30),
+        poll_interval_ms: 1000,
+    };
+    let v = moves!(s, id, v, true, "the first poll (batch status)", {
+        assert!(s.shard_polled(&l, &poll).await.unwrap())
+    });
+    let later = ShardPoll {
+        next_poll_at: at(40),
+        poll_interval_ms: 2000,
+        ..poll.clone()
+    };
+    let v = moves!(s, id, v, false, "a poll with the same counts", {
+        assert!(s.shard_polled(&l, &later).await.unwrap())
+    });
+    let v = moves!(s, id, v, true, "a poll with more lines done", {
+        let done = ShardPoll {
+            request_completed: 2,
+            ..later.clone()
+        };
+        assert!(s.shard_polled(&l, &done).await.unwrap())
+    });
+    let v = moves!(s, id, v, true, "a set shard status", {
+        assert!(s
+            .set_shard_status(&l, ShardStatus::Ingesting, None)
+            .await
+            .unwrap())
+    });
+
+    // Item results, once: the same outcomes again change nothing.
+    let outcomes = [succeeded("item-0", Some(7), Mode::Batch), failed("item-1")];
+    let v = moves!(s, id, v, true, "item results", {
+        assert_eq!(s.record_shard_outcomes(&l, &outcomes).await.unwrap(), 2)
+    });
+    let v = moves!(s, id, v, false, "the same results again", {
+        assert_eq!(s.record_shard_outcomes(&l, &outcomes).await.unwrap(), 0)
+    });
+
+    // Cancelling: once; a second cancel finds it cancelling and changes nothing.
+    let v = moves!(s, id, v, true, "a cancel", {
+        assert_eq!(
+            s.cancel_job("acme", id).await.unwrap().status,
+            JobStatus::Cancelling
+        )
+    });
+    let v = moves!(s, id, v, false, "a second cancel", {
+        s.cancel_job("acme", id).await.unwrap()
+    });
+    let v = moves!(s, id, v, true, "the leftovers settled", {
+        let settled = s
+            .settle_shard_items(&l, &crate::store::job_cancelled_error(), Leftover::Cancel)
+            .await
+            .unwrap();
+        assert_eq!(settled.cancelled, 1)
+    });
+    let v = moves!(s, id, v, true, "finishing", {
+        assert_eq!(
+            s.finish_job_if_done(id).await.unwrap(),
+            Some(JobStatus::Cancelled)
+        )
+    });
+    let v = moves!(s, id, v, false, "finishing a finished job", {
+        assert_eq!(s.finish_job_if_done(id).await.unwrap(), None)
+    });
+    // The webhook the finished job owes: its delivery shows in `webhook`.
+    let (_, claim_at) = s
+        .claim_webhooks(LEASE, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(j, _)| j.id == id)
+        .expect("the finished job owes its webhook");
+    let v = check_version(s, id, v, false, "claiming the webhook").await;
+    moves!(s, id, v, true, "a webhook attempt", {
+        let attempt = crate::store::WebhookAttempt {
+            state: crate::domain::WebhookState::Delivered,
+            retry_at: None,
+            error: None,
+            detail: json!({"status": 200}),
+        };
+        assert!(s.webhook_attempted(id, claim_at, &attempt).await.unwrap())
+    });
+
+    // An open job: each chunk and the submit.
+    let open = s
+        .create_job(&new_job("acme", JobStatus::Open, Mode::Batch, at(1)), &[])
+        .await
+        .unwrap();
+    let v = version(s, open.id).await;
+    let v = moves!(s, open.id, v, true, "appended items", {
+        s.append_items("acme", open.id, &items(2)).await.unwrap()
+    });
+    moves!(s, open.id, v, true, "submitting the open job", {
+        s.submit_open_job("acme", open.id, Mode::Batch, "test", None, None)
+            .await
+            .unwrap()
+    });
+}
+
+async fn rejections_kept_on_the_job_row(s: DynStore) {
+    let mut first: Vec<NewItem> = (0..120).map(|i| rejected(&format!("r{i}"))).collect();
+    first.insert(0, item("ok", None));
+    let created = s
+        .create_job(
+            &new_job("acme", JobStatus::Open, Mode::Batch, at(0)),
+            &first,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.counts.rejected, 120);
+    assert_eq!(created.rejections.len(), 100, "the first 100 are kept");
+    assert_eq!(
+        (
+            created.rejections[0].index,
+            created.rejections[0].custom_id.as_str()
+        ),
+        (1, "r0")
+    );
+    assert_eq!(
+        created.rejections[0].reason,
+        "not a PNG, JPEG, WEBP or GIF image"
+    );
+    assert_eq!(created.rejections[99].custom_id, "r99");
+    assert_eq!(job(&s, created.id).await.rejections, created.rejections);
+
+    // An open job fills them chunk by chunk, up to 100.
+    let open = s
+        .create_job(&new_job("acme", JobStatus::Open, Mode::Batch, at(1)), &[])
+        .await
+        .unwrap();
+    assert!(open.rejections.is_empty());
+    let chunk = [item("a", None), rejected("x"), rejected("y")];
+    let after = s.append_items("acme", open.id, &chunk).await.unwrap();
+    let kept: Vec<(i64, &str)> = after
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.custom_id.as_str()))
+        .collect();
+    assert_eq!(kept, vec![(1, "x"), (2, "y")]);
+    let many: Vec<NewItem> = (0..150).map(|i| rejected(&format!("m{i}"))).collect();
+    let full = s.append_items("acme", open.id, &many).await.unwrap();
+    assert_eq!(full.rejections.len(), 100);
+    assert_eq!(full.rejections[2].index, 3);
+    assert_eq!(full.rejections[99].custom_id, "m97");
+    let more = s
+        .append_items("acme", open.id, &[rejected("z")])
+        .await
+        .unwrap();
+    assert_eq!(more.rejections, full.rejections);
+    assert_eq!(more.counts.rejected, 153);
+}
+
+async fn shards_of_many_jobs_in_one_read(s: DynStore) {
+    let (a, a_shard, _) = submitted_shard(&s, "acme", 2).await;
+    let b = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(4),
+        )
+        .await
+        .unwrap()
+        .id;
+    let (_, t) = claim_plan(&s, "p", LEASE, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(j, _)| j.id == b)
+        .unwrap();
+    let (one, two) = (new_shard(vec![0, 1], at(0)), new_shard(vec![2, 3], at(0)));
+    assert!(s
+        .create_shards(&job_lease(b, t), &[one.clone(), two.clone()])
+        .await
+        .unwrap());
+    let (b_shard, b2) = (one.id, two.id);
+    let quiet = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &items(1),
+        )
+        .await
+        .unwrap();
+    assert!(s.list_shards_of_jobs(&[]).await.unwrap().is_empty());
+    let shards = s
+        .list_shards_of_jobs(&[a, b, quiet.id, Uuid::new_v4()])
+        .await
+        .unwrap();
+    // By job; within a job, as `list_shards` orders them.
+    let got: Vec<(Uuid, Uuid)> = shards.iter().map(|x| (x.job_id, x.id)).collect();
+    let mut expected = vec![(a, a_shard), (b, b_shard), (b, b2)];
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    expected.sort();
+    assert_eq!(got_sorted, expected);
+    let mut by_job = got.clone();
+    by_job.sort_by_key(|(job, _)| *job);
+    assert_eq!(got, by_job);
+    for job_id in [a, b] {
+        let one: Vec<_> = shards
+            .iter()
+            .filter(|x| x.job_id == job_id)
+            .cloned()
+            .collect();
+        assert_eq!(one, s.list_shards(job_id).await.unwrap());
+    }
+
+    // A job's view in one statement: its row and its shards, oldest first.
+    for job_id in [a, b, quiet.id] {
+        let (row, shards) = s
+            .job_with_shards(Some("acme"), job_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row, job(&s, job_id).await);
+        assert_eq!(shards, s.list_shards(job_id).await.unwrap());
+        assert_eq!(
+            s.job_with_shards(None, job_id).await.unwrap().unwrap().0,
+            row
+        );
+    }
+    assert_eq!(s.list_shards(b).await.unwrap().len(), 2);
+    assert!(s
+        .job_with_shards(Some("globex"), a)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .job_with_shards(None, Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn item_pages_skip_the_image(s: DynStore) {
+    let list = [
+        item("a", Some("p2")),
+        item("b", None),
+        item("c", Some("p1")),
+    ];
+    let created = s
+        .create_job(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &list,
+        )
+        .await
+        .unwrap();
+    let page = s.list_items(created.id, None, None, 10).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(page.iter().all(|i| i.image.is_empty()), "{page:?}");
+    let posts = s.list_items_by_post(created.id, None, 10).await.unwrap();
+    assert!(posts.iter().all(|i| i.image.is_empty()));
+    // The writers that send images still read them.
+    let (_, shard_id, _) = submitted_shard(&s, "acme", 1).await;
+    let sent = s.shard_items(shard_id, None, 10).await.unwrap();
+    assert_eq!(sent[0].image, "https://cdn.example.com/item-0.jpg");
 }

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::common::{
     self, duration_micros, event_from_row, finished_status, item_from_row, job_from_row,
-    progress_json, shard_from_row, status_json, JobDelta, LeftoverPlan, RowGet, EVENT_COLS,
-    ITEM_COLS, JOB_COLS, SHARD_COLS,
+    progress_json, shard_from_row, status_json, JobDelta, LeftoverPlan, Prefixed, RowGet,
+    EVENT_COLS, ITEM_COLS, JOB_COLS, RESULT_COLS, SHARD_COLS,
 };
 use super::dialect::{args, Arg, Dialect};
 use super::{
@@ -31,12 +31,57 @@ use crate::domain::{
     PicoUsd, Shard, ShardKind, ShardStatus,
 };
 
+/// The read path's item pages: keyset queries on `items`' indexes that never read the
+/// `image` column (a data URL can be megabytes; results never show it).
+pub(crate) static RESULTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RESULT_COLS} FROM items WHERE job_id = $1 AND position > $2 \
+         ORDER BY position LIMIT $3"
+    )
+});
+pub(crate) static RESULTS_BY_STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RESULT_COLS} FROM items WHERE job_id = $1 AND status = $2 AND position > $3 \
+         ORDER BY position LIMIT $4"
+    )
+});
+pub(crate) static POSTS_FIRST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RESULT_COLS} FROM items WHERE job_id = $1 AND post_id IS NOT NULL \
+         ORDER BY post_id, position LIMIT $2"
+    )
+});
+pub(crate) static POSTS_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RESULT_COLS} FROM items WHERE job_id = $1 AND post_id IS NOT NULL \
+         AND (post_id, position) > ($2, $3) ORDER BY post_id, position LIMIT $4"
+    )
+});
+pub(crate) static NO_POST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RESULT_COLS} FROM items WHERE job_id = $1 AND post_id IS NULL \
+         AND position > $2 ORDER BY position LIMIT $3"
+    )
+});
+
+/// A job row and its shards in one statement (one snapshot): one row per shard (the job's
+/// columns `j_*` repeated, the shard's `s_*`), or one row with NULL shard columns.
+static JOB_WITH_SHARDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {} FROM jobs j LEFT JOIN shards s ON s.job_id = j.id \
+         WHERE j.id = $1 AND ($2 IS NULL OR j.tenant = $2) \
+         ORDER BY s.created_at, s.attempt, s.id",
+        common::qualified(JOB_COLS, "j", "j_"),
+        common::qualified(SHARD_COLS, "s", "s_")
+    )
+});
+
 static DELTA_SQL: LazyLock<String> = LazyLock::new(|| JobDelta::update_sql("now()"));
 
 /// `UPDATE jobs SET status = $2 …` for a job moving to `to` ($3: `to` is terminal).
 static SET_STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET status = $2, updated_at = now(), \
+        "UPDATE jobs SET status = $2, updated_at = now(), version = version + 1, \
          completed_at = CASE WHEN $3 THEN now() ELSE completed_at END, {} WHERE id = $1",
         common::owe_webhook_sql("$3", "now()")
     )
@@ -46,11 +91,11 @@ static CREATE_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (id, tenant, name, model, requested_mode, mode, mode_reason, detail, \
          analyzer, metadata, webhook_url, status, estimate_batch_pico_usd, \
-         estimate_individual_pico_usd, created_at, updated_at, {}) \
+         estimate_individual_pico_usd, created_at, updated_at, rejections, {}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
-         {}) RETURNING {JOB_COLS}",
+         $16, {}) RETURNING {JOB_COLS}",
         JobDelta::COLUMNS.join(", "),
-        (16..16 + JobDelta::COLUMNS.len())
+        (17..17 + JobDelta::COLUMNS.len())
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -258,6 +303,8 @@ impl<D: Dialect> JobStore for D {
         }
         let delta = JobDelta::for_new_items(items).values();
         let analyzer = serde_json::to_value(&job.analyzer).map_err(common::corrupt)?;
+        let rejections =
+            serde_json::to_value(common::rejections_of(0, items, 0)).map_err(common::corrupt)?;
         let mut list: Vec<Arg> = args![
             job.id,
             &job.tenant,
@@ -274,6 +321,7 @@ impl<D: Dialect> JobStore for D {
             job.estimate_batch_pico_usd,
             job.estimate_individual_pico_usd,
             job.created_at,
+            &rejections,
         ]
         .to_vec();
         list.extend(delta.iter().map(|v| Arg::Int(Some(*v))));
@@ -322,6 +370,17 @@ impl<D: Dialect> JobStore for D {
         }
         // Positions are dense from 0, so the next one is the item count.
         tx.insert_items(job_id, job.counts.total, items).await?;
+        let more = common::rejections_of(job.counts.total, items, job.rejections.len());
+        if !more.is_empty() {
+            let mut kept = job.rejections;
+            kept.extend(more);
+            let kept = serde_json::to_value(kept).map_err(common::corrupt)?;
+            tx.exec(
+                "UPDATE jobs SET rejections = $2 WHERE id = $1",
+                args![job_id, &kept],
+            )
+            .await?;
+        }
         let job = tx
             .apply_delta(job_id, &JobDelta::for_new_items(items))
             .await?;
@@ -349,7 +408,7 @@ impl<D: Dialect> JobStore for D {
         let to = finished_status(JobStatus::Queued, &job.counts).unwrap_or(JobStatus::Queued);
         tx.exec(
             "UPDATE jobs SET mode = $2, mode_reason = $3, estimate_batch_pico_usd = $4, \
-             estimate_individual_pico_usd = $5 WHERE id = $1",
+             estimate_individual_pico_usd = $5, version = version + 1 WHERE id = $1",
             args![
                 job_id,
                 mode.as_str(),
@@ -387,6 +446,35 @@ impl<D: Dialect> JobStore for D {
             format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant = $2)");
         let rows = self.read(&sql, args![id, tenant]).await?;
         rows.first().map(job_from_row).transpose()
+    }
+
+    async fn job_with_shards(
+        &self,
+        tenant: Option<&str>,
+        id: Uuid,
+    ) -> StoreResult<Option<(Job, Vec<Shard>)>> {
+        let rows = self.read(&JOB_WITH_SHARDS_SQL, args![id, tenant]).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let job = job_from_row(&Prefixed {
+            row: first,
+            prefix: "j_",
+        })?;
+        let mut shards = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let row = Prefixed { row, prefix: "s_" };
+            if row.opt_uuid("id")?.is_some() {
+                shards.push(shard_from_row(&row)?);
+            }
+        }
+        Ok(Some((job, shards)))
+    }
+
+    async fn job_version(&self, tenant: &str, id: Uuid) -> StoreResult<Option<i64>> {
+        let sql = "SELECT version FROM jobs WHERE id = $1 AND tenant = $2";
+        let rows = self.read(sql, args![id, tenant]).await?;
+        rows.first().map(|r| r.int("version")).transpose()
     }
 
     async fn list_jobs(
@@ -494,17 +582,15 @@ impl<D: Dialect> ItemStore for D {
         after_position: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<Item>> {
-        let sql = format!(
-            "SELECT {ITEM_COLS} FROM items WHERE job_id = $1 AND ($2 IS NULL OR status = $2) \
-             AND position > $3 ORDER BY position LIMIT $4"
-        );
-        let list = args![
-            job_id,
-            status.map(|s| s.as_str()),
-            after_position.unwrap_or(-1),
-            limit
-        ];
-        rows_to(&self.read(&sql, list).await?, item_from_row)
+        let after = after_position.unwrap_or(-1);
+        let rows = match status {
+            Some(status) => {
+                let list = args![job_id, status.as_str(), after, limit];
+                self.read(&RESULTS_BY_STATUS_SQL, list).await?
+            }
+            None => self.read(&RESULTS_SQL, args![job_id, after, limit]).await?,
+        };
+        rows_to(&rows, item_from_row)
     }
 
     async fn list_items_by_post(
@@ -513,19 +599,25 @@ impl<D: Dialect> ItemStore for D {
         after: Option<(Option<String>, i64)>,
         limit: i64,
     ) -> StoreResult<Vec<Item>> {
-        let cond = match &after {
-            None => "($2 IS NULL AND $3 = -1)",
-            Some((Some(_), _)) => {
-                "(post_id > $2 OR (post_id = $2 AND position > $3) OR post_id IS NULL)"
+        // Posts in order, then the items without one: each part a range of the index
+        // (job_id, post_id, position), so a page reads only its own rows.
+        let mut rows = match &after {
+            Some((None, _)) => Vec::new(),
+            Some((Some(post), position)) => {
+                let list = args![job_id, post.as_str(), *position, limit];
+                self.read(&POSTS_AFTER_SQL, list).await?
             }
-            Some((None, _)) => "(post_id IS NULL AND position > $3 AND $2 IS NULL)",
+            None => self.read(&POSTS_FIRST_SQL, args![job_id, limit]).await?,
         };
-        let sql = format!(
-            "SELECT {ITEM_COLS} FROM items WHERE job_id = $1 AND {cond} \
-             ORDER BY post_id NULLS LAST, position LIMIT $4"
-        );
-        let (post, pos) = after.unwrap_or((None, -1));
-        let rows = self.read(&sql, args![job_id, &post, pos, limit]).await?;
+        let room = limit - rows.len() as i64;
+        if room > 0 {
+            let after = match &after {
+                Some((None, position)) => *position,
+                _ => -1,
+            };
+            let list = args![job_id, after, room];
+            rows.extend(self.read(&NO_POST_SQL, list).await?);
+        }
         rows_to(&rows, item_from_row)
     }
 
@@ -775,6 +867,18 @@ impl<D: Dialect> ShardStore for D {
         let sql = format!("SELECT {SHARD_COLS} FROM shards WHERE id = $1");
         let rows = self.read(&sql, args![shard_id]).await?;
         rows.first().map(shard_from_row).transpose()
+    }
+
+    async fn list_shards_of_jobs(&self, job_ids: &[Uuid]) -> StoreResult<Vec<Shard>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {SHARD_COLS} FROM shards WHERE job_id {} \
+             ORDER BY job_id, created_at, attempt, id",
+            D::in_list("$1")
+        );
+        rows_to(&self.read(&sql, args![job_ids]).await?, shard_from_row)
     }
 
     async fn list_shards(&self, job_id: Uuid) -> StoreResult<Vec<Shard>> {

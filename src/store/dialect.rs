@@ -30,6 +30,7 @@ pub(crate) enum Arg<'a> {
     /// A list, used through [`Dialect::in_list`].
     Texts(&'a [&'a str]),
     Ints(&'a [i64]),
+    Ids(&'a [Uuid]),
 }
 
 macro_rules! arg_from {
@@ -60,6 +61,7 @@ arg_from! {
     Option<&'a Value> => Json,
     &'a [&'a str] => Texts,
     &'a [i64] => Ints,
+    &'a [Uuid] => Ids,
 }
 
 /// `args![a, b, …]`: a parameter list for the core's statements.
@@ -84,7 +86,7 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// A claim of webhooks reads whether any is due before it takes the write lock.
     const CLAIM_READS_FIRST: bool;
 
-    /// The condition "is in the list bound at `param`" (an `Arg::Texts` or `Arg::Ints`).
+    /// The condition "is in the list bound at `param`" (an `Arg::Texts`, `Arg::Ints` or `Arg::Ids`).
     fn in_list(param: &str) -> String;
     /// The time `micros` (a bound INTEGER of microseconds) from now: lease expiry.
     fn now_plus(micros: &str) -> String;

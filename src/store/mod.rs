@@ -5,6 +5,12 @@
 //! slow call presents the token it got and changes nothing when the token moved on
 //! (fencing). Job counters and cost sums live on the job row and change in the same
 //! transaction as the items they count.
+//!
+//! Reads are cheap by construction: a job's view is its row (counters, costs, its first
+//! rejections) and its shards, never its items; item pages are keyset ranges of an index
+//! that never read the image. `jobs.version` moves with every change a view shows: each
+//! statement that writes the job row bumps it, and triggers bump it for shard changes
+//! (every item writer also moves the job's counters, so items need none).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -378,6 +384,16 @@ pub trait JobStore: Send + Sync {
         estimate_batch_pico_usd: Option<PicoUsd>,
         estimate_individual_pico_usd: Option<PicoUsd>,
     ) -> StoreResult<bool>;
+    /// A job (with a tenant, only that tenant's) and all its shards, oldest first, in one
+    /// statement: what the job's view is read from, never its items.
+    async fn job_with_shards(
+        &self,
+        tenant: Option<&str>,
+        id: Uuid,
+    ) -> StoreResult<Option<(Job, Vec<Shard>)>>;
+
+    /// The version of the tenant's job (see [`Job::version`]), reading nothing else.
+    async fn job_version(&self, tenant: &str, id: Uuid) -> StoreResult<Option<i64>>;
 
     /// A job by id; with a tenant, only that tenant's.
     async fn get_job(&self, tenant: Option<&str>, id: Uuid) -> StoreResult<Option<Job>>;
@@ -418,7 +434,8 @@ pub trait JobStore: Send + Sync {
 /// Reading items.
 #[async_trait]
 pub trait ItemStore: Send + Sync {
-    /// Items of a job in position order, strictly after `after_position`.
+    /// Items of a job in position order, strictly after `after_position`, without their
+    /// image (`image` reads back empty): a page of results.
     async fn list_items(
         &self,
         job_id: Uuid,
@@ -428,7 +445,7 @@ pub trait ItemStore: Send + Sync {
     ) -> StoreResult<Vec<Item>>;
 
     /// Items of a job ordered by (post_id NULLS LAST, position) strictly after the cursor
-    /// `(post_id, position)`, for grouping by post.
+    /// `(post_id, position)`, for grouping by post; without their image, as `list_items`.
     async fn list_items_by_post(
         &self,
         job_id: Uuid,
@@ -522,6 +539,9 @@ pub trait ShardStore: Send + Sync {
     async fn release_shard(&self, lease: &ShardLease) -> StoreResult<()>;
 
     async fn get_shard(&self, shard_id: Uuid) -> StoreResult<Option<Shard>>;
+
+    /// All shards of these jobs in one statement, by job, each job's oldest first.
+    async fn list_shards_of_jobs(&self, job_ids: &[Uuid]) -> StoreResult<Vec<Shard>>;
 
     /// All shards of a job, oldest first.
     async fn list_shards(&self, job_id: Uuid) -> StoreResult<Vec<Shard>>;

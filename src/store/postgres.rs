@@ -46,6 +46,57 @@ impl PgStore {
         &self.pool
     }
 
+    /// The plans PostgreSQL picks for the read path's item pages of this job, each named:
+    /// the results pages (first, deep, by status) and the posts pages (first, after a
+    /// post, the items without one). For tests and benchmarks that check an index
+    /// serves each page.
+    pub async fn read_path_plans(&self, job_id: Uuid) -> StoreResult<Vec<(&'static str, String)>> {
+        use super::core::{
+            NO_POST_SQL, POSTS_AFTER_SQL, POSTS_FIRST_SQL, RESULTS_BY_STATUS_SQL, RESULTS_SQL,
+        };
+        use super::dialect::args;
+        let deep = args![job_id, 50_000i64, 101i64];
+        let pages: [(&'static str, &str, &[Arg<'_>]); 6] = [
+            (
+                "results, first page of 100",
+                &RESULTS_SQL,
+                args![job_id, -1i64, 101i64],
+            ),
+            ("results, a page deep in the job", &RESULTS_SQL, deep),
+            (
+                "results?status=succeeded",
+                &RESULTS_BY_STATUS_SQL,
+                args![job_id, "succeeded", -1i64, 101i64],
+            ),
+            (
+                "posts, first page",
+                &POSTS_FIRST_SQL,
+                args![job_id, 1000i64],
+            ),
+            (
+                "posts, after a post",
+                &POSTS_AFTER_SQL,
+                args![job_id, "post-12345", 49_383i64, 1000i64],
+            ),
+            (
+                "posts, the items without a post",
+                &NO_POST_SQL,
+                args![job_id, -1i64, 1000i64],
+            ),
+        ];
+        let mut plans = Vec::with_capacity(pages.len());
+        for (name, sql, list) in pages {
+            let explain = format!("EXPLAIN {sql}");
+            let rows = self.read(&explain, list).await?;
+            let lines = rows
+                .iter()
+                .map(|r| r.text("QUERY PLAN"))
+                .collect::<StoreResult<Vec<_>>>()?;
+            plans.push((name, lines.join("\n")));
+        }
+        Ok(plans)
+    }
+
     /// Applies the embedded `migrations/postgres`.
     pub async fn migrate(&self) -> StoreResult<()> {
         sqlx::migrate!("./migrations/postgres")
@@ -69,6 +120,7 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Postgres, PgArguments>
         Arg::Json(v) => q.bind(v),
         Arg::Texts(v) => q.bind(v),
         Arg::Ints(v) => q.bind(v),
+        Arg::Ids(v) => q.bind(v),
     })
 }
 

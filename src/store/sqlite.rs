@@ -168,6 +168,7 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>], at: i64) -> Query<'q, Sqlite, Sqlit
         Arg::Json(v) => q.bind(v.map(json_text)),
         Arg::Texts(v) => q.bind(json_array(v)),
         Arg::Ints(v) => q.bind(Value::from(v.to_vec()).to_string()),
+        Arg::Ids(v) => q.bind(json_array(v.iter().map(|u| id(*u)))),
     });
     if sql.contains(&format!("${}", args.len() + 1)) {
         q.bind(at)
