@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, fast_sim, mixed_items, submit_batch, Db, Service, TestApp, TestDb};
 use batchlens::analyzer::{chat_request_body, fashion, RequestOptions};
-use batchlens::cost::text_tokens::chat_request_input_tokens;
 use batchlens::domain::Detail;
 use openai_sim::{FaultRule, SimConfig, SimServer};
 use rand::{Rng, SeedableRng};
@@ -132,20 +131,34 @@ async fn an_expired_batch_is_finished_by_a_retry_shard(db: Db) {
     app.shutdown().await;
 }
 
-/// Input tokens of one request of the built-in analyzer at low detail: the same for every
-/// image (low detail prices every image alike), as the simulator counts them.
-fn tokens_per_item(model: &str) -> u64 {
+/// Input tokens of one request of the built-in analyzer at low detail (the same for every
+/// image: low detail prices every image alike), as the simulator bills them: asked of a
+/// simulator of its own, never counted with the service's code.
+async fn tokens_per_item(model: &str) -> u64 {
+    let sim = SimServer::spawn(fast_sim()).await.unwrap();
     let opts = RequestOptions {
         model,
         detail: Detail::Low,
         max_completion_tokens: 600,
     };
     let body = chat_request_body(&fashion(), "https://cdn.example.com/x.jpg", &opts);
-    u64::from(chat_request_input_tokens(&body, &|_| None))
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .bearer_auth("sk-test")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no usage in {answer}"))
 }
 
 async fn a_token_limit_refusal_is_replanned_smaller_and_succeeds(db: Db) {
-    let per_item = tokens_per_item("gpt-4o-mini");
+    let per_item = tokens_per_item("gpt-4o-mini").await;
     let mut sim = fast_sim();
     // Room for 10 items: the first shard of 16 is refused, shards of 8 fit one at a time.
     sim.enqueued_token_limits
@@ -187,7 +200,7 @@ async fn a_token_limit_refusal_is_replanned_smaller_and_succeeds(db: Db) {
 }
 
 async fn a_configured_token_limit_keeps_batches_under_it(db: Db) {
-    let per_item = tokens_per_item("gpt-4o-mini");
+    let per_item = tokens_per_item("gpt-4o-mini").await;
     let limit = (per_item * 10).to_string();
     let mut sim = fast_sim();
     sim.enqueued_token_limits
