@@ -87,7 +87,14 @@ async fn errors_are_problems_that_name_the_field(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 413);
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 413);
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("limit of 100000 bytes"), "{detail}");
+    assert!(
+        detail.contains("/v1/jobs/{id}/items") && detail.contains("multipart/form-data"),
+        "says how to send a large set: {detail}"
+    );
     // Wrong content type, unknown route, unknown job, wrong method.
     let r = app
         .http
@@ -653,4 +660,61 @@ on_both!(
     idempotent_submits,
     an_open_job_filled_in_five_chunks,
     listings_and_events,
+    a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe,
 );
+
+/// Sends `head` (and `body`, unless the request waits for `100 Continue`) on a raw
+/// connection and reads the answer to its end: what a client sees of a 413.
+async fn raw_exchange(base: &str, head: String, body: Option<Vec<u8>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    if let Some(body) = body {
+        conn.write_all(&body)
+            .await
+            .expect("the whole body is taken, no broken pipe");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers and closes")
+    .expect("the answer is read, not reset");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe(db: Db) {
+    let Some(app) = TestApp::spawn(
+        db,
+        fast_sim(),
+        &[("BATCHLENS__SERVER__MAX_BODY_BYTES", "100000")],
+    )
+    .await
+    else {
+        return;
+    };
+    let length = 50_000_000;
+    let head = |expect: &str| {
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n{expect}\r\n"
+        )
+    };
+    // A client that sends at once: the body is read and dropped, then the 413.
+    let answer = raw_exchange(&app.base, head(""), Some(vec![b' '; length])).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("limit of 100000 bytes"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // A client that waits for 100 Continue is answered without sending the body.
+    let answer = raw_exchange(&app.base, head("Expect: 100-continue\r\n"), None).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("limit of 100000 bytes"), "{answer}");
+    app.shutdown().await;
+}

@@ -15,6 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::app::App;
 
 pub mod auth;
+pub mod body_limit;
 pub mod conditional;
 pub mod costs;
 mod dashboard;
@@ -108,6 +109,10 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("this route does not answer that method".into())
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            body_limit::enforce,
+        ))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

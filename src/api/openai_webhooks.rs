@@ -89,7 +89,7 @@ pub async fn openai_webhook(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<OpenAiWebhookAck>, ApiError> {
-    let body = body.map_err(body_rejection)?;
+    let body = body.map_err(|e| body_rejection(e, state.app.settings.server.max_body_bytes))?;
     let received = Received {
         id: header(&headers, "webhook-id"),
         timestamp: header(&headers, "webhook-timestamp"),

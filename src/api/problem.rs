@@ -60,8 +60,9 @@ pub enum ApiError {
     /// 409: the state of the job forbids the action, or the idempotency key is in flight.
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is over the server.max_body_bytes limit; fill large jobs in chunks (\"open\": true, then POST /v1/jobs/{{id}}/items)")]
-    PayloadTooLarge,
+    /// 413: the body is over `server.max_body_bytes` (`limit`, in bytes).
+    #[error("the request body is over this server's limit of {limit} bytes (server.max_body_bytes); send a large set in chunks under it: create the job with \"open\": true, POST its images to /v1/jobs/{{id}}/items (JSON or multipart/form-data, one request per chunk, each with its own Idempotency-Key), then POST /v1/jobs/{{id}}/submit; `batchlens submit <folder>` does all of this")]
+    PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// 422: valid JSON that breaks a rule.
@@ -112,7 +113,7 @@ impl ApiError {
                 "Method not allowed",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::PayloadTooLarge => (
+            ApiError::PayloadTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Request body too large",
@@ -264,10 +265,11 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
                 "expected a body with Content-Type: application/json".into(),
             ));
         }
+        let limit = super::body_limit::limit_of(&req);
         axum::body::Bytes::from_request(req, state)
             .await
             .map(ApiBody)
-            .map_err(body_rejection)
+            .map_err(|e| body_rejection(e, limit))
     }
 }
 
@@ -319,9 +321,9 @@ fn malformed(err: &serde_json::Error) -> ApiError {
     }
 }
 
-pub(super) fn body_rejection(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge
+        ApiError::PayloadTooLarge { limit }
     } else {
         ApiError::BadRequest {
             detail: format!("could not read the body: {rejection}"),
