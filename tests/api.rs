@@ -661,6 +661,7 @@ on_both!(
     an_open_job_filled_in_five_chunks,
     listings_and_events,
     a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe,
+    an_items_chunk_sent_twice_with_one_key_stores_once,
 );
 
 /// Sends `head` (and `body`, unless the request waits for `100 Continue`) on a raw
@@ -716,5 +717,47 @@ async fn a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe(db: Db) {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(!answer.contains("100 Continue"), "{answer}");
     assert!(answer.contains("limit of 100000 bytes"), "{answer}");
+    app.shutdown().await;
+}
+
+async fn an_items_chunk_sent_twice_with_one_key_stores_once(db: Db) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+        return;
+    };
+    let (status, job) = app
+        .post("/v1/jobs", &json!({"open": true, "mode": "batch"}))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // No custom_ids: without the key a resent chunk would be stored a second time.
+    let image = b64(&png(40, 30));
+    let chunk = json!({"items": [{"image_base64": image, "mime_type": "image/png"},
+                                 {"image_base64": image, "mime_type": "image/png"}]});
+    let send = |key: &'static str, body: Value| {
+        app.http
+            .post(app.url(&format!("/v1/jobs/{id}/items")))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("chunk-0", chunk.clone()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["progress"]["total"], 2, "{first}");
+    let again = send("chunk-0", chunk.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the first answer, replayed");
+    let (_, now) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(now["progress"]["total"], 2, "stored once: {now}");
+    // The same key with another body is refused; another key is another chunk.
+    let other = json!({"items": [{"image_base64": image, "mime_type": "image/png"}]});
+    let (status, p) = problem(send("chunk-0", other.clone()).await.unwrap()).await;
+    assert_eq!(status, 422);
+    assert_eq!(p["errors"][0]["field"], "Idempotency-Key", "{p}");
+    let r = send("chunk-1", other).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, now) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(now["progress"]["total"], 3, "{now}");
     app.shutdown().await;
 }

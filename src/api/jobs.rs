@@ -18,7 +18,7 @@ use super::dto::{
     ResultPage, ResultView, ResultsQuery,
 };
 use super::extract::{bad_parameter, ApiPath, ApiQuery};
-use super::problem::{parse_json, ApiBody, ApiError, ApiJson, Problem};
+use super::problem::{parse_json, ApiBody, ApiError, Problem};
 use super::AppState;
 use crate::app::idempotency::Once;
 use crate::app::views::JobCursor;
@@ -179,13 +179,17 @@ pub async fn get_job(
 ///
 /// Same item schema and per-item checks as `POST /v1/jobs`; answers the job with its
 /// running `progress` and this chunk's `rejected`. 409 when the job is not open.
+/// `Idempotency-Key` (scoped to the job) makes a resent chunk safe: the same key and body
+/// answer the first chunk's answer again and store nothing, another body is a 422, a
+/// retry while the first is still running is a 409.
 #[utoipa::path(post, path = "/v1/jobs/{id}/items", tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
+    params(("id" = Uuid, Path, description = "Job id"),
+           ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a resent chunk safe (1 to 255 characters; scoped to the job)")),
     request_body = ItemsRequest,
     responses((status = 200, body = JobView),
               (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 409, description = "The job is not open", body = Problem, content_type = "application/problem+json"),
-              (status = 422, description = "No usable item, a broken rule, or (type …/problems/budget) the chunk's estimate over what is left of the tenant's monthly_budget_usd", body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The job is not open, or a chunk with this Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "No usable item, a broken rule, an Idempotency-Key reused with another body, or (type …/problems/budget) the chunk's estimate over what is left of the tenant's monthly_budget_usd", body = Problem, content_type = "application/problem+json"),
               (status = 429, description = "The tenant is over its requests_per_second or max_open_items (Retry-After says when to try again)", body = Problem, content_type = "application/problem+json",
                headers(("Retry-After" = u64, description = "Seconds to wait")))),
     security(("bearer" = [])))]
@@ -193,10 +197,24 @@ pub async fn append_items(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<ItemsRequest>,
-) -> Result<axum::Json<JobView>, ApiError> {
-    let view = state.app.append(&tenant.0, id, req.items).await?;
-    Ok(axum::Json(view.into()))
+    headers: HeaderMap,
+    body: ApiBody,
+) -> Result<Response, ApiError> {
+    // Scoped to the job: the same key on another job's chunk is another request.
+    let key = idempotency_key(&headers)?.map(|k| format!("items:{id}:{k}"));
+    let req: ItemsRequest = parse_json(&body.0)?;
+    let work = async {
+        let view = JobView::from(state.app.append(&tenant.0, id, req.items).await?);
+        Ok((id, view))
+    };
+    match state
+        .app
+        .once(&tenant.0, key.as_deref(), &body.0, work)
+        .await?
+    {
+        Once::Fresh(view) => Ok(axum::Json(view).into_response()),
+        Once::Replay(response) => Ok(axum::Json(response).into_response()),
+    }
 }
 
 /// Close an open job and start it.
