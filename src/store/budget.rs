@@ -67,7 +67,7 @@ fn step_sql(f: &Flavor, op: &BudgetOp) -> String {
     format!(
         "UPDATE rate_budgets AS b SET {set}, refilled_at = {greatest}(b.refilled_at, c.now) \
          FROM {now_from} WHERE b.account = $1 AND b.model = $2 \
-         RETURNING b.requests, b.tokens, {greatest}(b.paused_until - b.refilled_at, 0.0) AS paused_for, b.granted"
+         RETURNING requests, tokens, {greatest}(paused_until - refilled_at, 0.0) AS paused_for, granted"
     )
 }
 
