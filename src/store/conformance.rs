@@ -122,6 +122,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    rate_budget_takes_refills_pauses_and_keys_accounts,
     jobs_create_get_list,
     create_job_rejects_duplicates,
     timestamps_round_trip,
@@ -3096,4 +3097,107 @@ async fn item_pages_skip_the_image(s: DynStore) {
     let (_, shard_id, _) = submitted_shard(&s, "acme", 1).await;
     let sent = s.shard_items(shard_id, None, 10).await.unwrap();
     assert_eq!(sent[0].image, "https://cdn.example.com/item-0.jpg");
+}
+
+async fn rate_budget_takes_refills_pauses_and_keys_accounts(s: DynStore) {
+    use super::{BudgetOp, BudgetRefill};
+    // 2 requests/s, 100 tokens/s, holding 2 requests and 100 tokens.
+    let refill = BudgetRefill {
+        requests_per_sec: 2.0,
+        tokens_per_sec: 100.0,
+        max_requests: 2.0,
+        max_tokens: 100.0,
+    };
+    let take = |tokens| BudgetOp::Take { tokens };
+    // A new row starts full: two takes pass, the third does not.
+    let first = s
+        .budget_step("acct-a", "m", &refill, take(10.0))
+        .await
+        .unwrap();
+    assert!(first.granted, "{first:?}");
+    assert!(
+        s.budget_step("acct-a", "m", &refill, take(10.0))
+            .await
+            .unwrap()
+            .granted
+    );
+    let third = s
+        .budget_step("acct-a", "m", &refill, take(10.0))
+        .await
+        .unwrap();
+    assert!(!third.granted, "{third:?}");
+    assert!(third.requests < 1.0 && third.requests >= 0.0, "{third:?}");
+    // Another account's row is its own.
+    assert!(
+        s.budget_step("acct-b", "m", &refill, take(10.0))
+            .await
+            .unwrap()
+            .granted
+    );
+    // Refill: after 0.6 s at 2/s there is a request again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        s.budget_step("acct-a", "m", &refill, take(10.0))
+            .await
+            .unwrap()
+            .granted
+    );
+    // Debt: a call that counted 300 more tokens leaves the level below zero and blocks takes.
+    let debt = s
+        .budget_step("acct-a", "m", &refill, BudgetOp::AdjustTokens(300.0))
+        .await
+        .unwrap();
+    assert!(debt.tokens < -100.0, "{debt:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let blocked = s
+        .budget_step("acct-a", "m", &refill, take(10.0))
+        .await
+        .unwrap();
+    assert!(!blocked.granted && blocked.requests >= 1.0, "{blocked:?}");
+    // Giving back never raises the level above what it holds.
+    let back = s
+        .budget_step("acct-a", "m", &refill, BudgetOp::AdjustTokens(-10_000.0))
+        .await
+        .unwrap();
+    assert_eq!(back.tokens, 100.0);
+    // Lowered to what OpenAI says is left.
+    let low = s
+        .budget_step(
+            "acct-a",
+            "m",
+            &refill,
+            BudgetOp::LowerTo {
+                requests: Some(0.0),
+                tokens: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(low.requests < 0.1, "{low:?}");
+    // A pause is on the row: a take right after it does not pass and says how long.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let paused = s
+        .budget_step(
+            "acct-a",
+            "m",
+            &refill,
+            BudgetOp::Pause(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert!(paused.paused_for > Duration::from_secs(29), "{paused:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held = s
+        .budget_step("acct-a", "m", &refill, take(1.0))
+        .await
+        .unwrap();
+    assert!(!held.granted && held.requests >= 1.0, "{held:?}");
+    assert!(held.paused_for > Duration::from_secs(28), "{held:?}");
+    // The other account is not paused.
+    assert!(
+        s.budget_step("acct-b", "m", &refill, take(1.0))
+            .await
+            .unwrap()
+            .granted
+    );
 }

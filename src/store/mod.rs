@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod budget;
 mod common;
 #[cfg(test)]
 mod conformance;
@@ -804,6 +805,58 @@ pub trait OpenAiWebhookStore: Send + Sync {
     async fn forget_openai_webhooks(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }
 
+/// How a rate budget row refills and how much it holds (requests and tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetRefill {
+    pub requests_per_sec: f64,
+    pub tokens_per_sec: f64,
+    pub max_requests: f64,
+    pub max_tokens: f64,
+}
+
+/// One step on a rate budget row, after refilling it to the database's now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BudgetOp {
+    /// One request and `tokens`, when the row is not paused, holds a request and
+    /// `min(tokens, max_tokens)` tokens (a larger call leaves the level in debt).
+    Take { tokens: f64 },
+    /// Levels down to at most these (`None`: unchanged).
+    LowerTo {
+        requests: Option<f64>,
+        tokens: Option<f64>,
+    },
+    /// Tokens taken (negative: given back); the level never exceeds `max_tokens`.
+    AdjustTokens(f64),
+    /// Nobody takes before this much time has passed (kept when a later pause is
+    /// already set); the request level is emptied.
+    Pause(Duration),
+}
+
+/// A rate budget row after a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetLevels {
+    pub requests: f64,
+    pub tokens: f64,
+    /// How long the row is still paused.
+    pub paused_for: Duration,
+    /// The step was a take and it took.
+    pub granted: bool,
+}
+
+/// The individual-mode rate budget every replica shares: one row per (account, model).
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// One step on the row of (`account`, `model`), in one `UPDATE … RETURNING` (a missing
+    /// row is first inserted full). The refill uses the database's clock.
+    async fn budget_step(
+        &self,
+        account: &str,
+        model: &str,
+        refill: &BudgetRefill,
+        op: BudgetOp,
+    ) -> StoreResult<BudgetLevels>;
+}
+
 /// Everything the service keeps, by concern; `DynStore` names it.
 #[async_trait]
 pub trait Store:
@@ -817,6 +870,7 @@ pub trait Store:
     + ReportStore
     + WebhookStore
     + OpenAiWebhookStore
+    + BudgetStore
     + KeyStore
     + Send
     + Sync
