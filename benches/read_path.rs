@@ -1,4 +1,5 @@
-//! The read path under dashboard load: the release binary on PostgreSQL and on SQLite with
+//! The read path under dashboard load: the service (release build, in this process, as
+//! `benches/common` starts it) on PostgreSQL and on SQLite with
 //! a 2,000-image batch job in flight (openai-sim's `in_progress` slowed so it stays there),
 //! `wrk -t2 -c64 -d15s --latency` against `GET /v1/jobs/{id}`, the results page of 100, both
 //! with `If-None-Match` (304s), and `/healthz` (the HTTP stack alone); beside it, on
@@ -11,11 +12,13 @@
 //! nothing about time.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
+
+mod common;
 
 const IMAGES: usize = 2_000;
 const CONNECTIONS: &str = "64";
@@ -79,16 +82,6 @@ async fn main() {
     run("SQLite", &url, secs).await;
 }
 
-/// The service binary, killed when dropped.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn run(backend: &str, db_url: &str, secs: u64) {
     // 2,000 lines over 100 hours: the counts stand still for the length of a run.
     let sim = SimServer::spawn(SimConfig {
@@ -98,30 +91,18 @@ async fn run(backend: &str, db_url: &str, secs: u64) {
     .await
     .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _service = Service(
-        Command::new(env!("CARGO_BIN_EXE_batchlens"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", db_url)
-            .env("OPENAI_BASE_URL", sim.base_url())
-            .env("OPENAI_API_KEY", "sk-bench")
-            .env("BATCHLENS__SERVER__PORT", port.to_string())
-            .env("BATCHLENS__DATA_DIR", data.path())
-            .env("BATCHLENS__BATCH__TICK_MS", "100")
-            .env("BATCHLENS__BATCH__POLL_MIN_MS", "1000")
-            .env("BATCHLENS__BATCH__POLL_MAX_MS", "5000")
-            .env("BATCHLENS__LOG__LEVEL", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the release binary starts"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let service = common::Service::start(
+        &sim,
+        data.path(),
+        &[
+            ("DATABASE_URL", db_url.to_string()),
+            ("BATCHLENS__BATCH__TICK_MS", "100".into()),
+            ("BATCHLENS__BATCH__POLL_MIN_MS", "1000".into()),
+            ("BATCHLENS__BATCH__POLL_MAX_MS", "5000".into()),
+        ],
+    )
+    .await;
+    let base = service.base.clone();
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(60), || async {
         matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
@@ -232,6 +213,7 @@ async fn run(backend: &str, db_url: &str, secs: u64) {
         results_200.rps,
         results_304.rps / results_200.rps
     );
+    service.stop().await;
 }
 
 /// The ETag `url` answers now.

@@ -59,7 +59,13 @@ pub struct KeyRing {
     require_key: bool,
     store: Option<DynStore>,
     ttl: Duration,
-    cached: tokio::sync::Mutex<Option<(Instant, Arc<Vec<KeyHash>>)>>,
+    /// The database's keys and when they were read. Every request reads it: a plain
+    /// lock held for an `Arc` clone, never across an await, so callers do not queue on
+    /// one another the way they did on an async mutex.
+    cached: std::sync::RwLock<Option<(Instant, Arc<Vec<KeyHash>>)>>,
+    /// Held while one caller reads the keys again, so an expired copy costs one query,
+    /// not one per waiting request.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl KeyRing {
@@ -79,7 +85,8 @@ impl KeyRing {
             require_key,
             store,
             ttl,
-            cached: tokio::sync::Mutex::new(None),
+            cached: std::sync::RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -93,11 +100,13 @@ impl KeyRing {
         let Some(store) = &self.store else {
             return Ok(Arc::new(Vec::new()));
         };
-        let mut cached = self.cached.lock().await;
-        if let Some((at, keys)) = cached.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(keys.clone());
-            }
+        if let Some(keys) = self.fresh() {
+            return Ok(keys);
+        }
+        let _refreshing = self.refresh.lock().await;
+        // Another caller may have read them while this one waited.
+        if let Some(keys) = self.fresh() {
+            return Ok(keys);
         }
         let keys: Arc<Vec<KeyHash>> = Arc::new(
             store
@@ -107,8 +116,16 @@ impl KeyRing {
                 .filter_map(|(hash, tenant)| Some((parse_hash(&hash)?, tenant)))
                 .collect(),
         );
-        *cached = Some((Instant::now(), keys.clone()));
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), keys.clone()));
         Ok(keys)
+    }
+
+    /// The cached keys while younger than the TTL.
+    fn fresh(&self) -> Option<Arc<Vec<KeyHash>>> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        let (at, keys) = cached.as_ref()?;
+        (at.elapsed() < self.ttl).then(|| keys.clone())
     }
 
     /// The tenant a presented key (`None`: none given) names; the open tenant `default`
