@@ -20,8 +20,10 @@ use super::problem::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// The most of a refused body read (and dropped) so its client gets the 413.
-const DRAIN_MAX: u64 = 1 << 30;
+/// The most of a refused body read (and dropped) so its client gets the 413: 256 MiB, so a
+/// client cannot make the service read gigabytes it refused; a larger declared body gets the
+/// 413 and the connection closed at once.
+const DRAIN_MAX: u64 = 256 << 20;
 
 /// The limit a request carries (the server's default when it came in by another route,
 /// as in unit tests).
