@@ -186,6 +186,38 @@ pub struct EstimateResponse {
     /// Every priced model, cheapest batch cost first.
     pub models: Vec<ModelEstimate>,
     pub rejections: Vec<crate::intake::Rejection>,
+    /// The cheapest way to run these images among the priced models, details and modes;
+    /// null when no model is priced.
+    pub recommendation: Option<RecommendationView>,
+    /// Images that would be answered from earlier analyses (see Reuse), counted at 0.
+    pub reused: usize,
+}
+
+/// The cheapest (model, detail, mode) for a body, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecommendationView {
+    pub model: String,
+    pub detail: crate::domain::Detail,
+    /// `batch`, `flex` (where the model offers it) or `individual`.
+    pub mode: String,
+    /// The images on this model and detail at Batch API prices.
+    pub batch_usd: f64,
+    /// What the recommended mode costs (equal to `batch_usd` for batch and flex).
+    pub usd: f64,
+    pub why: String,
+}
+
+impl From<crate::cost::recommend::Recommendation> for RecommendationView {
+    fn from(r: crate::cost::recommend::Recommendation) -> Self {
+        Self {
+            model: r.model,
+            detail: r.detail,
+            mode: r.mode.to_string(),
+            batch_usd: pico_to_usd(r.batch),
+            usd: pico_to_usd(r.cost),
+            why: r.why,
+        }
+    }
 }
 
 fn per_image(total: Option<i64>, items: usize) -> Option<f64> {
@@ -239,6 +271,8 @@ pub async fn create_estimate(
         observed_items: est.per_item.observed_items,
         models,
         rejections: est.rejections,
+        recommendation: est.recommendation.map(Into::into),
+        reused: est.reused,
     }))
 }
 

@@ -7,7 +7,8 @@ use super::submit::{self, JobInput, JobSpec};
 use super::{App, AppResult};
 use crate::cost::calibration::{Calibration, PerItem, UsageSample};
 use crate::cost::estimate::Estimate;
-use crate::domain::{Analyzer, ItemStatus, Job, Mode};
+use crate::cost::recommend::{self, Asked, Modes, Recommendation};
+use crate::domain::{Analyzer, Detail, ItemStatus, Job, Mode};
 use crate::intake::Rejection;
 
 /// What a job body would cost, by mode and by model; nothing stored or sent.
@@ -27,6 +28,10 @@ pub struct BodyEstimate {
     /// What was assumed per image on the job's model.
     pub per_item: PerItem,
     pub rejections: Vec<Rejection>,
+    /// The cheapest (model, detail, mode) for these images; `None` when nothing is priced.
+    pub recommendation: Option<Recommendation>,
+    /// Images that would be answered from earlier analyses, at 0.
+    pub reused: usize,
 }
 
 impl App {
@@ -125,6 +130,31 @@ impl App {
             accepted,
             self.settings.individual.max_items,
         );
+        let by_detail: Vec<(Detail, Vec<Estimate>)> = Detail::ALL
+            .iter()
+            .map(|&detail| {
+                let spec = JobSpec {
+                    detail,
+                    ..spec.clone()
+                };
+                let all = submit::compare_models(&self.prices, &spec, &dims, |m| {
+                    self.per_item(&cal, &spec, m)
+                });
+                (detail, all)
+            })
+            .collect();
+        let reused = 0;
+        let recommendation = recommend::recommend(
+            &by_detail,
+            &Modes::batch_and_individual(),
+            Asked {
+                model: &spec.model,
+                detail: spec.detail,
+                mode,
+                images: dims.len() as u64,
+                reused: reused as u64,
+            },
+        );
         let rejected = prepared
             .intake
             .items
@@ -140,6 +170,8 @@ impl App {
             models,
             per_item,
             rejections: prepared.intake.rejected,
+            recommendation,
+            reused,
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod calibration;
 pub mod estimate;
 pub mod image_tokens;
 pub mod pricing;
+pub mod recommend;
 pub mod text_tokens;
 
 pub use calibration::{Basis, Calibration, PerItem, UsageSample};
