@@ -1,5 +1,6 @@
 //! What an inline image really is: format by magic bytes (never the declared type),
-//! dimensions from the header (no full decode), and animated-GIF detection.
+//! dimensions from the header (no full decode), whether it is whole (its structure walked
+//! to the end marker: `complete.rs`), and animated-GIF detection.
 
 /// The image formats OpenAI vision accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,8 +40,8 @@ pub struct ImageInfo {
     pub height: u32,
 }
 
-/// Identifies `bytes` as a still PNG, JPEG, WEBP or GIF and reads its dimensions.
-/// The error is a sentence for a person, without a field prefix.
+/// Identifies `bytes` as a still PNG, JPEG, WEBP or GIF, reads its dimensions and checks
+/// that it is not truncated. The error is a sentence for a person, without a field prefix.
 pub fn sniff_image(bytes: &[u8]) -> Result<ImageInfo, String> {
     if bytes.is_empty() {
         return Err("the image is empty (0 bytes)".to_string());
@@ -76,6 +77,7 @@ pub fn sniff_image(bytes: &[u8]) -> Result<ImageInfo, String> {
             size.height
         ));
     };
+    super::complete::check_complete(format, bytes)?;
     Ok(ImageInfo {
         format,
         mime: format.mime(),
@@ -180,29 +182,35 @@ fn looks_like(b: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Counts the frames (image descriptors) of a GIF by walking its block structure: a
-/// byte search would mistake a 0x2C inside pixel data or a comment for a frame.
+/// Counts the frames (image descriptors) of a GIF by walking its block structure to the
+/// trailer (0x3B): a byte search would mistake a 0x2C inside pixel data or a comment for a
+/// frame, and a GIF whose blocks run past the end, or that stops before its trailer, is
+/// truncated. The walk stops at a second frame: that is enough to refuse it as animated.
 fn gif_frame_count(b: &[u8]) -> Result<usize, String> {
-    let corrupt = || "the GIF is truncated or corrupt".to_string();
+    let cut = |what: &str, at: usize| {
+        format!("the GIF is truncated (its {what} at byte {at} runs past the end)")
+    };
     let mut r = Reader { b, pos: 6 };
     // Logical screen descriptor: width, height, packed flags, background, aspect.
-    r.skip(4).ok_or_else(corrupt)?;
-    let packed = r.byte().ok_or_else(corrupt)?;
-    r.skip(2).ok_or_else(corrupt)?;
+    r.skip(4).ok_or_else(|| cut("screen descriptor", 6))?;
+    let packed = r.byte().ok_or_else(|| cut("screen descriptor", 6))?;
+    r.skip(2).ok_or_else(|| cut("screen descriptor", 6))?;
     if packed & 0x80 != 0 {
-        r.skip(color_table_len(packed)).ok_or_else(corrupt)?;
+        r.skip(color_table_len(packed))
+            .ok_or_else(|| cut("colour table", 13))?;
     }
     let mut frames = 0;
     loop {
+        let at = r.pos;
         let Some(introducer) = r.byte() else {
-            // Some encoders omit the trailer; every block so far was complete.
-            return Ok(frames);
+            return Err("the GIF is truncated (it ends before its trailer)".to_string());
         };
         match introducer {
             0x3B => return Ok(frames),
             0x21 => {
-                r.skip(1).ok_or_else(corrupt)?; // extension label
-                r.skip_sub_blocks().ok_or_else(corrupt)?;
+                r.skip(1).ok_or_else(|| cut("extension block", at))?; // label
+                r.skip_sub_blocks()
+                    .ok_or_else(|| cut("extension block", at))?;
             }
             0x2C => {
                 frames += 1;
@@ -210,18 +218,18 @@ fn gif_frame_count(b: &[u8]) -> Result<usize, String> {
                     // Enough to decide; no need to walk the rest.
                     return Ok(frames);
                 }
-                r.skip(8).ok_or_else(corrupt)?; // left, top, width, height
-                let packed = r.byte().ok_or_else(corrupt)?;
+                let frame = || cut("image data", at);
+                r.skip(8).ok_or_else(frame)?; // left, top, width, height
+                let packed = r.byte().ok_or_else(frame)?;
                 if packed & 0x80 != 0 {
-                    r.skip(color_table_len(packed)).ok_or_else(corrupt)?;
+                    r.skip(color_table_len(packed)).ok_or_else(frame)?;
                 }
-                r.skip(1).ok_or_else(corrupt)?; // LZW minimum code size
-                r.skip_sub_blocks().ok_or_else(corrupt)?;
+                r.skip(1).ok_or_else(frame)?; // LZW minimum code size
+                r.skip_sub_blocks().ok_or_else(frame)?;
             }
             other => {
                 return Err(format!(
-                    "the GIF is corrupt (unexpected block 0x{other:02x} at byte {})",
-                    r.pos - 1
+                    "the GIF is corrupt (unexpected block 0x{other:02x} at byte {at})"
                 ))
             }
         }
@@ -340,15 +348,33 @@ mod tests {
     }
 
     #[test]
-    fn gif_without_trailer_is_accepted_but_cut_inside_a_block_is_not() {
-        let mut g = gif(2, 2, 1);
-        g.pop();
-        assert_eq!(sniff_image(&g).unwrap().format, ImageFormat::Gif);
-        let cut = &g[..g.len() - 3];
-        assert_eq!(
-            sniff_image(cut).unwrap_err(),
-            "the GIF is truncated or corrupt"
-        );
+    fn a_gif_cut_anywhere_is_truncated() {
+        let g = gif(2, 2, 1);
+        // Just before the trailer, inside the frame's data, the extension, the colour table.
+        let frame = g.len() - 1 - 15;
+        for (at, reason) in [
+            (
+                g.len() - 1,
+                "the GIF is truncated (it ends before its trailer)",
+            ),
+            (
+                g.len() - 3,
+                &*format!(
+                    "the GIF is truncated (its image data at byte {} runs past the end)",
+                    frame
+                ),
+            ),
+            (
+                g.len() / 2,
+                "the GIF is truncated (its extension block at byte 19 runs past the end)",
+            ),
+            (
+                15,
+                "the GIF is truncated (its colour table at byte 13 runs past the end)",
+            ),
+        ] {
+            assert_eq!(sniff_image(&g[..at]).unwrap_err(), reason, "cut at {at}");
+        }
     }
 
     #[test]

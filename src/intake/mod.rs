@@ -1,7 +1,10 @@
 //! Intake: per-item validation of a submitted image set. Each item is accepted (and its
 //! inline image normalized, and downscaled when the limits ask) or rejected on its own with
-//! a reason a person can act on. No I/O: URLs are checked, never fetched.
+//! a reason a person can act on. Inline images are identified by their bytes and must be
+//! whole (a truncated PNG, JPEG, WEBP or GIF is refused). No I/O: URLs are checked, never
+//! fetched.
 
+mod complete;
 mod image;
 mod item;
 pub mod resize;
@@ -37,7 +40,8 @@ pub struct ItemInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
     /// The image bytes in base64 (standard or URL-safe alphabet; line breaks allowed):
-    /// a PNG, JPEG, WEBP or non-animated GIF of at most 20 MiB decoded.
+    /// a whole (not truncated) PNG, JPEG, WEBP or non-animated GIF of at most 20 MiB
+    /// decoded.
     #[schema(
         example = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg=="
     )]
@@ -482,6 +486,44 @@ mod tests {
         assert!(reason(i.clone()).starts_with("mime_type is required with image_base64"));
         i.mime_type = Some("  ".into());
         assert!(reason(i).starts_with("mime_type is required"));
+    }
+
+    #[test]
+    fn truncated_images_are_rejected_in_both_inline_forms() {
+        let png64 = png(64, 64);
+        let small = testkit::jpeg_photo(64, 64);
+        let large = testkit::jpeg_photo(1200, 900);
+        let g = gif(4, 9, 1);
+        let w = webp(5, 7);
+        let cases: [(&[u8], &str); 5] = [
+            (&png64[..png64.len() / 2], "the PNG is truncated ("),
+            (&small[..small.len() / 2], "the JPEG is truncated ("),
+            (&large[..large.len() / 2], "the JPEG is truncated ("),
+            (&g[..g.len() - 1], "the GIF is truncated ("),
+            (&w[..w.len() - 2], "the WEBP is truncated ("),
+        ];
+        for (cut, starts) in cases {
+            let r = reason(b64(cut, "image/png"));
+            assert!(r.starts_with(&format!("image_base64: {starts}")), "{r}");
+            let r = reason(data(format!(
+                "data:image/png;base64,{}",
+                STANDARD.encode(cut)
+            )));
+            assert!(r.starts_with(&format!("data_url: {starts}")), "{r}");
+        }
+        // Also when downscaling would decode them: the structural check comes first.
+        let limits = downscaling("gpt-4o", crate::domain::Detail::Low);
+        let r = check_items(
+            vec![b64(&large[..large.len() / 2], "image/jpeg")],
+            0,
+            &none(),
+            &limits,
+        );
+        assert_eq!(
+            r.rejected[0].reason,
+            "image_base64: the JPEG is truncated (its scan data has no EOI marker)"
+        );
+        assert_eq!(r.items[0].error.as_ref().unwrap().code, "invalid_image");
     }
 
     #[test]

@@ -143,8 +143,9 @@ pub fn png_opaque(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
-/// A baseline JPEG header (SOI, JFIF APP0, SOF0 with the size, EOI): what a sniffer reads,
-/// not decodable.
+/// A baseline JPEG that is structurally whole but not decodable: SOI, JFIF APP0, SOF0 with
+/// the size, a start of scan with a few bytes of scan data, EOI (no tables). What a sniffer
+/// and a truncation check read.
 pub fn jpeg(w: u16, h: u16) -> Vec<u8> {
     let mut out = vec![0xFF, 0xD8];
     out.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x10]);
@@ -153,6 +154,8 @@ pub fn jpeg(w: u16, h: u16) -> Vec<u8> {
     out.extend_from_slice(&h.to_be_bytes());
     out.extend_from_slice(&w.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x01, 0x11, 0x00]);
+    out.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00]);
+    out.extend_from_slice(&[0x5A, 0xA5, 0x00]);
     out.extend_from_slice(&[0xFF, 0xD9]);
     out
 }
