@@ -354,6 +354,8 @@ pub struct NewItem {
     /// `Pending` or `Rejected`.
     pub status: ItemStatus,
     pub error: Option<ItemError>,
+    /// A remark from intake on an accepted item (e.g. a `mime_type` the bytes contradict).
+    pub note: Option<String>,
 }
 
 /// Why an item failed or was rejected.
@@ -390,6 +392,8 @@ pub struct Item {
     /// The model snapshot OpenAI reported.
     pub resolved_model: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Intake's remark on the item, if it made one.
+    pub note: Option<String>,
 }
 
 /// The outcome of running one item, written back in bulk.

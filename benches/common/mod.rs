@@ -68,6 +68,7 @@ pub fn item(i: usize, image: String) -> NewItem {
         height: Some(512),
         status: ItemStatus::Pending,
         error: None,
+        note: None,
     }
 }
 

@@ -361,7 +361,7 @@ impl From<Usage> for UsageView {
 /// One image's result.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({"custom_id": "p1-0", "post_id": "p1", "index": 0, "status": "succeeded",
-    "output": {"category": "dress"}, "error": null,
+    "output": {"category": "dress"}, "error": null, "note": null,
     "usage": {"input_tokens": 2900, "cached_input_tokens": 0, "output_tokens": 61, "reasoning_tokens": 0},
     "cost_usd": 0.000236, "attempts": 1, "mode": "batch", "model": "gpt-4o-mini-2024-07-18",
     "finished_at": "2026-11-29T12:30:00Z"}))]
@@ -373,6 +373,9 @@ pub struct ResultView {
     #[schema(value_type = Option<Object>)]
     pub output: Option<serde_json::Value>,
     pub error: Option<ItemError>,
+    /// Intake's remark on an accepted image, else null: e.g. `mime_type "image/jpeg"
+    /// disagrees with the bytes, which are a PNG (image/png); the bytes decide`.
+    pub note: Option<String>,
     pub usage: Option<UsageView>,
     /// What this image cost; null when not run yet or the model has no price.
     pub cost_usd: Option<f64>,
@@ -395,6 +398,7 @@ impl From<&Item> for ResultView {
             status: i.status,
             output: i.output.clone(),
             error: i.error.clone(),
+            note: i.note.clone(),
             usage: i.usage.map(UsageView::from),
             cost_usd: i.cost_pico_usd.map(pico_to_usd),
             individual_usd: i.individual_pico_usd.map(pico_to_usd),

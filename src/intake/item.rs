@@ -7,7 +7,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use base64::engine::DecodePaddingMode;
 use base64::{DecodeError, Engine as _};
 
-use super::image::sniff_image;
+use super::image::{sniff_image, ImageFormat};
 use super::resize::downscale_for;
 use super::{IntakeLimits, ItemInput};
 
@@ -42,7 +42,8 @@ impl Reject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Source {
     Url(String),
-    Base64(String),
+    /// The payload and the `mime_type` given with it, if any.
+    Base64(String, Option<String>),
     DataUrl(String),
 }
 
@@ -52,6 +53,8 @@ pub(super) struct CheckedImage {
     pub image: String,
     pub width: Option<i32>,
     pub height: Option<i32>,
+    /// A remark for the item's result, e.g. a declared type the bytes contradict.
+    pub note: Option<String>,
 }
 
 /// Takes the item's single image source out of `input`.
@@ -61,12 +64,7 @@ pub(super) fn take_source(input: &mut ItemInput) -> Result<Source, Reject> {
     let data = input.data_url.take();
     match (url, b64, data) {
         (Some(u), None, None) => Ok(Source::Url(u)),
-        (None, Some(b), None) => match input.mime_type.as_deref().map(str::trim) {
-            Some(m) if !m.is_empty() => Ok(Source::Base64(b)),
-            _ => Err(Reject::item(
-                "mime_type is required with image_base64 (e.g. \"image/jpeg\")",
-            )),
-        },
+        (None, Some(b), None) => Ok(Source::Base64(b, input.mime_type.take())),
         (None, None, Some(d)) => Ok(Source::DataUrl(d)),
         _ => Err(Reject::item(
             "give exactly one of image_url, image_base64 or data_url",
@@ -81,13 +79,13 @@ pub(super) fn check_image(source: &Source, limits: &IntakeLimits) -> Result<Chec
                 image,
                 width: None,
                 height: None,
+                note: None,
             })
             .map_err(|r| Reject::image(format!("image_url: {r}"))),
-        Source::Base64(b) => {
-            check_inline(b, limits).map_err(|r| Reject::image(format!("image_base64: {r}")))
-        }
+        Source::Base64(b, mime) => check_inline(b, limits, ("mime_type", mime.as_deref()))
+            .map_err(|r| Reject::image(format!("image_base64: {r}"))),
         Source::DataUrl(d) => data_url_payload(d)
-            .and_then(|payload| check_inline(payload, limits))
+            .and_then(|(mime, payload)| check_inline(payload, limits, ("data_url", Some(mime))))
             .map_err(|r| Reject::image(format!("data_url: {r}"))),
     }
 }
@@ -117,9 +115,9 @@ fn check_url(raw: &str, max_len: usize) -> Result<String, String> {
     Ok(raw.to_string())
 }
 
-/// The base64 payload of `data:<mime>;base64,<payload>`. The declared mime is not
-/// trusted: the bytes decide.
-fn data_url_payload(raw: &str) -> Result<&str, String> {
+/// The declared mime and the base64 payload of `data:<mime>;base64,<payload>`. The
+/// declared mime is not trusted: the bytes decide.
+fn data_url_payload(raw: &str) -> Result<(&str, &str), String> {
     let s = raw.trim_start();
     let has_scheme = s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:"));
     if !has_scheme {
@@ -144,15 +142,49 @@ fn data_url_payload(raw: &str) -> Result<&str, String> {
             "only base64 data URLs are supported (data:<mime>;base64,<payload>)".to_string(),
         );
     }
-    Ok(payload)
+    let mime = header.split(';').next().unwrap_or_default();
+    Ok((mime, payload))
+}
+
+/// The note for an image whose declared type (`mime_type`, or a data URL's) names another
+/// format than its bytes: accepted, since the bytes decide, but the client should know.
+/// Parameters, case and the common aliases (`image/jpg`, `image/pjpeg`, `image/x-png`)
+/// are not disagreements; an empty declaration is no declaration.
+fn mime_note(field: &str, declared: Option<&str>, real: ImageFormat) -> Option<String> {
+    let declared = declared?.trim();
+    let essence = declared.split(';').next().unwrap_or_default().trim();
+    if essence.is_empty() {
+        return None;
+    }
+    let agrees = match essence.to_ascii_lowercase().as_str() {
+        "image/jpeg" | "image/jpg" | "image/pjpeg" => real == ImageFormat::Jpeg,
+        "image/png" | "image/x-png" => real == ImageFormat::Png,
+        "image/webp" => real == ImageFormat::Webp,
+        "image/gif" => real == ImageFormat::Gif,
+        _ => false,
+    };
+    (!agrees).then(|| {
+        format!(
+            "{field} {} disagrees with the bytes, which are a {} ({}); the bytes decide",
+            quoted(declared),
+            real.name(),
+            real.mime()
+        )
+    })
 }
 
 /// Decodes and sniffs an inline image; the stored form is a data URL with the real mime.
 /// With a downscale target, an image larger than the model will look at is stored at the
 /// size it will be looked at.
-fn check_inline(text: &str, limits: &IntakeLimits) -> Result<CheckedImage, String> {
+/// `declared` is the field that declared a type and the type it declared, if any.
+fn check_inline(
+    text: &str,
+    limits: &IntakeLimits,
+    (field, declared): (&str, Option<&str>),
+) -> Result<CheckedImage, String> {
     let (bytes, payload) = decode_base64(text, limits.max_image_bytes)?;
     let info = sniff_image(&bytes)?;
+    let note = mime_note(field, declared, info.format);
     if let Some(target) = &limits.downscale {
         if let Some(small) = downscale_for(&bytes, target)? {
             return Ok(CheckedImage {
@@ -163,6 +195,7 @@ fn check_inline(text: &str, limits: &IntakeLimits) -> Result<CheckedImage, Strin
                 ),
                 width: Some(small.width as i32),
                 height: Some(small.height as i32),
+                note,
             });
         }
     }
@@ -170,6 +203,7 @@ fn check_inline(text: &str, limits: &IntakeLimits) -> Result<CheckedImage, Strin
         image: format!("data:{};base64,{payload}", info.mime),
         width: Some(info.width as i32),
         height: Some(info.height as i32),
+        note,
     })
 }
 

@@ -18,7 +18,7 @@ pub use image::{sniff_image, ImageFormat, ImageInfo};
 pub use resize::DownscaleTarget;
 
 /// One image of a job as a client submits it. Give exactly one of `image_url`,
-/// `image_base64` (with `mime_type`) or `data_url`.
+/// `image_base64` (`mime_type` optional) or `data_url`.
 #[derive(
     Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
 )]
@@ -41,18 +41,19 @@ pub struct ItemInput {
     pub image_url: Option<String>,
     /// The image bytes in base64 (standard or URL-safe alphabet; line breaks allowed):
     /// a whole (not truncated) PNG, JPEG, WEBP or non-animated GIF of at most 20 MiB
-    /// decoded.
+    /// decoded. Its type is read from the bytes.
     #[schema(
         example = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg=="
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_base64: Option<String>,
-    /// The type of `image_base64`, required with it. The bytes decide the real type.
+    /// The type of `image_base64`, optional: the bytes decide the real type. One that
+    /// disagrees with the bytes is not an error; the item's result carries a `note`.
     #[schema(example = "image/png")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mime_type: Option<String>,
     /// The image as a base64 data URL: `data:<mime>;base64,<payload>`, same rules as
-    /// `image_base64`.
+    /// `image_base64` (a `<mime>` the bytes contradict gives a `note` too).
     #[schema(
         example = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg=="
     )]
@@ -253,6 +254,7 @@ fn assemble(
                     height: c.height,
                     status: ItemStatus::Pending,
                     error: None,
+                    note: c.note,
                 }
             }
             Err(r) => {
@@ -272,6 +274,7 @@ fn assemble(
                         code: r.code.to_string(),
                         message: r.reason,
                     }),
+                    note: None,
                 }
             }
         };
@@ -480,12 +483,76 @@ mod tests {
     }
 
     #[test]
-    fn base64_needs_mime_type() {
-        let mut i = b64(&png(1, 1), "image/png");
+    fn base64_needs_no_mime_type() {
+        let mut i = b64(&png(3, 2), "image/png");
         i.mime_type = None;
-        assert!(reason(i.clone()).starts_with("mime_type is required with image_base64"));
+        let it = accepted(i.clone());
+        assert!(it.image.starts_with("data:image/png;base64,"));
+        assert_eq!((it.width, it.height, it.note), (Some(3), Some(2), None));
         i.mime_type = Some("  ".into());
-        assert!(reason(i).starts_with("mime_type is required"));
+        assert_eq!(accepted(i).note, None, "a blank mime_type declares nothing");
+    }
+
+    #[test]
+    fn a_declared_type_that_agrees_leaves_no_note() {
+        for (bytes, mime) in [
+            (png(1, 1), "image/png"),
+            (png(1, 1), "IMAGE/PNG; charset=binary"),
+            (png(1, 1), "image/x-png"),
+            (testkit::jpeg_photo(8, 8), "image/jpeg"),
+            (testkit::jpeg_photo(8, 8), "image/jpg"),
+            (webp(5, 7), "image/webp"),
+            (gif(4, 9, 1), "image/gif"),
+        ] {
+            assert_eq!(accepted(b64(&bytes, mime)).note, None, "{mime}");
+            let url = format!("data:{mime};base64,{}", STANDARD.encode(&bytes));
+            assert_eq!(accepted(data(url)).note, None, "{mime}");
+        }
+        let url = format!("data:;base64,{}", STANDARD.encode(png(1, 1)));
+        assert_eq!(accepted(data(url)).note, None, "no mime in the data URL");
+    }
+
+    #[test]
+    fn a_declared_type_the_bytes_contradict_is_accepted_with_a_note() {
+        let it = accepted(b64(&png(2, 2), "image/jpeg"));
+        assert!(it.image.starts_with("data:image/png;base64,"));
+        assert_eq!(
+            it.note.as_deref(),
+            Some(
+                "mime_type \"image/jpeg\" disagrees with the bytes, which are a PNG \
+                 (image/png); the bytes decide"
+            )
+        );
+        let it = accepted(data(format!(
+            "data:image/gif;base64,{}",
+            STANDARD.encode(testkit::jpeg_photo(8, 8))
+        )));
+        assert_eq!(
+            it.note.as_deref(),
+            Some(
+                "data_url \"image/gif\" disagrees with the bytes, which are a JPEG \
+                 (image/jpeg); the bytes decide"
+            )
+        );
+        let it = accepted(b64(&webp(5, 7), "application/octet-stream"));
+        assert!(it.note.unwrap().contains("which are a WEBP (image/webp)"));
+        // A rejected item carries its error, not a note.
+        let r = one(b64(&pdf(), "image/png"));
+        assert_eq!(r.items[0].note, None);
+    }
+
+    #[test]
+    fn a_note_survives_downscaling() {
+        let limits = downscaling("gpt-4o-mini", crate::domain::Detail::Low);
+        let photo = testkit::jpeg_photo(1600, 1200);
+        let r = check_items(vec![b64(&photo, "image/png")], 0, &none(), &limits);
+        assert_eq!(r.accepted, 1, "{:?}", r.rejected);
+        assert_eq!(r.items[0].width, Some(512));
+        assert!(r.items[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("which are a JPEG"));
     }
 
     #[test]
@@ -503,7 +570,10 @@ mod tests {
             (&w[..w.len() - 2], "the WEBP is truncated ("),
         ];
         for (cut, starts) in cases {
-            let r = reason(b64(cut, "image/png"));
+            let r = reason(ItemInput {
+                image_base64: Some(STANDARD.encode(cut)),
+                ..Default::default()
+            });
             assert!(r.starts_with(&format!("image_base64: {starts}")), "{r}");
             let r = reason(data(format!(
                 "data:image/png;base64,{}",

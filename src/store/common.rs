@@ -42,14 +42,14 @@ pub(crate) fn owe_webhook_sql(terminal: &str, now: &str) -> String {
 pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image, width, height, \
     status, attempts, shard_id, output, error_code, error_message, input_tokens, \
     cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, individual_pico_usd, \
-    run_mode, resolved_model, finished_at";
+    run_mode, resolved_model, finished_at, note";
 
 /// [`ITEM_COLS`] as results and posts pages read them: everything but the image, which
 /// reads back empty (the pages never show it, and a data URL can be megabytes).
 pub(crate) const RESULT_COLS: &str = "job_id, position, custom_id, post_id, '' AS image, \
     width, height, status, attempts, shard_id, output, error_code, error_message, \
     input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, \
-    individual_pico_usd, run_mode, resolved_model, finished_at";
+    individual_pico_usd, run_mode, resolved_model, finished_at, note";
 
 pub(crate) const SHARD_COLS: &str = "id, job_id, kind, attempt, model, status, item_count, \
     input_file_id, openai_batch_id, output_file_id, error_file_id, batch_status, \
@@ -330,6 +330,7 @@ pub(crate) fn item_from_row<R: RowGet>(r: &R) -> StoreResult<Item> {
         run_mode: r.opt_parsed("run_mode")?,
         resolved_model: r.opt_text("resolved_model")?,
         finished_at: r.opt_ts("finished_at")?,
+        note: r.opt_text("note")?,
     })
 }
 
@@ -731,6 +732,7 @@ mod tests {
             height: None,
             status: ItemStatus::Pending,
             error: None,
+            note: None,
         }
     }
 

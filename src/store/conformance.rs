@@ -196,6 +196,7 @@ fn item(custom_id: &str, post_id: Option<&str>) -> NewItem {
         height: Some(480),
         status: ItemStatus::Pending,
         error: None,
+        note: None,
     }
 }
 
@@ -301,7 +302,14 @@ async fn jobs_create_get_list(s: DynStore) {
         let j = s
             .create_job(
                 &new_job("acme", status, Mode::Batch, at(secs)),
-                &[item("a", Some("p1")), item("b", None), rejected("c")],
+                &[
+                    NewItem {
+                        note: Some("mime_type \"image/gif\" disagrees".into()),
+                        ..item("a", Some("p1"))
+                    },
+                    item("b", None),
+                    rejected("c"),
+                ],
             )
             .await
             .unwrap();
@@ -385,6 +393,13 @@ async fn jobs_create_get_list(s: DynStore) {
     assert_eq!((stored[0].width, stored[0].height), (Some(640), Some(480)));
     assert_eq!(stored[0].attempts, 0);
     assert_eq!(stored[0].finished_at, None);
+    assert_eq!(
+        stored[0].note.as_deref(),
+        Some("mime_type \"image/gif\" disagrees")
+    );
+    assert_eq!(stored[1].note, None);
+    let one = s.get_item(j.id, "a").await.unwrap().unwrap();
+    assert_eq!(one.note, stored[0].note);
     assert_eq!(stored[2].status, ItemStatus::Rejected);
     assert_eq!(stored[2].error.as_ref().unwrap().code, "unsupported_image");
     assert!(stored[2].finished_at.is_some());

@@ -203,16 +203,18 @@ impl Dialect for PgStore {
             .iter()
             .map(|i| i.error.as_ref().map(|e| e.message.as_str()))
             .collect();
+        let notes: Vec<Option<&str>> = chunk.iter().map(|i| i.note.as_deref()).collect();
         sqlx::query(
             "INSERT INTO items (job_id, position, custom_id, post_id, image, image_bytes, width, \
-         height, status, error_code, error_message, finished_at, updated_at) \
+         height, status, error_code, error_message, note, finished_at, updated_at) \
          SELECT $1, u.position, u.custom_id, u.post_id, u.image, u.image_bytes, u.width, \
-         u.height, u.status, u.error_code, u.error_message, \
+         u.height, u.status, u.error_code, u.error_message, u.note, \
          CASE WHEN u.terminal THEN now() END, now() \
          FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-         $7::int[], $8::int[], $9::text[], $10::bool[], $11::text[], $12::text[]) \
+         $7::int[], $8::int[], $9::text[], $10::bool[], $11::text[], $12::text[], \
+         $13::text[]) \
          AS u(position, custom_id, post_id, image, image_bytes, width, height, status, \
-         terminal, error_code, error_message)",
+         terminal, error_code, error_message, note)",
         )
         .bind(job_id)
         .bind(&positions)
@@ -226,6 +228,7 @@ impl Dialect for PgStore {
         .bind(&terminal)
         .bind(&codes)
         .bind(&messages)
+        .bind(&notes)
         .execute(&mut **tx)
         .await?;
         Ok(())

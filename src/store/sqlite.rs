@@ -251,7 +251,7 @@ impl Dialect for SqliteStore {
         let (job, at, mut position) = (id(job_id), tx.at, first);
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO items (job_id, position, custom_id, post_id, image, image_bytes, width, \
-         height, status, error_code, error_message, finished_at, updated_at) ",
+         height, status, error_code, error_message, note, finished_at, updated_at) ",
         );
         qb.push_values(chunk, |mut b, it| {
             b.push_bind(job.as_str())
@@ -265,6 +265,7 @@ impl Dialect for SqliteStore {
                 .push_bind(it.status.as_str())
                 .push_bind(it.error.as_ref().map(|e| e.code.as_str()))
                 .push_bind(it.error.as_ref().map(|e| e.message.as_str()))
+                .push_bind(it.note.as_deref())
                 .push_bind(it.status.is_terminal().then_some(at))
                 .push_bind(at);
             position += 1;
