@@ -17,6 +17,7 @@ mod dashboard;
 mod governor;
 mod housekeeping;
 mod individual;
+mod intake_strict;
 mod item_results;
 mod live_progress;
 mod openai_webhooks;
