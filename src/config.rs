@@ -533,6 +533,17 @@ impl Settings {
         self.database.url.expose_secret()
     }
 
+    /// The database as the start-up log names it: see [`redacted_database_url`].
+    pub fn database_for_log(&self) -> String {
+        redacted_database_url(self.database_url())
+    }
+
+    /// The data directory as an absolute path (made from the working directory when the
+    /// configured one is relative).
+    pub fn data_dir_absolute(&self) -> PathBuf {
+        std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone())
+    }
+
     /// No key configured and none required: every caller is the tenant `default` unless
     /// the database holds keys (see `api::auth::KeyRing`).
     pub fn is_open(&self) -> bool {
@@ -552,9 +563,78 @@ impl Settings {
     }
 }
 
+/// A database URL fit for a log: a PostgreSQL password, in the URL or in a `password`
+/// parameter, becomes `***`; a SQLite path is made absolute (`sqlite:///srv/data/batchlens.db`).
+/// A URL that does not parse is not shown at all, since it may hold a password.
+pub fn redacted_database_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        if path.is_empty() || path == ":memory:" {
+            return url.to_string();
+        }
+        let path = std::path::absolute(path)
+            .map_or_else(|_| path.to_string(), |abs| abs.display().to_string());
+        return match query {
+            Some(query) => format!("sqlite://{path}?{query}"),
+            None => format!("sqlite://{path}"),
+        };
+    }
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(a database URL that does not parse)".to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    let is_password = |k: &str| k.eq_ignore_ascii_case("password");
+    if parsed.query_pairs().any(|(k, _)| is_password(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_password(&k) { "***".into() } else { v };
+                (k.into_owned(), v.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_logged_without_passwords() {
+        assert_eq!(
+            redacted_database_url("postgres://postgres:hunter2@db.internal:5432/batchlens"),
+            "postgres://postgres:***@db.internal:5432/batchlens"
+        );
+        assert_eq!(
+            redacted_database_url("postgresql://app@db/batchlens?sslmode=require"),
+            "postgresql://app@db/batchlens?sslmode=require"
+        );
+        let q = redacted_database_url("postgres://db/x?user=app&password=hunter2&sslmode=disable");
+        assert_eq!(q, "postgres://db/x?user=app&password=***&sslmode=disable");
+        assert!(!redacted_database_url("postgres://a:hunter2@[::1/x").contains("hunter2"));
+    }
+
+    #[test]
+    fn sqlite_paths_are_logged_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            redacted_database_url("sqlite://data/batchlens.db"),
+            format!("sqlite://{}", cwd.join("data/batchlens.db").display())
+        );
+        assert_eq!(
+            redacted_database_url("sqlite:///srv/b.db?mode=rwc"),
+            "sqlite:///srv/b.db?mode=rwc"
+        );
+        assert_eq!(redacted_database_url("sqlite::memory:"), "sqlite::memory:");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

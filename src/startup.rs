@@ -54,6 +54,11 @@ impl Application {
     /// listener (`server.port = 0` picks a free port; see [`Application::port`]).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         prepare_data_dir(&settings)?;
+        tracing::info!(
+            database = %settings.database_for_log(),
+            data_dir = %settings.data_dir_absolute().display(),
+            "batchlens starting"
+        );
         let store = store::connect(settings.database_url()).await?;
         let keys: Vec<(String, String)> = settings
             .auth

@@ -25,5 +25,6 @@ mod openapi;
 mod outbound;
 mod read_path;
 mod resilience;
+mod serve_log;
 mod tenants;
 mod webhook_safety;
