@@ -19,6 +19,7 @@ mod housekeeping;
 mod individual;
 mod item_results;
 mod live_progress;
+mod multipart;
 mod openai_webhooks;
 mod openapi;
 mod outbound;
