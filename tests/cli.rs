@@ -1,6 +1,5 @@
 //! The command-line client as a user runs it: the real binary against the real service and
-//! openai-sim. (`submit` end to end needs server-side multipart; its pieces are unit-tested
-//! in src/cli.)
+//! openai-sim.
 
 use std::path::Path;
 use std::time::Duration;
@@ -216,6 +215,65 @@ async fn estimate_prints_a_table_with_the_cheapest_marked() {
         (stats.chat_calls, stats.batches_created),
         (0, 0),
         "nothing sent to OpenAI"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_uploads_a_folder_in_multipart_chunks_and_writes_the_results() {
+    let app = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let photos = cwd.path().join("photos");
+    for (rel, bytes) in [
+        ("cover.png", png(30, 20)),
+        ("p1/look1.png", png(31, 20)),
+        ("p1/look2.jpg", testkit::jpeg_photo(32, 20)),
+        ("p2/look1.png", png(33, 20)),
+        ("p2/notes.txt", b"not an image".to_vec()),
+    ] {
+        let path = photos.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    // Chunks of about two images each: several multipart requests to /items.
+    let (code, out, err) = batchlens(
+        cwd.path(),
+        &[
+            "submit",
+            "photos",
+            "--url",
+            &app.base,
+            "--chunk-bytes",
+            "2500",
+            "--out",
+            "results.csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("1 files skipped"), "{err}");
+    assert!(
+        err.contains("uploading 4 images in 2 chunks")
+            || err.contains("uploading 4 images in 3 chunks")
+            || err.contains("uploading 4 images in 4 chunks"),
+        "{err}"
+    );
+    assert!(out.contains("4 images: 4 succeeded, 0 failed"), "{out}");
+    let csv = std::fs::read_to_string(cwd.path().join("results.csv")).unwrap();
+    let mut rows: Vec<String> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').take(3).collect::<Vec<_>>().join(","))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            "cover,,succeeded",
+            "p1:look1,p1,succeeded",
+            "p1:look2,p1,succeeded",
+            "p2:look1,p2,succeeded"
+        ]
     );
     app.shutdown().await;
 }

@@ -20,6 +20,7 @@ mod individual;
 mod intake_strict;
 mod item_results;
 mod live_progress;
+mod multipart;
 mod openai_webhooks;
 mod openapi;
 mod outbound;

@@ -3,7 +3,7 @@
 //! (no or an unknown key), 429 (the tenant over its limit) and 500; one with parameters or
 //! a body 400 (a path or query value that does not parse, malformed JSON); one with a path
 //! parameter 404 (no such job, or another tenant's); one with a body 413 (over
-//! `server.max_body_bytes`), 415 (not JSON) and 422 (valid JSON that breaks a rule).
+//! `server.max_body_bytes`), 415 (not JSON, or not multipart where that is taken) and 422 (valid JSON that breaks a rule).
 //! All of them are `application/problem+json` with the `Problem` schema. A status the
 //! handler declares itself keeps the handler's description.
 
@@ -48,6 +48,10 @@ fn declare(operation: &mut Operation) {
     let in_path = has_param(ParameterIn::Path);
     let in_query = has_param(ParameterIn::Query);
     let has_body = operation.request_body.is_some();
+    let takes_multipart = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|b| b.content.contains_key("multipart/form-data"));
     let secured = is_secured(operation);
     let mut add = |status: u16, description: &str| {
         operation
@@ -68,7 +72,14 @@ fn declare(operation: &mut Operation) {
     }
     if has_body {
         add(413, "Body over server.max_body_bytes");
-        add(415, "Content-Type is not application/json");
+        add(
+            415,
+            if takes_multipart {
+                "Content-Type is neither application/json nor multipart/form-data"
+            } else {
+                "Content-Type is not application/json"
+            },
+        );
         add(
             422,
             "Valid JSON that breaks a rule; `errors[].field` names it",

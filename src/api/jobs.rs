@@ -18,7 +18,8 @@ use super::dto::{
     ResultPage, ResultView, ResultsQuery,
 };
 use super::extract::{bad_parameter, ApiPath, ApiQuery};
-use super::problem::{parse_json, ApiBody, ApiError, Problem};
+use super::multipart::{ItemsUpload, JobUpload, Upload};
+use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::app::idempotency::Once;
 use crate::app::views::JobCursor;
@@ -58,8 +59,13 @@ fn accepted(view: &JobView) -> Response {
 /// Accepted means stored. `Idempotency-Key` makes retries safe: the same key and body
 /// return the first answer (200), another body is a 422, a retry while the first request
 /// is still running is a 409.
+///
+/// The body is JSON, or `multipart/form-data` with one `image` part per file and an
+/// optional `job` part holding the JSON body (`curl -F 'job={…};type=application/json'
+/// -F image=@look.jpg`). A multipart retry is the same body when its parts are (names,
+/// filenames, bytes, in order), whatever its boundary.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    request_body = JobRequest,
+    request_body(content((JobRequest = "application/json"), (JobUpload = "multipart/form-data"))),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes retries safe (1 to 255 characters)")),
     responses(
         (status = 202, description = "Stored; work starts", body = JobView,
@@ -78,17 +84,20 @@ pub async fn create_job(
     State(state): State<AppState>,
     tenant: Tenant,
     headers: HeaderMap,
-    body: ApiBody,
+    upload: Upload<JobRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let req: JobRequest = parse_json(&body.0)?;
+    let Upload {
+        body: req,
+        fingerprint,
+    } = upload;
     let work = async {
         let view = JobView::from(state.app.submit(&tenant.0, req.into()).await?);
         Ok((view.id, view))
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &body.0, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work)
         .await?
     {
         Once::Fresh(view) => Ok(accepted(&view)),
@@ -181,11 +190,13 @@ pub async fn get_job(
 /// running `progress` and this chunk's `rejected`. 409 when the job is not open.
 /// `Idempotency-Key` (scoped to the job) makes a resent chunk safe: the same key and body
 /// answer the first chunk's answer again and store nothing, another body is a 422, a
-/// retry while the first is still running is a 409.
+/// retry while the first is still running is a 409. The body is JSON or
+/// `multipart/form-data` with the parts of a `POST /v1/jobs` upload (the `job` part holds
+/// `{"items": […]}`).
 #[utoipa::path(post, path = "/v1/jobs/{id}/items", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id"),
            ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a resent chunk safe (1 to 255 characters; scoped to the job)")),
-    request_body = ItemsRequest,
+    request_body(content((ItemsRequest = "application/json"), (ItemsUpload = "multipart/form-data"))),
     responses((status = 200, body = JobView),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, description = "The job is not open, or a chunk with this Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
@@ -198,18 +209,21 @@ pub async fn append_items(
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
-    body: ApiBody,
+    upload: Upload<ItemsRequest>,
 ) -> Result<Response, ApiError> {
     // Scoped to the job: the same key on another job's chunk is another request.
     let key = idempotency_key(&headers)?.map(|k| format!("items:{id}:{k}"));
-    let req: ItemsRequest = parse_json(&body.0)?;
+    let Upload {
+        body: req,
+        fingerprint,
+    } = upload;
     let work = async {
         let view = JobView::from(state.app.append(&tenant.0, id, req.items).await?);
         Ok((id, view))
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &body.0, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work)
         .await?
     {
         Once::Fresh(view) => Ok(axum::Json(view).into_response()),

@@ -24,6 +24,7 @@ pub mod dto;
 pub mod events;
 pub mod extract;
 pub mod jobs;
+pub mod multipart;
 pub mod openai_webhooks;
 pub mod ops;
 pub mod problem;

@@ -29,20 +29,8 @@ pub struct Found {
     pub skipped: usize,
 }
 
-/// The image type by its magic bytes.
-pub fn sniff(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if head.starts_with(&[0xff, 0xd8, 0xff]) {
-        Some("image/jpeg")
-    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
-        Some("image/gif")
-    } else if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
-        Some("image/webp")
-    } else {
-        None
-    }
-}
+/// The image type by its magic bytes (the service's own rule for uploads).
+pub use crate::intake::upload::magic_mime as sniff;
 
 fn sniff_file(path: &Path) -> std::io::Result<Option<&'static str>> {
     let mut head = [0u8; 12];
@@ -117,16 +105,8 @@ impl Found {
 
 /// A relative path (without extension) as a custom_id, in the characters the service takes
 /// (`A-Z a-z 0-9 _ . : -`): folders joined by `:` (`p7/look3` → `p7:look3`), anything else
-/// `_`.
-pub fn id_for(stem: &str) -> String {
-    stem.chars()
-        .map(|c| match c {
-            '/' => ':',
-            c if c.is_ascii_alphanumeric() || "_.:-".contains(c) => c,
-            _ => '_',
-        })
-        .collect()
-}
+/// `_`: what the service derives from a multipart filename too.
+pub use crate::intake::upload::custom_id_from_path as id_for;
 
 /// Ids and filenames already given, so two `look.jpg` named on the command line (or
 /// `look.jpg` beside `look.png`) stay apart: the second becomes `look-2`.

@@ -8,6 +8,7 @@ mod complete;
 mod image;
 mod item;
 pub mod resize;
+pub mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,7 @@ use crate::domain::{ItemError, ItemStatus, NewItem};
 
 pub use image::{sniff_image, ImageFormat, ImageInfo};
 pub use resize::DownscaleTarget;
+pub use upload::FromPart;
 
 /// One image of a job as a client submits it. Give exactly one of `image_url`,
 /// `image_base64` (`mime_type` optional) or `data_url`.
@@ -59,6 +61,10 @@ pub struct ItemInput {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_url: Option<String>,
+    /// Set when the item comes from a multipart part (never from JSON): how its rejection
+    /// names the part, the custom_id its filename gives, or why it cannot be an item.
+    #[serde(skip)]
+    pub part: Option<FromPart>,
 }
 
 /// The limits intake enforces on each item.
@@ -111,9 +117,9 @@ pub fn check_items(
     // Then the images, which are independent of each other and CPU-heavy (base64, decoding,
     // resizing): in parallel.
     let checked = parallel_map(&pending, |p| {
-        p.source
-            .as_ref()
-            .map(|source| item::check_image(source, limits))
+        p.source.as_ref().map(|source| {
+            item::check_image(source, limits).map_err(|r| named_by_part(r, p.label.as_deref()))
+        })
     });
 
     assemble(pending, checked)
@@ -146,6 +152,14 @@ fn settle_ids(
         let fail = |failure: &mut Option<item::Reject>, code: &'static str, reason: String| {
             failure.get_or_insert(item::Reject { code, reason });
         };
+        let part = input.part.take().unwrap_or_default();
+        if let Some(why) = part.refused {
+            fail(
+                &mut failure,
+                item::INVALID_ITEM,
+                format!("{}: {why}", part.label),
+            );
+        }
 
         let given_id = input.custom_id.take().and_then(|id| {
             let problem = custom_id_problem(&id, &used, taken_custom_ids, limits);
@@ -157,8 +171,10 @@ fn settle_ids(
                 None => Some(id),
             }
         });
-        let custom_id =
-            given_id.unwrap_or_else(|| generate_id(index, taken_custom_ids, &chosen, &used));
+        let custom_id = given_id.unwrap_or_else(|| match part.id_stem {
+            Some(stem) => derived_id(&stem, taken_custom_ids, &chosen, &used, limits),
+            None => generate_id(index, taken_custom_ids, &chosen, &used),
+        });
 
         let post_id = input
             .post_id
@@ -188,6 +204,7 @@ fn settle_ids(
             post_id,
             failure,
             source,
+            label: (!part.label.is_empty()).then_some(part.label),
         });
     }
     pending
@@ -290,6 +307,19 @@ struct Pending {
     post_id: Option<String>,
     failure: Option<item::Reject>,
     source: Option<item::Source>,
+    /// How a multipart part is named in the item's rejection.
+    label: Option<String>,
+}
+
+/// An uploaded part's image rejection names the part, not the `image_base64` it travels in.
+fn named_by_part(reject: item::Reject, label: Option<&str>) -> item::Reject {
+    match (label, reject.reason.strip_prefix("image_base64: ")) {
+        (Some(label), Some(why)) => item::Reject {
+            reason: format!("{label}: {why}"),
+            ..reject
+        },
+        _ => reject,
+    }
 }
 
 /// `work` on every element, on up to `available_parallelism` threads; results in input
@@ -333,6 +363,26 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) ->
         .into_iter()
         .map(|r| r.expect("every element was taken by a thread"))
         .collect()
+}
+
+/// The custom_id an uploaded file's name gives (`stem`, cut to the length limit), or
+/// `stem-2`, `stem-3`, … when the job or this chunk already uses it.
+fn derived_id(
+    stem: &str,
+    taken: &HashSet<String>,
+    chosen: &HashSet<String>,
+    used: &HashMap<String, i64>,
+    limits: &IntakeLimits,
+) -> String {
+    let free = |id: &String| !taken.contains(id) && !chosen.contains(id) && !used.contains_key(id);
+    let cut = |suffix: &str| -> String {
+        let room = limits.max_custom_id_len.saturating_sub(suffix.len());
+        stem.chars().take(room).chain(suffix.chars()).collect()
+    };
+    std::iter::once(cut(""))
+        .chain((2..).map(|n| cut(&format!("-{n}"))))
+        .find(free)
+        .expect("an unbounded suffix search finds a free id")
 }
 
 /// `item-{index}`, or with a suffix when a client already uses that id.
