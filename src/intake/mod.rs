@@ -1,6 +1,7 @@
 //! Intake: per-item validation of a submitted image set. Each item is accepted (and its
 //! inline image normalized, and downscaled when the limits ask) or rejected on its own with
-//! a reason a person can act on. No I/O: URLs are checked, never fetched.
+//! a reason a person can act on. No I/O: URLs are checked, never fetched here (with
+//! `fetch: "inline"`, `app::fetch` downloads them first and hands in a [`FetchedImage`]).
 
 mod image;
 mod item;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::domain::{ItemError, ItemStatus, NewItem};
 
 pub use image::{sniff_image, ImageFormat, ImageInfo};
+pub use item::FetchedImage;
 pub use resize::DownscaleTarget;
 
 /// One image of a job as a client submits it. Give exactly one of `image_url`,
@@ -32,7 +34,8 @@ pub struct ItemInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_id: Option<String>,
     /// An `https://` URL OpenAI fetches the image from (up to 2048 characters, no user
-    /// name or password in it).
+    /// name or password in it); with the job's `fetch: "inline"`, batchlens fetches it at
+    /// intake and stores the image inline.
     #[schema(example = "https://cdn.example.com/a.jpg")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
@@ -54,6 +57,10 @@ pub struct ItemInput {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_url: Option<String>,
+    // Never in a body: set when batchlens downloaded `image_url` itself (`fetch:
+    // "inline"`), and then the item's image.
+    #[serde(skip)]
+    pub fetched: Option<FetchedImage>,
 }
 
 /// The limits intake enforces on each item.
