@@ -116,6 +116,27 @@ pub struct IntakeSettings {
     pub downscale: bool,
     pub default_image_width: u32,
     pub default_image_height: u32,
+    /// A job's `fetch` when its body gives none.
+    pub fetch: crate::domain::Fetch,
+    /// Each `image_url` download with `fetch: "inline"`, redirects and body included.
+    pub fetch_timeout_secs: u64,
+    /// Fetch from loopback and private addresses, over http too (development only;
+    /// logged at start).
+    pub fetch_allow_private: bool,
+    /// Downloads at once, over all requests.
+    pub fetch_concurrency: usize,
+    /// Bytes the downloads at once may hold: each may hold `max_image_bytes`, so at most
+    /// this / `max_image_bytes` run at once (and at most `fetch_concurrency`).
+    pub fetch_max_bytes_in_flight: usize,
+}
+
+impl IntakeSettings {
+    /// Downloads that may run at once: `fetch_concurrency`, fewer when
+    /// `fetch_max_bytes_in_flight` cannot hold that many images of `max_image_bytes`.
+    pub fn fetch_slots(&self) -> usize {
+        let by_bytes = self.fetch_max_bytes_in_flight / self.max_image_bytes.max(1);
+        self.fetch_concurrency.min(by_bytes).max(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -492,6 +513,21 @@ impl Settings {
             return Err(invalid(
                 "intake.default_image_width",
                 "default image sizes must be at least 1 pixel",
+            ));
+        }
+        if self.intake.fetch_timeout_secs == 0 {
+            return Err(invalid("intake.fetch_timeout_secs", "must be at least 1"));
+        }
+        if self.intake.fetch_concurrency == 0 {
+            return Err(invalid("intake.fetch_concurrency", "must be at least 1"));
+        }
+        if self.intake.fetch_max_bytes_in_flight < self.intake.max_image_bytes {
+            return Err(invalid(
+                "intake.fetch_max_bytes_in_flight",
+                format!(
+                    "must be at least intake.max_image_bytes ({}): one download may hold that much",
+                    self.intake.max_image_bytes
+                ),
             ));
         }
         if self.estimate.min_observed_items == 0 {

@@ -114,6 +114,16 @@ string_enum!(
 );
 
 string_enum!(
+    /// Who downloads a job's `image_url`s.
+    Fetch {
+        /// OpenAI fetches each URL itself when it runs the item.
+        Pass => "pass",
+        /// batchlens fetches each URL at intake and treats the bytes as an inline image.
+        Inline => "inline",
+    }
+);
+
+string_enum!(
     /// Our side of one OpenAI batch (a shard of a job).
     ShardStatus {
         /// Items assigned; no file uploaded yet.
@@ -280,6 +290,8 @@ pub struct Job {
     pub analyzer: Analyzer,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
+    /// Who downloads the job's `image_url`s (chunks appended later too).
+    pub fetch: Fetch,
     /// None until the job finishes (or without `webhook_url`).
     pub webhook_state: Option<WebhookState>,
     /// Delivery attempts made so far.
@@ -335,6 +347,7 @@ pub struct NewJob {
     pub analyzer: Analyzer,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
+    pub fetch: Fetch,
     /// `Open` (filled in chunks) or `Queued` (work starts now).
     pub status: JobStatus,
     pub estimate_batch_pico_usd: Option<PicoUsd>,

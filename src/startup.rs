@@ -14,10 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::auth::KeyRing;
 use crate::api::{self, AppState};
+use crate::app::fetch::Fetcher;
 use crate::app::App;
 use crate::config::Settings;
 use crate::cost::pricing::PriceTable;
-use crate::outbound::{Resolver, SystemResolver};
+use crate::outbound::{Resolver, SystemResolver, UrlPolicy};
 use crate::pipeline::{workers, WorkerContext};
 use crate::providers::openai::{OpenAiClient, OpenAiConfig};
 use crate::store::{self, DynStore};
@@ -29,6 +30,8 @@ pub struct Application {
     workers: WorkerContext,
     /// Resolves the names of outbound requests: the system's unless a test sets another.
     resolver: Arc<dyn Resolver>,
+    /// Replaces the configured URL policy of image fetches (tests only).
+    fetch_policy: Option<UrlPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,12 @@ impl Application {
                 "openai.api_key (OPENAI_API_KEY) is empty: OpenAI calls will be refused"
             );
         }
+        if settings.intake.fetch_allow_private {
+            tracing::warn!(
+                "intake.fetch_allow_private is on: image_urls may be fetched from loopback \
+                 and private addresses, over plain http (development only)"
+            );
+        }
         if settings.webhooks.allow_private {
             tracing::warn!(
                 "webhooks.allow_private is on: webhooks may be delivered to loopback and \
@@ -98,6 +107,11 @@ impl Application {
                 settings: settings.clone(),
                 prices: prices.clone(),
                 gate: Default::default(),
+                fetcher: Arc::new(Fetcher::new(
+                    &settings.intake,
+                    Arc::new(SystemResolver),
+                    None,
+                )),
             },
             keys: Arc::new(KeyRing::new(
                 &keys,
@@ -119,14 +133,33 @@ impl Application {
             state,
             workers,
             resolver: Arc::new(SystemResolver),
+            fetch_policy: None,
         })
     }
 
-    /// Outbound requests (webhook deliveries) resolve names through `resolver` instead of
-    /// the system's: tests point names at loopback without touching the network.
+    /// Outbound requests (webhook deliveries, image fetches) resolve names through
+    /// `resolver` instead of the system's: tests point names at loopback without touching
+    /// the network.
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
         self.resolver = resolver;
+        self.rebuild_fetcher();
         self
+    }
+
+    /// Image fetches follow `policy` instead of the configured one: for tests that need
+    /// one exempt loopback address (`UrlPolicy::exempt`) next to refused ones.
+    pub fn with_fetch_policy(mut self, policy: UrlPolicy) -> Self {
+        self.fetch_policy = Some(policy);
+        self.rebuild_fetcher();
+        self
+    }
+
+    fn rebuild_fetcher(&mut self) {
+        self.state.app.fetcher = Arc::new(Fetcher::new(
+            &self.workers.settings.intake,
+            self.resolver.clone(),
+            self.fetch_policy.clone(),
+        ));
     }
 
     pub fn local_addr(&self) -> SocketAddr {

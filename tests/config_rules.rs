@@ -203,6 +203,24 @@ fn rules() -> Vec<Rule> {
             "intake.default_image_width",
         ),
         (
+            "fetch timeout 0",
+            vec![("BATCHLENS__INTAKE__FETCH_TIMEOUT_SECS", "0")],
+            "",
+            "intake.fetch_timeout_secs",
+        ),
+        (
+            "fetch concurrency 0",
+            vec![("BATCHLENS__INTAKE__FETCH_CONCURRENCY", "0")],
+            "",
+            "intake.fetch_concurrency",
+        ),
+        (
+            "fetch bytes under one image",
+            vec![("BATCHLENS__INTAKE__FETCH_MAX_BYTES_IN_FLIGHT", "1000")],
+            "",
+            "intake.fetch_max_bytes_in_flight",
+        ),
+        (
             "observed items 0",
             vec![("BATCHLENS__ESTIMATE__MIN_OBSERVED_ITEMS", "0")],
             "",

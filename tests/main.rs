@@ -14,6 +14,7 @@ mod contract;
 mod cost;
 mod crash_recovery;
 mod dashboard;
+mod fetch;
 mod governor;
 mod housekeeping;
 mod individual;

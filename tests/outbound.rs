@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the test server answers to a path.
-enum Reply {
+pub(crate) enum Reply {
     Raw(Vec<u8>),
     /// Waits this long, then answers 200.
     Slow(Duration),
@@ -24,16 +24,16 @@ enum Reply {
     Endless(usize),
 }
 
-type Routes = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+pub(crate) type Routes = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 /// A loopback HTTP/1.1 server that counts accepted connections.
-struct Server {
+pub(crate) struct Server {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
 }
 
 impl Server {
-    async fn start(ip: &str, routes: Routes) -> Option<Server> {
+    pub(crate) async fn start(ip: &str, routes: Routes) -> Option<Server> {
         let listener = TcpListener::bind((ip.parse::<IpAddr>().ok()?, 0))
             .await
             .ok()?;
@@ -50,15 +50,15 @@ impl Server {
     }
 
     /// A server that answers 200 "ok" to everything.
-    async fn counting(ip: &str) -> Option<Server> {
+    pub(crate) async fn counting(ip: &str) -> Option<Server> {
         Server::start(ip, Arc::new(|_| Reply::Raw(ok("ok")))).await
     }
 
-    fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 }
@@ -119,12 +119,12 @@ fn ok(body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn status(code: u16) -> Vec<u8> {
+pub(crate) fn status(code: u16) -> Vec<u8> {
     format!("HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .into_bytes()
 }
 
-fn redirect(to: &str) -> Vec<u8> {
+pub(crate) fn redirect(to: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )

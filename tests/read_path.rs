@@ -393,7 +393,7 @@ async fn postgres_item_pages_use_an_index_on_a_100000_item_job() {
 /// A queued batch job of `n` items inserted in one statement (the first half succeeded,
 /// every tenth item without a post). Returns its id.
 async fn big_job(pool: &sqlx::PgPool, store: &PgStore, n: i64) -> uuid::Uuid {
-    use batchlens::domain::{Detail, JobStatus, Mode, NewJob};
+    use batchlens::domain::{Detail, Fetch, JobStatus, Mode, NewJob};
     use batchlens::store::prelude::*;
     let job = NewJob {
         id: uuid::Uuid::new_v4(),
@@ -407,6 +407,7 @@ async fn big_job(pool: &sqlx::PgPool, store: &PgStore, n: i64) -> uuid::Uuid {
         analyzer: batchlens::analyzer::fashion(),
         metadata: None,
         webhook_url: None,
+        fetch: Fetch::Pass,
         status: JobStatus::Queued,
         estimate_batch_pico_usd: None,
         estimate_individual_pico_usd: None,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use batchlens::domain::{
-    Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob, ShardKind,
+    Analyzer, Detail, Fetch, ItemStatus, JobStatus, Mode, NewItem, NewJob, ShardKind,
 };
 use batchlens::store::{DynStore, NewShard};
 use chrono::Utc;
@@ -52,6 +52,7 @@ pub fn new_job(model: &str) -> NewJob {
         analyzer: batchlens::analyzer::fashion(),
         metadata: None,
         webhook_url: None,
+        fetch: Fetch::Pass,
         status: JobStatus::Open,
         estimate_batch_pico_usd: None,
         estimate_individual_pico_usd: None,

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use crate::app::submit::JobInput;
 use crate::app::views::JobSnapshot;
 use crate::domain::{
-    pico_to_usd, Analyzer, Counts, Detail, Item, ItemError, ItemStatus, Job, JobStatus, Mode,
-    Shard, Usage,
+    pico_to_usd, Analyzer, Counts, Detail, Fetch, Item, ItemError, ItemStatus, Job, JobStatus,
+    Mode, Shard, Usage,
 };
 use crate::intake::{ItemInput, Rejection};
 
@@ -45,6 +45,11 @@ pub struct JobRequest {
     /// back-off until it answers 2xx. https only.
     #[schema(example = "https://example.com/hooks/batchlens", max_length = 2048)]
     pub webhook_url: Option<String>,
+    /// Who downloads `image_url`s: `pass` (OpenAI, when it runs the item) or `inline`
+    /// (batchlens, now: each checked, downscaled and estimated like `image_base64`, and a
+    /// URL that cannot be fetched is a rejection with its reason; chunks appended to an
+    /// open job are fetched the same way). Default from `intake.fetch` (`pass`).
+    pub fetch: Option<Fetch>,
     /// Create the job in status `open` and add items with `POST /v1/jobs/{id}/items`.
     #[serde(default)]
     pub open: bool,
@@ -63,6 +68,7 @@ impl From<JobRequest> for JobInput {
             analyzer: r.analyzer,
             metadata: r.metadata,
             webhook_url: r.webhook_url,
+            fetch: r.fetch,
             open: r.open,
             items: r.items,
         }

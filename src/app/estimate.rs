@@ -106,6 +106,7 @@ impl App {
             analyzer: job.analyzer.clone(),
             metadata: None,
             webhook_url: None,
+            fetch: job.fetch,
         };
         let per_item = self.per_item_for(&job.tenant, &spec).await?;
         Ok(crate::cost::estimate::estimate(

@@ -55,7 +55,7 @@ impl App {
         &self,
         tenant: &str,
         id: Uuid,
-        items: Vec<ItemInput>,
+        mut items: Vec<ItemInput>,
     ) -> AppResult<JobSnapshot> {
         let job = self.job(tenant, id).await?;
         if job.status != JobStatus::Open {
@@ -64,6 +64,8 @@ impl App {
                 job.status
             )));
         }
+        self.fetch_images(job.fetch, &job.model, job.detail, &mut items)
+            .await;
         let taken = self.taken_custom_ids(id).await?;
         let limits = submit::intake_limits(&self.settings, &job.model, job.detail);
         let first = job.counts.total;

@@ -12,6 +12,7 @@ use crate::store::{DynStore, StoreError};
 
 pub mod estimate;
 pub mod events;
+pub mod fetch;
 pub mod idempotency;
 pub mod jobs;
 pub mod limits;
@@ -20,14 +21,15 @@ pub mod results;
 pub mod submit;
 pub mod views;
 
-/// What the use cases need: the store, the settings, the price table in force and this
-/// replica's state of the tenant limits.
+/// What the use cases need: the store, the settings, the price table in force, this
+/// replica's state of the tenant limits, and the fetcher of `image_url`s.
 #[derive(Clone)]
 pub struct App {
     pub store: DynStore,
     pub settings: Arc<Settings>,
     pub prices: Arc<PriceTable>,
     pub gate: Arc<limits::TenantGate>,
+    pub fetcher: Arc<fetch::Fetcher>,
 }
 
 /// A problem with one field of the input, named by its path (`items[3].image_url`).

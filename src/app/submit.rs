@@ -15,7 +15,7 @@ use crate::cost::estimate::{estimate, estimate_all_models, Estimate, EstimateInp
 use crate::cost::image_tokens::image_tokens;
 use crate::cost::pricing::PriceTable;
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{Analyzer, Detail, ItemStatus, JobStatus, Mode, NewItem, NewJob};
+use crate::domain::{Analyzer, Detail, Fetch, ItemStatus, JobStatus, Mode, NewItem, NewJob};
 use crate::intake::{check_items, DownscaleTarget, IntakeLimits, IntakeResult, ItemInput};
 
 /// A job as a caller submits it (the HTTP body converts into this).
@@ -28,6 +28,8 @@ pub struct JobInput {
     pub analyzer: Option<Analyzer>,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
+    /// Who downloads `image_url`s; `intake.fetch` when None.
+    pub fetch: Option<Fetch>,
     /// Create the job `open`, to be filled in chunks and submitted later.
     pub open: bool,
     pub items: Vec<ItemInput>,
@@ -43,6 +45,7 @@ pub struct JobSpec {
     pub analyzer: Analyzer,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
+    pub fetch: Fetch,
 }
 
 /// Intake limits for a job's model and detail: inline images are downscaled to what that
@@ -127,6 +130,7 @@ pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppErr
         analyzer,
         metadata: req.metadata.clone(),
         webhook_url: req.webhook_url.clone(),
+        fetch: req.fetch.unwrap_or(settings.intake.fetch),
     })
 }
 
@@ -293,6 +297,7 @@ pub fn prepare(
         analyzer: spec.analyzer,
         metadata: spec.metadata,
         webhook_url: spec.webhook_url,
+        fetch: spec.fetch,
         status,
         estimate_batch_pico_usd: est.batch,
         estimate_individual_pico_usd: est.individual,
@@ -306,14 +311,17 @@ pub fn prepare(
 }
 
 impl App {
-    /// [`prepare`] on a blocking thread: image checks and downscaling are CPU work.
+    /// [`prepare`] on a blocking thread (image checks and downscaling are CPU work), after
+    /// downloading the `image_url`s when the job fetches them.
     pub async fn prepare(
         &self,
         tenant: &str,
         spec: JobSpec,
-        req: JobInput,
+        mut req: JobInput,
         per_item: PerItem,
     ) -> Result<Prepared, AppError> {
+        self.fetch_images(spec.fetch, &spec.model, spec.detail, &mut req.items)
+            .await;
         let (settings, prices, tenant) = (
             self.settings.clone(),
             self.prices.clone(),
@@ -324,6 +332,22 @@ impl App {
         })
         .await
         .map_err(AppError::internal)?
+    }
+}
+
+impl App {
+    /// With `fetch: inline`, downloads the `image_url`s of `items` for intake to take.
+    pub async fn fetch_images(
+        &self,
+        fetch: Fetch,
+        model: &str,
+        detail: Detail,
+        items: &mut [ItemInput],
+    ) {
+        if fetch == Fetch::Inline {
+            let limits = intake_limits(&self.settings, model, detail);
+            self.fetcher.fetch_all(items, &limits).await;
+        }
     }
 }
 

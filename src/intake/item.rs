@@ -45,6 +45,32 @@ pub(super) enum Source {
     /// The payload and the `mime_type` given with it, if any.
     Base64(String, Option<String>),
     DataUrl(String),
+    /// An `image_url` batchlens downloaded (`fetch: "inline"`), already checked.
+    Fetched(FetchedImage),
+}
+
+/// What became of an `image_url` batchlens downloaded itself: the bytes checked, normalized
+/// and downscaled exactly as an inline image is, or why there is no image. Made by the
+/// fetcher (`FetchedImage::check` on a blocking thread, right after the download, so only
+/// the stored form is kept) and put on the item; intake then takes it as the item's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedImage(Result<CheckedImage, String>);
+
+impl FetchedImage {
+    /// Checks downloaded bytes as `image_base64` bytes are checked. CPU work when the
+    /// image is downscaled: call it from `spawn_blocking`.
+    pub fn check(bytes: &[u8], limits: &IntakeLimits) -> Self {
+        FetchedImage(check_bytes(bytes, None, limits, ("image_url", None)))
+    }
+
+    /// A download that failed; `reason` follows `image_url: ` in the rejection.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        FetchedImage(Err(reason.into()))
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.0.is_ok()
+    }
 }
 
 /// What an accepted item stores.
@@ -63,7 +89,10 @@ pub(super) fn take_source(input: &mut ItemInput) -> Result<Source, Reject> {
     let b64 = input.image_base64.take();
     let data = input.data_url.take();
     match (url, b64, data) {
-        (Some(u), None, None) => Ok(Source::Url(u)),
+        (Some(u), None, None) => Ok(match input.fetched.take() {
+            Some(fetched) => Source::Fetched(fetched),
+            None => Source::Url(u),
+        }),
         (None, Some(b), None) => Ok(Source::Base64(b, input.mime_type.take())),
         (None, None, Some(d)) => Ok(Source::DataUrl(d)),
         _ => Err(Reject::item(
@@ -87,6 +116,9 @@ pub(super) fn check_image(source: &Source, limits: &IntakeLimits) -> Result<Chec
         Source::DataUrl(d) => data_url_payload(d)
             .and_then(|(mime, payload)| check_inline(payload, limits, ("data_url", Some(mime))))
             .map_err(|r| Reject::image(format!("data_url: {r}"))),
+        Source::Fetched(FetchedImage(checked)) => checked
+            .clone()
+            .map_err(|r| Reject::image(format!("image_url: {r}"))),
     }
 }
 
@@ -183,10 +215,21 @@ fn check_inline(
     (field, declared): (&str, Option<&str>),
 ) -> Result<CheckedImage, String> {
     let (bytes, payload) = decode_base64(text, limits.max_image_bytes)?;
-    let info = sniff_image(&bytes)?;
+    check_bytes(&bytes, Some(payload), limits, (field, declared))
+}
+
+/// Sniffs (and downscales) an image's bytes; `payload` is their base64 when the caller has
+/// it already, `declared` the field that declared a type and that type, if any.
+fn check_bytes(
+    bytes: &[u8],
+    payload: Option<String>,
+    limits: &IntakeLimits,
+    (field, declared): (&str, Option<&str>),
+) -> Result<CheckedImage, String> {
+    let info = sniff_image(bytes)?;
     let note = mime_note(field, declared, info.format);
     if let Some(target) = &limits.downscale {
-        if let Some(small) = downscale_for(&bytes, target)? {
+        if let Some(small) = downscale_for(bytes, target)? {
             return Ok(CheckedImage {
                 image: format!(
                     "data:{};base64,{}",
@@ -199,6 +242,7 @@ fn check_inline(
             });
         }
     }
+    let payload = payload.unwrap_or_else(|| STANDARD.encode(bytes));
     Ok(CheckedImage {
         image: format!("data:{};base64,{payload}", info.mime),
         width: Some(info.width as i32),

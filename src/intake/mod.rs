@@ -2,7 +2,8 @@
 //! inline image normalized, and downscaled when the limits ask) or rejected on its own with
 //! a reason a person can act on. Inline images are identified by their bytes and must be
 //! whole (a truncated PNG, JPEG, WEBP or GIF is refused). No I/O: URLs are checked, never
-//! fetched.
+//! fetched here (with `fetch: "inline"`, `app::fetch` downloads them first and hands in a
+//! [`FetchedImage`]).
 
 mod complete;
 mod image;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::domain::{ItemError, ItemStatus, NewItem};
 
 pub use image::{sniff_image, ImageFormat, ImageInfo};
+pub use item::FetchedImage;
 pub use resize::DownscaleTarget;
 pub use upload::FromPart;
 
@@ -37,7 +39,8 @@ pub struct ItemInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_id: Option<String>,
     /// An `https://` URL OpenAI fetches the image from (up to 2048 characters, no user
-    /// name or password in it).
+    /// name or password in it); with the job's `fetch: "inline"`, batchlens fetches it at
+    /// intake and stores the image inline.
     #[schema(example = "https://cdn.example.com/a.jpg")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
@@ -65,6 +68,10 @@ pub struct ItemInput {
     /// names the part, the custom_id its filename gives, or why it cannot be an item.
     #[serde(skip)]
     pub part: Option<FromPart>,
+    // Never in a body: set when batchlens downloaded `image_url` itself (`fetch:
+    // "inline"`), and then the item's image.
+    #[serde(skip)]
+    pub fetched: Option<FetchedImage>,
 }
 
 /// The limits intake enforces on each item.

@@ -26,7 +26,7 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
     individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
     estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
-    webhook_state, webhook_attempts, webhook_error, rejections, version";
+    webhook_state, webhook_attempts, webhook_error, rejections, version, fetch_mode";
 
 /// SET clauses that make a job that turns terminal owe its webhook: `terminal` is the SQL
 /// of "the new status is terminal", `now` of the current time. Only a job with a
@@ -264,6 +264,7 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
         analyzer,
         metadata: r.opt_json("metadata")?,
         webhook_url: r.opt_text("webhook_url")?,
+        fetch: r.parsed("fetch_mode")?,
         webhook_state: r.opt_parsed("webhook_state")?,
         webhook_attempts: r.int32("webhook_attempts")?,
         webhook_error: r.opt_text("webhook_error")?,

@@ -18,8 +18,8 @@ use super::{
     NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
-    Analyzer, Detail, Event, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem,
-    NewJob, ShardKind, ShardStatus, Usage,
+    Analyzer, Detail, Event, Fetch, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode,
+    NewItem, NewJob, ShardKind, ShardStatus, Usage,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -180,6 +180,7 @@ fn new_job(tenant: &str, status: JobStatus, mode: Mode, created_at: DateTime<Utc
         },
         metadata: Some(json!({"campaign": "spring", "n": 1})),
         webhook_url: Some("https://example.com/hook".into()),
+        fetch: Fetch::Inline,
         status,
         estimate_batch_pico_usd: Some(10),
         estimate_individual_pico_usd: Some(20),
@@ -331,6 +332,7 @@ async fn jobs_create_get_list(s: DynStore) {
     assert_eq!(j.cost, Default::default());
     assert_eq!(j.status, JobStatus::Queued);
     assert_eq!(j.metadata, Some(json!({"campaign": "spring", "n": 1})));
+    assert_eq!(j.fetch, Fetch::Inline);
     assert_eq!(j.analyzer.prompt, "Describe the garment.");
     assert_eq!(j.completed_at, None);
 

@@ -91,11 +91,11 @@ static CREATE_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (id, tenant, name, model, requested_mode, mode, mode_reason, detail, \
          analyzer, metadata, webhook_url, status, estimate_batch_pico_usd, \
-         estimate_individual_pico_usd, created_at, updated_at, rejections, {}) \
+         estimate_individual_pico_usd, created_at, updated_at, rejections, fetch_mode, {}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
-         $16, {}) RETURNING {JOB_COLS}",
+         $16, $17, {}) RETURNING {JOB_COLS}",
         JobDelta::COLUMNS.join(", "),
-        (17..17 + JobDelta::COLUMNS.len())
+        (18..18 + JobDelta::COLUMNS.len())
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -322,6 +322,7 @@ impl<D: Dialect> JobStore for D {
             job.estimate_individual_pico_usd,
             job.created_at,
             &rejections,
+            job.fetch.as_str(),
         ]
         .to_vec();
         list.extend(delta.iter().map(|v| Arg::Int(Some(*v))));

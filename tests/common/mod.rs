@@ -125,6 +125,9 @@ pub fn settings(
     Settings::load_from(config_file.map(|f| (f, true)), &env).expect("test settings are valid")
 }
 
+/// Changes a built application before it runs.
+type Customize = Box<dyn FnOnce(Application) -> Application + Send>;
+
 /// A running application and what it runs against.
 pub struct TestApp {
     pub base: String,
@@ -167,7 +170,18 @@ impl TestApp {
         extra: &[(&str, &str)],
         resolver: std::sync::Arc<dyn batchlens::outbound::Resolver>,
     ) -> Option<TestApp> {
-        Self::spawn_full(kind, sim, extra, None, Some(resolver)).await
+        Self::spawn_customized(kind, sim, extra, move |app| app.with_resolver(resolver)).await
+    }
+
+    /// An application changed by `customize` before it runs (`with_resolver`,
+    /// `with_fetch_policy`).
+    pub async fn spawn_customized(
+        kind: Db,
+        sim: SimConfig,
+        extra: &[(&str, &str)],
+        customize: impl FnOnce(Application) -> Application + Send + 'static,
+    ) -> Option<TestApp> {
+        Self::spawn_full(kind, sim, extra, None, Some(Box::new(customize))).await
     }
 
     async fn spawn_full(
@@ -175,13 +189,14 @@ impl TestApp {
         sim: SimConfig,
         extra: &[(&str, &str)],
         config_file: Option<&std::path::Path>,
-        resolver: Option<std::sync::Arc<dyn batchlens::outbound::Resolver>>,
+        customize: Option<Customize>,
     ) -> Option<TestApp> {
         let db = std::sync::Arc::new(TestDb::new(kind).await?);
         let sim = std::sync::Arc::new(SimServer::spawn(sim).await.unwrap());
         let data = tempfile::tempdir().unwrap();
         let data_dir = data.path().to_path_buf();
-        let mut app = Self::start_configured(db, sim, data_dir, extra, config_file, resolver).await;
+        let mut app =
+            Self::start_configured(db, sim, data_dir, extra, config_file, customize).await;
         app._data = Some(data);
         Some(app)
     }
@@ -202,14 +217,14 @@ impl TestApp {
         data_dir: PathBuf,
         extra: &[(&str, &str)],
         config_file: Option<&std::path::Path>,
-        resolver: Option<std::sync::Arc<dyn batchlens::outbound::Resolver>>,
+        customize: Option<Customize>,
     ) -> TestApp {
         let settings = settings(&db.url, &sim.base_url(), &data_dir, extra, config_file);
         let mut app = Application::build(settings)
             .await
             .expect("the application builds");
-        if let Some(resolver) = resolver {
-            app = app.with_resolver(resolver);
+        if let Some(customize) = customize {
+            app = customize(app);
         }
         let base = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
