@@ -24,5 +24,6 @@ mod openapi;
 mod outbound;
 mod read_path;
 mod resilience;
+mod shared_budget;
 mod tenants;
 mod webhook_safety;
