@@ -100,8 +100,17 @@ pub struct IndividualSettings {
     pub rpm: u32,
     pub tpm: u32,
     pub concurrency: usize,
+    /// Where the governor keeps its budget: `auto` (in the database on PostgreSQL, shared
+    /// by every replica; in memory on SQLite), `on` (the database) or `off` (memory:
+    /// each replica paces alone at the full limits).
+    #[serde(default = "default_shared_budget")]
+    pub shared_budget: String,
     #[serde(default)]
     pub models: BTreeMap<String, ModelLimits>,
+}
+
+fn default_shared_budget() -> String {
+    "auto".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -448,7 +457,34 @@ impl Settings {
                 "individual.rpm, individual.tpm and individual.concurrency must be at least 1",
             ));
         }
+        match i.shared_budget.as_str() {
+            "auto" | "off" | "false" => {}
+            "on" | "true" if self.database.url.expose_secret().starts_with("sqlite:") => {
+                return Err(invalid(
+                    "individual.shared_budget",
+                    "\"on\" shares the budget through PostgreSQL; SQLite serves one replica, \
+                     whose budget stays in memory (use \"auto\" or \"off\")",
+                ))
+            }
+            "on" | "true" => {}
+            other => {
+                return Err(invalid(
+                    "individual.shared_budget",
+                    format!("must be \"auto\", \"on\" or \"off\", not {other:?}"),
+                ))
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the governor's budget is kept in the database, shared by every replica
+    /// (`individual.shared_budget`: `auto` is PostgreSQL's yes and SQLite's no).
+    pub fn shared_budget(&self) -> bool {
+        match self.individual.shared_budget.as_str() {
+            "on" | "true" => true,
+            "off" | "false" => false,
+            _ => !self.database.url.expose_secret().starts_with("sqlite:"),
+        }
     }
 
     /// `auth` and `tenants`.
@@ -689,6 +725,25 @@ mod tests {
         assert_eq!(s.individual.max_items, 50);
         assert_eq!(s.database_url(), "sqlite://./data/batchlens.db");
         assert!(s.is_open());
+    }
+
+    #[test]
+    fn the_shared_budget_defaults_to_the_database_on_postgresql_only() {
+        let on = |pairs: &[(&str, &str)]| {
+            Settings::load_from(None, &env(pairs))
+                .unwrap()
+                .shared_budget()
+        };
+        assert!(!on(&[]));
+        let pg = ("DATABASE_URL", "postgres://u@localhost/db");
+        assert!(on(&[pg]));
+        assert!(!on(&[pg, ("BATCHLENS__INDIVIDUAL__SHARED_BUDGET", "off")]));
+        assert!(!on(&[
+            pg,
+            ("BATCHLENS__INDIVIDUAL__SHARED_BUDGET", "false")
+        ]));
+        assert!(on(&[pg, ("BATCHLENS__INDIVIDUAL__SHARED_BUDGET", "on")]));
+        assert!(!on(&[("BATCHLENS__INDIVIDUAL__SHARED_BUDGET", "off")]));
     }
 
     #[test]

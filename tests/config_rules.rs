@@ -185,6 +185,18 @@ fn rules() -> Vec<Rule> {
             "individual.rpm",
         ),
         (
+            "shared budget not a choice",
+            vec![("BATCHLENS__INDIVIDUAL__SHARED_BUDGET", "sometimes")],
+            "",
+            "individual.shared_budget",
+        ),
+        (
+            "shared budget on SQLite",
+            vec![],
+            "[individual]\nshared_budget = true\n",
+            "individual.shared_budget",
+        ),
+        (
             "image bytes 0",
             vec![("BATCHLENS__INTAKE__MAX_IMAGE_BYTES", "0")],
             "",

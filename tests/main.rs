@@ -28,5 +28,6 @@ mod outbound;
 mod read_path;
 mod resilience;
 mod serve_log;
+mod shared_budget;
 mod tenants;
 mod webhook_safety;

@@ -82,6 +82,9 @@ pub struct SimConfig {
     pub tpm: u64,
     /// How `rpm`/`tpm` are enforced and reported: `token_bucket`, `sliding_window`, `fixed_window`.
     pub rate_limiter: RateLimiterKind,
+    /// `token_bucket` only: how much each bucket holds, as milliseconds of its refill
+    /// (60,000: a minute's limit). Lower makes a client's bursts show within seconds.
+    pub bucket_capacity_ms: u64,
     /// Extra delay before every chat completion answer.
     pub chat_latency_ms: u64,
 
@@ -230,6 +233,7 @@ impl Default for SimConfig {
             rpm: 0,
             tpm: 0,
             rate_limiter: RateLimiterKind::TokenBucket,
+            bucket_capacity_ms: 60_000,
             chat_latency_ms: 0,
             latency_ms: 0,
             fault_5xx_rate: 0.0,

@@ -85,6 +85,9 @@ struct Args {
     /// How RPM/TPM are kept: token_bucket, sliding_window, fixed_window [default: token_bucket]
     #[arg(long, value_enum)]
     rate_limiter: Option<RateLimiterKind>,
+    /// token_bucket only: what a bucket holds, in ms of refill [default: 60000]
+    #[arg(long)]
+    bucket_capacity_ms: Option<u64>,
     /// Text tokens each message adds on top of its content [default: 3]
     #[arg(long)]
     tokens_per_message: Option<u64>,
@@ -201,6 +204,7 @@ fn config_from(args: &Args) -> Result<SimConfig, String> {
         rpm,
         tpm,
         rate_limiter,
+        bucket_capacity_ms,
         tokens_per_message,
         tokens_per_reply,
         schema_tokens,

@@ -14,23 +14,33 @@ pub const NOMINAL_TPM: u64 = 150_000_000;
 
 #[derive(Clone, Debug)]
 struct Bucket {
+    /// The per-minute limit, as the headers report it.
+    limit: u64,
+    /// Refill per millisecond: the limit over a minute.
+    per_ms: f64,
+    /// Most it holds: `held_ms` of refill (a minute's limit by default), at least 1.
     capacity: f64,
     level: f64,
     at_ms: u64,
 }
 
 impl Bucket {
-    fn new(capacity: u64, now: u64) -> Self {
+    /// A full bucket refilling `limit` a minute and holding `held_ms` of that.
+    fn new(limit: u64, held_ms: u64, now: u64) -> Self {
+        let per_ms = limit as f64 / MINUTE_MS;
+        let capacity = (per_ms * held_ms as f64).max(1.0);
         Bucket {
-            capacity: capacity as f64,
-            level: capacity as f64,
+            limit,
+            per_ms,
+            capacity,
+            level: capacity,
             at_ms: now,
         }
     }
 
     fn refill(&mut self, now: u64) {
         let elapsed = now.saturating_sub(self.at_ms) as f64;
-        self.level = (self.level + elapsed * self.capacity / MINUTE_MS).min(self.capacity);
+        self.level = (self.level + elapsed * self.per_ms).min(self.capacity);
         self.at_ms = self.at_ms.max(now);
     }
 
@@ -39,12 +49,12 @@ impl Bucket {
         if self.level >= amount {
             return 0;
         }
-        ((amount - self.level) * MINUTE_MS / self.capacity).ceil() as u64
+        ((amount - self.level) / self.per_ms).ceil() as u64
     }
 
     /// Milliseconds until the bucket is full again.
     fn reset_ms(&self) -> u64 {
-        ((self.capacity - self.level) * MINUTE_MS / self.capacity).ceil() as u64
+        ((self.capacity - self.level) / self.per_ms).ceil() as u64
     }
 }
 
@@ -130,11 +140,11 @@ struct ModelLimit {
 }
 
 impl ModelLimit {
-    fn new(kind: RateLimiterKind, cap_r: u64, cap_t: u64, now: u64) -> Self {
+    fn new(kind: RateLimiterKind, cap_r: u64, cap_t: u64, held_ms: u64, now: u64) -> Self {
         let window = match kind {
             RateLimiterKind::TokenBucket => Window::Bucket {
-                req: Bucket::new(cap_r, now),
-                tok: Bucket::new(cap_t, now),
+                req: Bucket::new(cap_r, held_ms, now),
+                tok: Bucket::new(cap_t, held_ms, now),
             },
             RateLimiterKind::SlidingWindow => Window::Sliding {
                 entries: VecDeque::new(),
@@ -169,7 +179,7 @@ impl Limiter {
     }
 
     /// Takes one request and `tokens` for `model`, or says why not. Always returns the headers.
-    /// A refused request takes nothing.
+    /// A refused request takes nothing. A token bucket holds a minute's limit.
     pub fn check(
         &mut self,
         model: &str,
@@ -179,23 +189,42 @@ impl Limiter {
         tokens: u64,
         now: u64,
     ) -> (Result<(), Refusal>, Snapshot) {
+        self.check_holding(model, kind, rpm, tpm, tokens, now, MINUTE)
+    }
+
+    /// [`Self::check`] with token buckets holding `held_ms` of their refill (the
+    /// `bucket_capacity_ms` knob) instead of a minute; the other kinds ignore it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_holding(
+        &mut self,
+        model: &str,
+        kind: RateLimiterKind,
+        rpm: u64,
+        tpm: u64,
+        tokens: u64,
+        now: u64,
+        held_ms: u64,
+    ) -> (Result<(), Refusal>, Snapshot) {
         let cap_r = if rpm == 0 { NOMINAL_RPM } else { rpm };
         let cap_t = if tpm == 0 { NOMINAL_TPM } else { tpm };
         let limit = self
             .models
             .entry(model.to_string())
-            .or_insert_with(|| ModelLimit::new(kind, cap_r, cap_t, now));
+            .or_insert_with(|| ModelLimit::new(kind, cap_r, cap_t, held_ms, now));
         if limit.kind != kind {
-            *limit = ModelLimit::new(kind, cap_r, cap_t, now);
+            *limit = ModelLimit::new(kind, cap_r, cap_t, held_ms, now);
         }
         let result = match &mut limit.window {
             Window::Bucket { req, tok } => {
                 // A changed knob starts a fresh window.
-                if req.capacity != cap_r as f64 {
-                    *req = Bucket::new(cap_r, now);
+                let fresh = |b: &Bucket, cap: u64| {
+                    b.limit != cap || b.capacity != Bucket::new(cap, held_ms, now).capacity
+                };
+                if fresh(req, cap_r) {
+                    *req = Bucket::new(cap_r, held_ms, now);
                 }
-                if tok.capacity != cap_t as f64 {
-                    *tok = Bucket::new(cap_t, now);
+                if fresh(tok, cap_t) {
+                    *tok = Bucket::new(cap_t, held_ms, now);
                 }
                 bucket_check(req, tok, rpm, tpm, tokens, now)
             }
@@ -261,10 +290,10 @@ fn bucket_check(
         Ok(())
     };
     let snap = Snapshot {
-        limit_requests: req.capacity as u64,
+        limit_requests: req.limit,
         remaining_requests: req.level.floor() as u64,
         reset_requests_ms: req.reset_ms(),
-        limit_tokens: tok.capacity as u64,
+        limit_tokens: tok.limit,
         remaining_tokens: tok.level.floor() as u64,
         reset_tokens_ms: tok.reset_ms(),
     };
@@ -465,6 +494,35 @@ mod tests {
                 .is_ok(),
             "limits are per model"
         );
+    }
+
+    #[test]
+    fn a_bucket_can_hold_less_than_a_minute() {
+        // 300 a minute held for 2 s: 10 at once, then 5 a second; headers still say 300.
+        let mut l = Limiter::default();
+        let check = |l: &mut Limiter, now| {
+            l.check_holding("m", RateLimiterKind::TokenBucket, 300, 0, 1, now, 2_000)
+        };
+        for _ in 0..10 {
+            assert!(check(&mut l, 0).0.is_ok());
+        }
+        let (r, snap) = check(&mut l, 0);
+        assert!(
+            matches!(
+                r,
+                Err(Refusal::Wait {
+                    retry_after_ms: 200,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!((snap.limit_requests, snap.remaining_requests), (300, 0));
+        assert_eq!(snap.reset_requests_ms, 2_000);
+        assert!(check(&mut l, 200).0.is_ok());
+        // An hour idle refills to 10, not 300.
+        let (_, snap) = check(&mut l, 3_600_000);
+        assert_eq!(snap.remaining_requests, 9);
     }
 
     #[test]

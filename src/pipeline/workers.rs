@@ -79,7 +79,7 @@ pub fn spawn_all(
         let w = webhooks.clone();
         async move { w.run_once().await }
     });
-    let executor = Executor::new(ctx.clone(), individual::governor(&ctx.settings));
+    let executor = Executor::new(ctx.clone(), individual::governor(&ctx.settings, &ctx.store));
     spawn_loop("individual", tick, stop, tracker, move || {
         let e = executor.clone();
         async move { e.run_once().await }

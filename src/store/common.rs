@@ -114,6 +114,12 @@ impl<R: RowGet> RowGet for Prefixed<'_, R> {
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
         self.row.opt_json(&self.col(col))
     }
+    fn float(&self, col: &str) -> StoreResult<f64> {
+        self.row.float(&self.col(col))
+    }
+    fn flag(&self, col: &str) -> StoreResult<bool> {
+        self.row.flag(&self.col(col))
+    }
 }
 
 pub(crate) const EVENT_COLS: &str = "id, job_id, kind, data, created_at";
@@ -209,6 +215,8 @@ pub(crate) trait RowGet {
     fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>>;
     fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>>;
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>>;
+    fn float(&self, col: &str) -> StoreResult<f64>;
+    fn flag(&self, col: &str) -> StoreResult<bool>;
 
     fn json(&self, col: &str) -> StoreResult<Value> {
         self.opt_json(col)?

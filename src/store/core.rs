@@ -20,11 +20,11 @@ use super::common::{
 };
 use super::dialect::{args, Arg, Dialect};
 use super::{
-    BilledUsage, BudgetStore, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore,
-    ItemStore, JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, ModelLoad,
-    MonthSpend, NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore,
-    ReportStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError,
-    StoreResult, StoredKey, WebhookAttempt, WebhookStore,
+    BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
+    JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, ModelLoad, MonthSpend,
+    NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore,
+    SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError, StoreResult,
+    StoredKey, WebhookAttempt, WebhookStore,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -1408,7 +1408,7 @@ impl<D: Dialect> OpenAiWebhookStore for D {
 }
 
 #[async_trait]
-impl<D: Dialect + BudgetStore> Store for D {
+impl<D: Dialect> Store for D {
     async fn ping(&self) -> StoreResult<()> {
         Dialect::ping(self).await
     }

@@ -25,6 +25,7 @@ pub(crate) enum Arg<'a> {
     Int(Option<i64>),
     Int32(Option<i32>),
     Bool(bool),
+    Float(Option<f64>),
     Ts(Option<DateTime<Utc>>),
     Json(Option<&'a Value>),
     /// A list, used through [`Dialect::in_list`].
@@ -55,6 +56,8 @@ arg_from! {
     i32 => Int32(Some),
     Option<i32> => Int32,
     bool => Bool,
+    f64 => Float(Some),
+    Option<f64> => Float,
     DateTime<Utc> => Ts(Some),
     Option<DateTime<Utc>> => Ts,
     &'a Value => Json(Some),
@@ -90,6 +93,11 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn in_list(param: &str) -> String;
     /// The time `micros` (a bound INTEGER of microseconds) from now: lease expiry.
     fn now_plus(micros: &str) -> String;
+    /// The current time as seconds since the Unix epoch (a float; the rate budget's unit).
+    const EPOCH_NOW: &'static str;
+    /// The smallest and the largest of their (scalar) arguments.
+    const LEAST: &'static str;
+    const GREATEST: &'static str;
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<Self::Row>>;
     /// One write statement in its own transaction; returns rows changed.

@@ -116,6 +116,7 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Postgres, PgArguments>
         Arg::Int(v) => q.bind(v),
         Arg::Int32(v) => q.bind(v),
         Arg::Bool(v) => q.bind(v),
+        Arg::Float(v) => q.bind(v),
         Arg::Ts(v) => q.bind(v.map(truncate_to_micros)),
         Arg::Json(v) => q.bind(v),
         Arg::Texts(v) => q.bind(v),
@@ -146,6 +147,11 @@ impl Dialect for PgStore {
     fn now_plus(micros: &str) -> String {
         format!("now() + {micros} * interval '1 microsecond'")
     }
+
+    /// The clock when the statement reads it, the same on every replica.
+    const EPOCH_NOW: &'static str = "EXTRACT(EPOCH FROM clock_timestamp())::float8";
+    const LEAST: &'static str = "LEAST";
+    const GREATEST: &'static str = "GREATEST";
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<PgRow>> {
         Ok(query(sql, args).fetch_all(&self.pool).await?)
@@ -401,6 +407,12 @@ impl RowGet for PgRow {
         Ok(self.try_get(col)?)
     }
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
+        Ok(self.try_get(col)?)
+    }
+    fn float(&self, col: &str) -> StoreResult<f64> {
+        Ok(self.try_get(col)?)
+    }
+    fn flag(&self, col: &str) -> StoreResult<bool> {
         Ok(self.try_get(col)?)
     }
 }

@@ -164,6 +164,7 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>], at: i64) -> Query<'q, Sqlite, Sqlit
         Arg::Int(v) => q.bind(v),
         Arg::Int32(v) => q.bind(v),
         Arg::Bool(v) => q.bind(v),
+        Arg::Float(v) => q.bind(v),
         Arg::Ts(v) => q.bind(v.map(micros)),
         Arg::Json(v) => q.bind(v.map(json_text)),
         Arg::Texts(v) => q.bind(json_array(v)),
@@ -196,6 +197,11 @@ impl Dialect for SqliteStore {
     fn now_plus(micros: &str) -> String {
         format!("now() + {micros}")
     }
+
+    /// `now()` is bound in microseconds.
+    const EPOCH_NOW: &'static str = "(now() / 1000000.0)";
+    const LEAST: &'static str = "MIN";
+    const GREATEST: &'static str = "MAX";
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<SqliteRow>> {
         let sql = render(sql, args.len());
@@ -417,5 +423,11 @@ impl RowGet for SqliteRow {
         self.opt_text(col)?
             .map(|s| serde_json::from_str(&s).map_err(corrupt))
             .transpose()
+    }
+    fn float(&self, col: &str) -> StoreResult<f64> {
+        Ok(self.try_get(col)?)
+    }
+    fn flag(&self, col: &str) -> StoreResult<bool> {
+        Ok(self.try_get(col)?)
     }
 }

@@ -60,9 +60,15 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
                     };
                     return with_note(error_response(&flex_unavailable(&p.model)), note);
                 }
-                let (outcome, snap) =
-                    st.limiter
-                        .check(&p.model, cfg.rate_limiter, cfg.rpm, cfg.tpm, cost, now);
+                let (outcome, snap) = st.limiter.check_holding(
+                    &p.model,
+                    cfg.rate_limiter,
+                    cfg.rpm,
+                    cfg.tpm,
+                    cost,
+                    now,
+                    cfg.bucket_capacity_ms,
+                );
                 match outcome {
                     Err(refusal) => {
                         st.stats.rate_limited += 1;

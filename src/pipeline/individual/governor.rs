@@ -14,9 +14,12 @@
 //! budget (the difference is taken or given back) and the estimate of the next calls
 //! (a running ratio of counted to estimated tokens, per model).
 //!
-//! The levels live behind [`Budget`]: [`LocalBudget`] keeps them in this replica's memory; a
-//! budget shared by replicas (a PostgreSQL row per model) can take its place without the
-//! pacing policy here changing.
+//! The levels live behind [`Budget`]: [`LocalBudget`] keeps them in this replica's memory;
+//! [`super::budget::StoreBudget`] keeps them in the database, one row per account and model
+//! that every replica takes from, so N replicas together pace at the account's limit and a
+//! 429 one of them gets pauses them all. The pacing policy here is the same for both. On a
+//! replica, one caller per model at a time asks the budget (the others queue behind it), so
+//! a shared budget sees one step per refill and replica, not one per waiting call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,6 +93,11 @@ pub trait Budget: Send + Sync {
     /// Takes `tokens` more (or gives them back when negative): a call counted differently
     /// from what was taken for it.
     fn adjust_tokens<'a>(&'a self, model: &'a str, rates: Rates, tokens: f64) -> BoxFuture<'a, ()>;
+
+    /// After a 429: empties the request level and, for a budget other replicas share, holds
+    /// every take of theirs until `for_` has passed (this replica's governor holds its own
+    /// callers itself).
+    fn pause<'a>(&'a self, model: &'a str, rates: Rates, for_: Duration) -> BoxFuture<'a, ()>;
 }
 
 #[derive(Debug)]
@@ -118,7 +126,7 @@ impl Levels {
 }
 
 /// Seconds until `level` reaches `need` at `per_sec`.
-fn wait_until_level(level: f64, need: f64, per_sec: f64) -> Duration {
+pub(super) fn wait_until_level(level: f64, need: f64, per_sec: f64) -> Duration {
     if level >= need {
         Duration::ZERO
     } else {
@@ -198,6 +206,10 @@ impl Budget for LocalBudget {
         });
         Box::pin(std::future::ready(()))
     }
+
+    fn pause<'a>(&'a self, model: &'a str, rates: Rates, _for: Duration) -> BoxFuture<'a, ()> {
+        self.lower_to(model, rates, Some(0.0), None)
+    }
 }
 
 /// What the governor has learnt about one model from OpenAI's answers.
@@ -208,6 +220,8 @@ struct Learnt {
     paused_until: Option<Instant>,
     /// Tokens OpenAI counts per token estimated here (running average).
     token_ratio: f64,
+    /// Held by the one caller asking the budget; the others wait their turn behind it.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Weight of the newest call in [`Learnt::token_ratio`].
@@ -265,6 +279,7 @@ impl Governor {
             limits: self.limits(model),
             paused_until: None,
             token_ratio: 1.0,
+            turn: Arc::default(),
         });
         f(state)
     }
@@ -277,6 +292,8 @@ impl Governor {
             return tokens;
         }
         let started = Instant::now();
+        let turn = self.learnt(model, |s| s.turn.clone());
+        let _turn = turn.lock().await;
         loop {
             let now = Instant::now();
             let (paused, rates, charge) = self.learnt(model, |s| {
@@ -321,9 +338,11 @@ impl Governor {
             s.token_ratio += RATIO_WEIGHT * (ratio - s.token_ratio);
             Rates::paced(s.limits)
         });
-        self.budget
-            .adjust_tokens(model, rates, counted as f64 - taken as f64)
-            .await;
+        if counted != taken {
+            self.budget
+                .adjust_tokens(model, rates, counted as f64 - taken as f64)
+                .await;
+        }
     }
 
     /// Takes from OpenAI's `x-ratelimit-*` headers (of a success or a 429) what can only
@@ -376,8 +395,9 @@ impl Governor {
         }
     }
 
-    /// After a 429: nobody sends to this model until `retry_after` has passed, and the
-    /// request level is emptied (it refills during the pause, to the burst at most). Disabled, only the caller waits, as a plain
+    /// After a 429: nobody sends to this model until `retry_after` has passed (on every
+    /// replica, when the budget is shared), and the request level is emptied (it refills
+    /// during the pause, to the burst at most). Disabled, only the caller waits, as a plain
     /// client honouring `retry-after` would.
     pub async fn pause(&self, model: &str, retry_after: Duration) {
         if !self.enabled {
@@ -391,7 +411,7 @@ impl Governor {
             }
             Rates::paced(s.limits)
         });
-        self.budget.lower_to(model, rates, Some(0.0), None).await;
+        self.budget.pause(model, rates, retry_after).await;
     }
 }
 
