@@ -119,7 +119,8 @@ async fn postgres_three_replicas_share_the_account_limit() {
     // Within the limit: the simulator refuses what is over it, so the 429s above are the
     // check; the share says the replicas did not stall each other. In the debug test binary
     // beside every other test the service can be slower than the limit (as in
-    // `governor.rs`); the 90% goal is measured by `benches/individual.rs --replicas 3`.
+    // `governor.rs`); a benchmark of the 90% goal with 3 replicas is not written yet
+    // (issue 14).
     assert!(run.share <= 1.05, "{}", run.share);
     assert!(run.share >= 0.6, "{}", run.share);
 }

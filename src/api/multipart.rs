@@ -283,7 +283,7 @@ struct FileEntry {
 }
 
 enum Entry {
-    Item(ItemInput),
+    Item(Box<ItemInput>),
     File(FileEntry),
 }
 
@@ -313,7 +313,7 @@ fn job_part<T: ItemsBody>(raw: Option<&[u8]>) -> Result<(T, Vec<Entry>), ApiErro
             if entry.get("file").is_some() {
                 from_value(entry, &at).map(Entry::File)
             } else {
-                from_value(entry, &at).map(Entry::Item)
+                from_value(entry, &at).map(|item| Entry::Item(Box::new(item)))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -340,7 +340,7 @@ fn assemble(entries: Vec<Entry>, parts: Vec<Part>) -> Vec<ItemInput> {
     let mut items = Vec::with_capacity(entries.len() + parts.len());
     for (i, entry) in entries.into_iter().enumerate() {
         match entry {
-            Entry::Item(input) => items.push(input),
+            Entry::Item(input) => items.push(*input),
             Entry::File(entry) => match claim(&mut parts, &entry.file) {
                 Some(part) => items.push(part.into_item(entry.custom_id, entry.post_id)),
                 None => items.push(ItemInput {
@@ -535,10 +535,10 @@ mod tests {
                 custom_id: Some("bee".into()),
                 post_id: None,
             }),
-            Entry::Item(ItemInput {
+            Entry::Item(Box::new(ItemInput {
                 image_url: Some("https://x.test/u.jpg".into()),
                 ..ItemInput::default()
-            }),
+            })),
             Entry::File(FileEntry {
                 file: "missing.png".into(),
                 custom_id: None,
