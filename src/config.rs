@@ -107,6 +107,36 @@ pub struct IndividualSettings {
     pub shared_budget: String,
     #[serde(default)]
     pub models: BTreeMap<String, ModelLimits>,
+    /// Models offering `service_tier: "flex"` (a name matches its dated snapshots too).
+    pub flex_models: Vec<String>,
+    /// Client timeout of one flex call.
+    pub flex_timeout_secs: u64,
+    /// First wait after a flex 429 "resource unavailable"; doubles per answer.
+    pub flex_backoff_ms: u64,
+    pub flex_backoff_max_ms: u64,
+    /// How long an item may go without flex capacity before it falls back.
+    pub flex_fallback_after_secs: u64,
+    /// Where it falls back to: `batch` or `standard`.
+    pub flex_fallback: FlexFallback,
+}
+
+/// Where a flex item goes when flex capacity stays unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlexFallback {
+    /// Into a Batch API job of the same job: the same prices, hours instead of minutes.
+    Batch,
+    /// An individual call at standard prices, at once.
+    Standard,
+}
+
+impl IndividualSettings {
+    /// Whether `model`, a name or its dated snapshot (`gpt-5-mini-2025-08-07`), is in
+    /// `flex_models`.
+    pub fn offers_flex(&self, model: &str) -> bool {
+        let base = crate::cost::strip_snapshot_date(model);
+        self.flex_models.iter().any(|m| m == model || m == base)
+    }
 }
 
 fn default_shared_budget() -> String {
@@ -319,6 +349,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("individual.flex_models")
                 .source(Some(prefixed)),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -455,6 +487,18 @@ impl Settings {
             return Err(invalid(
                 "individual.rpm",
                 "individual.rpm, individual.tpm and individual.concurrency must be at least 1",
+            ));
+        }
+        if i.flex_timeout_secs == 0 || i.flex_backoff_ms == 0 {
+            return Err(invalid(
+                "individual.flex_timeout_secs",
+                "individual.flex_timeout_secs and individual.flex_backoff_ms must be at least 1",
+            ));
+        }
+        if i.flex_backoff_max_ms < i.flex_backoff_ms {
+            return Err(invalid(
+                "individual.flex_backoff_max_ms",
+                "must be at least individual.flex_backoff_ms",
             ));
         }
         match i.shared_budget.as_str() {
@@ -723,6 +767,16 @@ mod tests {
         assert_eq!(s.batch.poll_max_ms, 30_000);
         assert_eq!(s.batch.max_file_bytes, 190_000_000);
         assert_eq!(s.individual.max_items, 50);
+        assert!(s.individual.offers_flex("gpt-5-mini"));
+        assert!(s.individual.offers_flex("o4-mini-2025-04-16"));
+        assert!(!s.individual.offers_flex("gpt-4o-mini"));
+        assert_eq!(s.individual.flex_fallback, FlexFallback::Batch);
+        let s = Settings::load_from(
+            None,
+            &env(&[("BATCHLENS__INDIVIDUAL__FLEX_MODELS", "gpt-4o,gpt-4.1")]),
+        )
+        .unwrap();
+        assert_eq!(s.individual.flex_models, ["gpt-4o", "gpt-4.1"]);
         assert_eq!(s.database_url(), "sqlite://./data/batchlens.db");
         assert!(s.is_open());
     }

@@ -101,8 +101,18 @@ string_enum!(
         Auto => "auto",
         Batch => "batch",
         Individual => "individual",
+        /// One Chat Completions call per item with `service_tier: "flex"`: Batch API
+        /// prices, answers in seconds to minutes, for the models that offer it.
+        Flex => "flex",
     }
 );
+
+impl Mode {
+    /// Billed at Batch API prices (batch and flex) rather than standard ones.
+    pub fn batch_prices(self) -> bool {
+        matches!(self, Self::Batch | Self::Flex)
+    }
+}
 
 string_enum!(
     /// The `detail` OpenAI is asked to look at each image with.
@@ -273,6 +283,8 @@ pub struct CostSums {
     pub batch_pico_usd: PicoUsd,
     pub individual_items: i64,
     pub individual_mode_pico_usd: PicoUsd,
+    pub flex_items: i64,
+    pub flex_pico_usd: PicoUsd,
 }
 
 /// A job as stored.
@@ -400,7 +412,8 @@ pub struct Item {
     /// `None` when not run yet or when the model has no price.
     pub cost_pico_usd: Option<PicoUsd>,
     pub individual_pico_usd: Option<PicoUsd>,
-    /// The mode that ran it (`Batch` or `Individual`).
+    /// The mode that ran it (`Batch`, `Individual` or `Flex`); for an item sent back to be
+    /// run again, the mode it will run in (`Batch` after a flex fallback).
     pub run_mode: Option<Mode>,
     /// The model snapshot OpenAI reported.
     pub resolved_model: Option<String>,

@@ -46,6 +46,9 @@ pub struct ModeCost {
 pub struct ModeCosts {
     pub batch: ModeCost,
     pub individual: ModeCost,
+    /// Flex calls (`service_tier: "flex"`), billed at Batch API prices. An item that fell
+    /// back counts where it ran (`batch` or `individual`).
+    pub flex: ModeCost,
 }
 
 /// What a job spent, what individual calls would have cost, and the estimate made at submit.
@@ -54,7 +57,8 @@ pub struct ModeCosts {
     "tokens": {"input": 290000, "cached_input": 0, "output": 6100},
     "actual_usd": 0.0236, "individual_usd": 0.0472, "savings_usd": 0.0236, "savings_percent": 50.0,
     "estimate_usd": 0.0240, "per_image_usd": 0.000236, "unpriced_items": 0,
-    "by_mode": {"batch": {"items": 100, "usd": 0.0236}, "individual": {"items": 0, "usd": 0.0}}}))]
+    "by_mode": {"batch": {"items": 100, "usd": 0.0236}, "individual": {"items": 0, "usd": 0.0},
+                "flex": {"items": 0, "usd": 0.0}}}))]
 pub struct JobCost {
     pub model: String,
     pub currency: &'static str,
@@ -99,11 +103,12 @@ pub async fn job_cost(
     let job = load_job(&state, &tenant, id).await?;
     let c = job.cost;
     let savings = c.individual_pico_usd - c.actual_pico_usd;
+    // Batch and flex bill Batch API prices; an open job's `auto` is not decided yet.
     let estimate = match job.mode {
         crate::domain::Mode::Individual => job.estimate_individual_pico_usd,
         _ => job.estimate_batch_pico_usd,
     };
-    let priced = c.batch_items + c.individual_items;
+    let priced = c.batch_items + c.individual_items + c.flex_items;
     let cost = JobCost {
         model: job.model.clone(),
         currency: "USD",
@@ -134,6 +139,10 @@ pub async fn job_cost(
                 items: c.individual_items,
                 usd: pico_to_usd(c.individual_mode_pico_usd),
             },
+            flex: ModeCost {
+                items: c.flex_items,
+                usd: pico_to_usd(c.flex_pico_usd),
+            },
         },
     };
     Ok(conditional::tagged(job.version, Json(cost)))
@@ -152,6 +161,8 @@ pub struct ModelEstimate {
     /// `observed`: from this analyzer's billed usage on the model; `formula`: o200k count.
     pub basis: crate::cost::Basis,
     pub batch_usd: Option<f64>,
+    /// Flex calls, at Batch API prices; null where the model offers no flex.
+    pub flex_usd: Option<f64>,
     pub individual_usd: Option<f64>,
     pub per_image_batch_usd: Option<f64>,
     pub per_image_individual_usd: Option<f64>,
@@ -168,6 +179,8 @@ pub struct EstimateResponse {
     pub tokens: EstimateTokens,
     /// null when the model has no price.
     pub batch_usd: Option<f64>,
+    /// Flex calls, at Batch API prices; null where the model offers no flex.
+    pub flex_usd: Option<f64>,
     pub individual_usd: Option<f64>,
     pub savings_usd: Option<f64>,
     pub per_image_batch_usd: Option<f64>,
@@ -239,6 +252,11 @@ pub async fn create_estimate(
 ) -> Result<Json<EstimateResponse>, ApiError> {
     let est = state.app.estimate(&tenant.0, req.into()).await?;
     let (accepted, e) = (est.accepted, est.estimate);
+    let flex = |model: &str, batch: Option<i64>| {
+        batch
+            .filter(|_| est.flex_models.iter().any(|m| m == model))
+            .map(pico_to_usd)
+    };
     let models = est
         .models
         .into_iter()
@@ -246,6 +264,7 @@ pub async fn create_estimate(
             per_image_batch_usd: per_image(e.batch, accepted),
             per_image_individual_usd: per_image(e.individual, accepted),
             batch_usd: e.batch.map(pico_to_usd),
+            flex_usd: flex(&e.model, e.batch),
             individual_usd: e.individual.map(pico_to_usd),
             basis: e.basis,
             model: e.model,
@@ -261,6 +280,7 @@ pub async fn create_estimate(
             output: e.output_tokens,
         },
         batch_usd: e.batch.map(pico_to_usd),
+        flex_usd: e.batch.filter(|_| est.offers_flex).map(pico_to_usd),
         individual_usd: e.individual.map(pico_to_usd),
         savings_usd: e.batch.zip(e.individual).map(|(b, i)| pico_to_usd(i - b)),
         per_image_batch_usd: per_image(e.batch, accepted),

@@ -31,7 +31,10 @@ pub struct JobRequest {
     /// The OpenAI model; default from `openai.default_model`.
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", example = "gpt-4o-mini")]
     pub model: Option<String>,
-    /// `auto` (default): individual calls below `individual.max_items` items, else batch.
+    /// `auto` (default): below `individual.max_items` items flex calls when the model offers
+    /// flex (`individual.flex_models`), else standard individual calls; from there batch.
+    /// `flex`: one call per image with `service_tier: "flex"` at Batch API prices, only for
+    /// the models in `individual.flex_models` (else a 422 naming `mode`).
     pub mode: Option<Mode>,
     /// How closely OpenAI looks at each image: `low` (default), `high`, `auto`.
     pub detail: Option<Detail>,
@@ -380,7 +383,9 @@ pub struct ResultView {
     pub output: Option<serde_json::Value>,
     pub error: Option<ItemError>,
     /// Intake's remark on an accepted image, else null: e.g. `mime_type "image/jpeg"
-    /// disagrees with the bytes, which are a PNG (image/png); the bytes decide`.
+    /// disagrees with the bytes, which are a PNG (image/png); the bytes decide`. A flex
+    /// item that fell back says so here too (`flex: no capacity (…): fell back to the
+    /// Batch API, at the same prices`), and its `mode` is where it ran.
     pub note: Option<String>,
     pub usage: Option<UsageView>,
     /// What this image cost; null when not run yet or the model has no price.
@@ -388,7 +393,7 @@ pub struct ResultView {
     /// The same usage at standard (individual-call) prices.
     pub individual_usd: Option<f64>,
     pub attempts: i32,
-    /// The mode that ran it.
+    /// The mode that ran it: `batch`, `individual` or `flex`.
     pub mode: Option<Mode>,
     /// The model snapshot OpenAI reported.
     pub model: Option<String>,

@@ -32,9 +32,24 @@ pub struct BodyEstimate {
     pub recommendation: Option<Recommendation>,
     /// Images that would be answered from earlier analyses, at 0.
     pub reused: usize,
+    /// The priced models that offer flex processing (at Batch API prices).
+    pub flex_models: Vec<String>,
+    /// The job's model offers flex processing.
+    pub offers_flex: bool,
 }
 
 impl App {
+    /// The priced models that offer flex processing (`individual.flex_models`, matched as
+    /// submit matches them), by their price-table names.
+    fn flex_models_priced(&self) -> Vec<String> {
+        self.prices
+            .models()
+            .map(|(name, _)| name)
+            .filter(|name| self.settings.individual.offers_flex(name))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The tenant's history with `analyzer`: the billed usage of the succeeded items of its
     /// most recent jobs that ran it (`estimate.history_jobs` jobs, up to
     /// `estimate.history_items_per_job` items each), by model and detail.
@@ -130,6 +145,7 @@ impl App {
             spec.requested_mode,
             accepted,
             self.settings.individual.max_items,
+            self.settings.individual.offers_flex(&spec.model),
         );
         let by_detail: Vec<(Detail, Vec<Estimate>)> = Detail::ALL
             .iter()
@@ -145,9 +161,11 @@ impl App {
             })
             .collect();
         let reused = 0;
+        let offers_flex = self.settings.individual.offers_flex(&spec.model);
+        let flex_models = self.flex_models_priced();
         let recommendation = recommend::recommend(
             &by_detail,
-            &Modes::batch_and_individual(),
+            &Modes::with_flex(flex_models.clone()),
             Asked {
                 model: &spec.model,
                 detail: spec.detail,
@@ -173,6 +191,8 @@ impl App {
             rejections: prepared.intake.rejected,
             recommendation,
             reused,
+            flex_models,
+            offers_flex,
         })
     }
 }

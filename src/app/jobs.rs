@@ -137,6 +137,7 @@ impl App {
             job.requested_mode,
             job.counts.pending as usize,
             self.settings.individual.max_items,
+            self.settings.individual.offers_flex(&job.model),
         );
         let estimate = self.estimate_stored_job(&job).await?;
         let job = self

@@ -90,14 +90,15 @@ fn reserve(job: &Job) -> PicoUsd {
     .max(job.cost.actual_pico_usd)
 }
 
-/// The estimate a budget holds for a job in `mode`: batch for batch, else individual.
+/// The estimate a budget holds for a job in `mode`: batch for batch and flex (billed at
+/// Batch API prices), else individual.
 pub fn estimate_for(
     mode: Mode,
     batch: Option<PicoUsd>,
     individual: Option<PicoUsd>,
 ) -> Option<PicoUsd> {
     match mode {
-        Mode::Batch => batch,
+        Mode::Batch | Mode::Flex => batch,
         _ => individual.or(batch),
     }
 }

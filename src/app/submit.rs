@@ -119,6 +119,15 @@ pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppErr
             a.clone()
         }
     };
+    if req.mode == Some(Mode::Flex) && !settings.individual.offers_flex(&model) {
+        bad(
+            "mode",
+            format!(
+                "{model} does not offer flex processing (individual.flex_models: {}); use \"batch\" for Batch API prices",
+                settings.individual.flex_models.join(", ")
+            ),
+        );
+    }
     if !errors.is_empty() {
         return Err(AppError::fields(errors));
     }
@@ -188,11 +197,24 @@ fn rejection_field(index: i64, reason: &str) -> FieldError {
     }
 }
 
-/// The mode a job runs in, and why.
-pub fn resolve_mode(requested: Mode, accepted: usize, max_items: usize) -> (Mode, String) {
+/// The mode a job runs in, and why. `flex`: the job's model offers flex processing, which
+/// `auto` prefers to standard individual calls (the same speed class at Batch API prices).
+pub fn resolve_mode(
+    requested: Mode,
+    accepted: usize,
+    max_items: usize,
+    flex: bool,
+) -> (Mode, String) {
     match requested {
         Mode::Batch => (Mode::Batch, "requested: batch".into()),
         Mode::Individual => (Mode::Individual, "requested: individual".into()),
+        Mode::Flex => (Mode::Flex, "requested: flex".into()),
+        Mode::Auto if accepted < max_items && flex => (
+            Mode::Flex,
+            format!(
+                "auto: {accepted} images, under individual.max_items ({max_items}), on a model that offers flex processing: flex calls answer in seconds to minutes at Batch API prices, half of standard individual calls"
+            ),
+        ),
         Mode::Auto if accepted < max_items => (
             Mode::Individual,
             format!(
@@ -282,6 +304,7 @@ pub fn prepare(
             spec.requested_mode,
             intake.accepted,
             settings.individual.max_items,
+            settings.individual.offers_flex(&spec.model),
         );
         (mode, why, JobStatus::Queued)
     };
@@ -378,12 +401,27 @@ mod tests {
 
     #[test]
     fn auto_picks_individual_below_the_threshold() {
-        assert_eq!(resolve_mode(Mode::Auto, 49, 50).0, Mode::Individual);
-        assert_eq!(resolve_mode(Mode::Auto, 50, 50).0, Mode::Batch);
-        assert_eq!(resolve_mode(Mode::Batch, 1, 50).0, Mode::Batch);
-        assert_eq!(resolve_mode(Mode::Individual, 5000, 50).0, Mode::Individual);
-        assert!(resolve_mode(Mode::Auto, 3, 50)
+        assert_eq!(resolve_mode(Mode::Auto, 49, 50, false).0, Mode::Individual);
+        assert_eq!(resolve_mode(Mode::Auto, 50, 50, false).0, Mode::Batch);
+        assert_eq!(resolve_mode(Mode::Batch, 1, 50, false).0, Mode::Batch);
+        assert_eq!(
+            resolve_mode(Mode::Individual, 5000, 50, true).0,
+            Mode::Individual
+        );
+        assert!(resolve_mode(Mode::Auto, 3, 50, false)
             .1
             .contains("individual.max_items"));
+    }
+
+    #[test]
+    fn auto_prefers_flex_to_standard_calls_where_the_model_offers_it() {
+        let (mode, why) = resolve_mode(Mode::Auto, 3, 50, true);
+        assert_eq!(mode, Mode::Flex);
+        assert!(
+            why.contains("flex") && why.contains("Batch API prices"),
+            "{why}"
+        );
+        assert_eq!(resolve_mode(Mode::Auto, 50, 50, true).0, Mode::Batch);
+        assert_eq!(resolve_mode(Mode::Flex, 5000, 50, true).0, Mode::Flex);
     }
 }

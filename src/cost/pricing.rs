@@ -194,14 +194,16 @@ impl PriceTable {
         self.models.iter().map(|(k, p)| (k.as_str(), p))
     }
 
-    /// What `usage` cost in `mode` (batch prices for `Batch`, standard otherwise) and at
+    /// What `usage` cost in `mode` (batch prices for `Batch` and `Flex`, standard otherwise) and at
     /// standard prices. `None` when the model has no price: unknown, never zero.
     pub fn cost(&self, model: &str, usage: &Usage, mode: Mode) -> Option<ItemCost> {
         let (_, price) = self.lookup(model)?;
         let individual = price.standard_rates().price(usage);
-        let actual = match mode {
-            Mode::Batch => price.batch_rates().price(usage),
-            Mode::Individual | Mode::Auto => individual,
+        // Flex processing bills the Batch API's prices.
+        let actual = if mode.batch_prices() {
+            price.batch_rates().price(usage)
+        } else {
+            individual
         };
         Some(ItemCost { actual, individual })
     }
@@ -277,6 +279,8 @@ mod tests {
             assert_eq!((c.actual, c.individual), (standard, standard), "{model}");
             let c = table.cost(model, &u, Mode::Auto).unwrap();
             assert_eq!((c.actual, c.individual), (standard, standard), "{model}");
+            let c = table.cost(model, &u, Mode::Flex).unwrap();
+            assert_eq!((c.actual, c.individual), (batch, standard), "{model} flex");
         }
     }
 

@@ -73,6 +73,7 @@ impl From<Mode> for RunMode {
         match m {
             Mode::Batch | Mode::Auto => BATCH,
             Mode::Individual => INDIVIDUAL,
+            Mode::Flex => FLEX,
         }
     }
 }
@@ -108,6 +109,7 @@ pub struct Asked<'a> {
 
 /// The cheapest (model, detail, mode) among `by_detail` (each detail's estimates of every
 /// model; unpriced ones are skipped). On equal cost: the asked detail, then the asked model,
+/// then the asked mode (a body asking for flex keeps flex over batch at the same price),
 /// then the earlier mode in `modes.run`, then the model name, so the answer is stable.
 /// `None` when no model is priced.
 pub fn recommend(
@@ -143,11 +145,13 @@ pub fn recommend(
             }
         }
     }
+    let asked_mode = RunMode::from(asked.mode).name;
     let key = |c: &Cand| {
         (
             c.cost,
             c.detail != asked.detail,
             c.e.model != asked.model,
+            c.mode.name != asked_mode,
             c.mode_rank,
             c.e.model.clone(),
         )
@@ -363,6 +367,27 @@ mod tests {
             &by_detail,
             &Modes::with_flex(vec!["a".into()]),
             asked("a", Detail::Low, Mode::Batch),
+        )
+        .unwrap();
+        assert_eq!((r.model.as_str(), r.mode), ("a", "batch"));
+        // A body asking for flex keeps it at the same price, where the model offers it.
+        let r = recommend(
+            &by_detail,
+            &Modes::with_flex(vec!["a".into()]),
+            asked("a", Detail::Low, Mode::Flex),
+        )
+        .unwrap();
+        assert_eq!((r.model.as_str(), r.mode, r.cost), ("a", "flex", 100));
+        assert!(
+            r.why.ends_with("that is how the body would run"),
+            "{}",
+            r.why
+        );
+        // Not where it does not: b is dearer and a offers no flex.
+        let r = recommend(
+            &by_detail,
+            &Modes::with_flex(vec!["b".into()]),
+            asked("b", Detail::Low, Mode::Flex),
         )
         .unwrap();
         assert_eq!((r.model.as_str(), r.mode), ("a", "batch"));

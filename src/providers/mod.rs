@@ -46,10 +46,12 @@ pub trait Provider: Send + Sync + 'static {
         limit: Option<u32>,
     ) -> Result<BatchList, ProviderError>;
 
-    /// One chat completion of a request `body`, with the rate-limit headers of its answer.
+    /// One chat completion of a request `body`, with the rate-limit headers of its answer;
+    /// each attempt within `timeout` when given, else the client's request timeout.
     async fn chat_completion(
         &self,
         body: &serde_json::Value,
+        timeout: Option<std::time::Duration>,
     ) -> Result<ChatResponse, ProviderError>;
 }
 

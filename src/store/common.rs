@@ -24,7 +24,8 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     detail, analyzer, metadata, webhook_url, status, total, pending, submitted, succeeded, \
     failed, rejected, cancelled, input_tokens, cached_input_tokens, output_tokens, \
     actual_pico_usd, individual_pico_usd, unpriced_items, batch_items, batch_pico_usd, \
-    individual_items, individual_mode_pico_usd, estimate_batch_pico_usd, \
+    individual_items, individual_mode_pico_usd, flex_items, flex_pico_usd, \
+    estimate_batch_pico_usd, \
     estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
     webhook_state, webhook_attempts, webhook_error, rejections, version, fetch_mode";
 
@@ -289,6 +290,8 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
             batch_pico_usd: r.int("batch_pico_usd")?,
             individual_items: r.int("individual_items")?,
             individual_mode_pico_usd: r.int("individual_mode_pico_usd")?,
+            flex_items: r.int("flex_items")?,
+            flex_pico_usd: r.int("flex_pico_usd")?,
         },
         estimate_batch_pico_usd: r.opt_int("estimate_batch_pico_usd")?,
         estimate_individual_pico_usd: r.opt_int("estimate_individual_pico_usd")?,
@@ -424,7 +427,7 @@ pub(crate) struct JobDelta {
 }
 
 impl JobDelta {
-    pub const COLUMNS: [&'static str; 17] = [
+    pub const COLUMNS: [&'static str; 19] = [
         "total",
         "pending",
         "submitted",
@@ -442,9 +445,11 @@ impl JobDelta {
         "batch_pico_usd",
         "individual_items",
         "individual_mode_pico_usd",
+        "flex_items",
+        "flex_pico_usd",
     ];
 
-    pub fn values(&self) -> [i64; 17] {
+    pub fn values(&self) -> [i64; 19] {
         let (c, s) = (&self.counts, &self.cost);
         [
             c.total,
@@ -464,11 +469,13 @@ impl JobDelta {
             s.batch_pico_usd,
             s.individual_items,
             s.individual_mode_pico_usd,
+            s.flex_items,
+            s.flex_pico_usd,
         ]
     }
 
     /// `UPDATE jobs SET <col> = <col> + $2, …, updated_at = <now>, version + 1 WHERE
-    /// id = $1 RETURNING <job>`; the 17 deltas bind as `$2..=$18`.
+    /// id = $1 RETURNING <job>`; the 19 deltas bind as `$2..=$20`.
     pub fn update_sql(now: &str) -> String {
         let sets: Vec<String> = Self::COLUMNS
             .iter()
@@ -541,7 +548,14 @@ impl JobDelta {
                 None => {}
             }
             let cost = r.cost_pico_usd.unwrap_or(0);
-            match r.run_mode {
+            // An item sent back to run again has not run in its mode yet (a flex item
+            // falling back to batch carries `batch` until a batch runs it).
+            let ran = if r.status == ItemStatus::Pending {
+                None
+            } else {
+                r.run_mode
+            };
+            match ran {
                 Some(Mode::Batch) => {
                     s.batch_items += 1;
                     s.batch_pico_usd += cost;
@@ -549,6 +563,10 @@ impl JobDelta {
                 Some(Mode::Individual) => {
                     s.individual_items += 1;
                     s.individual_mode_pico_usd += cost;
+                }
+                Some(Mode::Flex) => {
+                    s.flex_items += 1;
+                    s.flex_pico_usd += cost;
                 }
                 Some(Mode::Auto) | None => {}
             }
@@ -831,6 +849,27 @@ mod tests {
             (d.cost.individual_items, d.cost.individual_mode_pico_usd),
             (1, 7)
         );
+    }
+
+    #[test]
+    fn flex_counts_apart_and_an_item_sent_back_counts_in_no_mode() {
+        let row = |status, cost: Option<i64>, mode| Recorded {
+            status,
+            input_tokens: cost.map(|_| 10),
+            cached_input_tokens: cost.map(|_| 0),
+            output_tokens: cost.map(|_| 3),
+            cost_pico_usd: cost,
+            individual_pico_usd: cost.map(|c| c * 2),
+            run_mode: Some(mode),
+        };
+        let d = JobDelta::for_outcomes(&[
+            row(ItemStatus::Succeeded, Some(50), Mode::Flex),
+            // A flex item falling back: back to pending, to run in a batch.
+            row(ItemStatus::Pending, None, Mode::Batch),
+        ]);
+        assert_eq!((d.cost.flex_items, d.cost.flex_pico_usd), (1, 50));
+        assert_eq!(d.cost.batch_items, 0);
+        assert_eq!((d.counts.submitted, d.counts.pending), (-2, 1));
     }
 
     #[test]

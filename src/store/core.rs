@@ -688,7 +688,7 @@ impl<D: Dialect> PlanStore for D {
         let sql = format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = {}, lease_token = lease_token + 1 \
              WHERE id IN (SELECT j.id FROM jobs j \
-               WHERE j.status IN ('queued', 'running') AND j.mode IN ('batch', 'individual') \
+               WHERE j.status IN ('queued', 'running') AND j.mode IN ('batch', 'individual', 'flex') \
                AND (j.lease_until IS NULL OR j.lease_until <= now()) \
                AND EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id \
                  AND i.status = 'pending' AND i.shard_id IS NULL) \
@@ -709,7 +709,8 @@ impl<D: Dialect> PlanStore for D {
     }
 
     async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>> {
-        let sql = "SELECT position, image_bytes, width, height FROM items WHERE job_id = $1 \
+        let sql = "SELECT position, image_bytes, width, height, run_mode FROM items \
+                   WHERE job_id = $1 \
                    AND status = 'pending' AND shard_id IS NULL ORDER BY position";
         rows_to(&self.read(sql, args![job_id]).await?, |r| {
             Ok(PlanItem {
@@ -717,6 +718,7 @@ impl<D: Dialect> PlanStore for D {
                 image_bytes: r.int("image_bytes")?,
                 width: r.opt_int32("width")?,
                 height: r.opt_int32("height")?,
+                run_mode: r.opt_parsed("run_mode")?,
             })
         })
     }
@@ -1000,6 +1002,13 @@ const LEFTOVER_SQL: &str = "UPDATE items SET \
 
 #[async_trait]
 impl<D: Dialect> SettleStore for D {
+    async fn note_item(&self, shard_id: Uuid, custom_id: &str, note: &str) -> StoreResult<bool> {
+        let sql = "UPDATE items SET note = CASE WHEN note IS NULL THEN $3 \
+                   ELSE note || '; ' || $3 END, updated_at = now() \
+                   WHERE shard_id = $1 AND custom_id = $2 AND status = 'submitted'";
+        Ok(self.write(sql, args![shard_id, custom_id, note]).await? > 0)
+    }
+
     async fn settle_outcomes(
         &self,
         lease: &ShardLease,
@@ -1244,7 +1253,7 @@ impl<D: Dialect> ReportStore for D {
                    CAST(COALESCE(sum(CASE WHEN status IN ('completed', 'failed', 'cancelled') \
                    THEN 0 WHEN actual_pico_usd > reserve THEN actual_pico_usd ELSE reserve END), \
                    0) AS BIGINT) AS in_flight \
-                   FROM (SELECT status, actual_pico_usd, CASE WHEN mode = 'batch' \
+                   FROM (SELECT status, actual_pico_usd, CASE WHEN mode IN ('batch', 'flex') \
                    THEN COALESCE(estimate_batch_pico_usd, 0) \
                    ELSE COALESCE(estimate_individual_pico_usd, estimate_batch_pico_usd, 0) END \
                    AS reserve FROM jobs WHERE tenant = $1 AND created_at >= $2) AS month";

@@ -77,6 +77,9 @@ pub struct PlanItem {
     /// Stored dimensions (inline images); `None` for URLs.
     pub width: Option<i32>,
     pub height: Option<i32>,
+    /// The mode an item sent back is to run in (`Batch` for a flex item falling back);
+    /// `None` for one that never ran.
+    pub run_mode: Option<crate::domain::Mode>,
 }
 
 /// One succeeded item's billed tokens and its stored dimensions (None for URLs).
@@ -602,6 +605,12 @@ pub trait SettleStore: Send + Sync {
         leftover: Leftover,
         fail_shard: bool,
     ) -> StoreResult<Settled>;
+
+    /// Adds `note` to the result note of the shard's item `custom_id` while it is still
+    /// `submitted` in that shard (after intake's note, if any): how a run went that its
+    /// outcome does not say, e.g. a flex call falling back. Written before the outcome
+    /// is settled, so the settle's version step shows it. Returns whether it was added.
+    async fn note_item(&self, shard_id: Uuid, custom_id: &str, note: &str) -> StoreResult<bool>;
 
     /// Writes outcomes of the shard's items in one statement per call, fenced by the
     /// shard's lease. Only items of this shard still `submitted` change, so writing the

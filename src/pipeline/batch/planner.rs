@@ -95,18 +95,34 @@ pub async fn run_once(ctx: &WorkerContext) -> Result<usize, StepError> {
     Ok(created)
 }
 
+/// The kind of shard an unassigned item of `job` goes into: individual calls for
+/// individual and flex jobs, except a flex item that fell back to batch.
+pub fn shard_kind(job_mode: Mode, item: &PlanItem) -> ShardKind {
+    match job_mode {
+        Mode::Individual => ShardKind::Individual,
+        Mode::Flex if item.run_mode != Some(Mode::Batch) => ShardKind::Individual,
+        _ => ShardKind::Batch,
+    }
+}
+
 /// Cuts one claimed job's unassigned items into shards, stores them fenced by the job's
 /// lease `token`, and frees the job.
 async fn plan_job(ctx: &WorkerContext, job: Job, token: JobLease) -> StoreResult<usize> {
     let items = ctx.store.unassigned_items(job.id).await?;
     let existing = ctx.store.list_shards(job.id).await?;
-    let (kind, cuts) = if job.mode == Mode::Individual {
-        let cuts = items
-            .chunks(crate::pipeline::INDIVIDUAL_SHARD_ITEMS)
-            .map(|c| c.iter().map(|i| i.position).collect())
-            .collect();
-        (ShardKind::Individual, cuts)
-    } else {
+    let (calls, batched): (Vec<PlanItem>, Vec<PlanItem>) = items
+        .into_iter()
+        .partition(|i| shard_kind(job.mode, i) == ShardKind::Individual);
+    let mut cuts: Vec<(ShardKind, Vec<i64>)> = calls
+        .chunks(crate::pipeline::INDIVIDUAL_SHARD_ITEMS)
+        .map(|c| {
+            (
+                ShardKind::Individual,
+                c.iter().map(|i| i.position).collect(),
+            )
+        })
+        .collect();
+    if !batched.is_empty() {
         let mut max_lines = ctx.settings.batch.max_lines;
         if let Some(cap) = refused_cap(&existing) {
             max_lines = max_lines.min(cap);
@@ -118,14 +134,14 @@ async fn plan_job(ctx: &WorkerContext, job: Job, token: JobLease) -> StoreResult
             max_tokens: limit_for(ctx, &job.model),
         };
         let estimator = TokenEstimator::new(ctx, &job);
-        let cuts = plan(&items, &caps, |i| estimator.item(dims(i)));
-        (ShardKind::Batch, cuts)
-    };
+        let batch_cuts = plan(&batched, &caps, |i| estimator.item(dims(i)));
+        cuts.extend(batch_cuts.into_iter().map(|c| (ShardKind::Batch, c)));
+    }
     let attempt = 1 + existing.iter().map(|s| s.attempt).max().unwrap_or(0);
     let now = Utc::now();
     let shards: Vec<NewShard> = cuts
         .into_iter()
-        .map(|positions| NewShard {
+        .map(|(kind, positions)| NewShard {
             id: Uuid::now_v7(),
             kind,
             attempt,
@@ -139,7 +155,7 @@ async fn plan_job(ctx: &WorkerContext, job: Job, token: JobLease) -> StoreResult
     if ctx.store.create_shards(&token, &shards).await? {
         created = shards.len();
         for s in &shards {
-            tracing::info!(job = %job.id, shard = %s.id, kind = %kind, items = s.positions.len(), attempt, "shard planned");
+            tracing::info!(job = %job.id, shard = %s.id, kind = %s.kind, items = s.positions.len(), attempt, "shard planned");
         }
     }
     ctx.store.release_job(&token).await?;
@@ -159,6 +175,7 @@ mod tests {
                 image_bytes: b,
                 width: None,
                 height: None,
+                run_mode: None,
             })
             .collect()
     }
@@ -262,5 +279,30 @@ mod tests {
         let refused = |n| shard(n, ShardStatus::Failed, Some(TOKEN_LIMIT_EXCEEDED));
         assert_eq!(refused_cap(&[refused(1000), refused(500)]), Some(250));
         assert_eq!(refused_cap(&[refused(1)]), Some(1));
+    }
+
+    #[test]
+    fn flex_items_are_calls_until_they_fall_back_to_batch() {
+        let item = |run_mode| PlanItem {
+            position: 0,
+            image_bytes: 1,
+            width: None,
+            height: None,
+            run_mode,
+        };
+        assert_eq!(shard_kind(Mode::Flex, &item(None)), ShardKind::Individual);
+        assert_eq!(
+            shard_kind(Mode::Flex, &item(Some(Mode::Flex))),
+            ShardKind::Individual
+        );
+        assert_eq!(
+            shard_kind(Mode::Flex, &item(Some(Mode::Batch))),
+            ShardKind::Batch
+        );
+        assert_eq!(
+            shard_kind(Mode::Individual, &item(Some(Mode::Batch))),
+            ShardKind::Individual
+        );
+        assert_eq!(shard_kind(Mode::Batch, &item(None)), ShardKind::Batch);
     }
 }

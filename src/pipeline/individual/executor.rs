@@ -5,9 +5,17 @@
 //! A failed call is judged by `pipeline::retry`: a retryable one (no answer, 5xx, 429) sends
 //! the item back to be planned into a new shard while attempts remain. A cancelled job
 //! gets no further call: each call checks first, and what did not run is cancelled.
+//!
+//! Flex jobs run here too, each call with `service_tier: "flex"` (Batch API prices) and
+//! `individual.flex_timeout_secs`. A flex 429 "resource unavailable" (no capacity, not a
+//! rate limit: nothing for the governor) backs this call off alone; after
+//! `individual.flex_fallback_after_secs` without capacity the item falls back, to a batch
+//! of the job (sent back with mode `batch`, for the planner) or to a standard call at once,
+//! as `individual.flex_fallback` says, and its result's `note` says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::Semaphore;
@@ -15,12 +23,14 @@ use uuid::Uuid;
 
 use super::governor::Governor;
 use crate::analyzer::{chat_request_body, OutputValidator, RequestOptions};
+use crate::config::{FlexFallback, IndividualSettings};
 use crate::cost::text_tokens::chat_request_input_tokens;
 use crate::domain::{Item, ItemError, ItemStatus, Job, JobStatus, Mode, ShardStatus};
 use crate::pipeline::kernel::run_shards;
 use crate::pipeline::outcomes::{api_error, apply_completion, unfinished};
 use crate::pipeline::retry::{self, REQUEST_FAILED};
 use crate::pipeline::{StepError, WorkerContext, INDIVIDUAL_SHARD_ITEMS};
+use crate::providers::openai::RetryPolicy;
 use crate::providers::ProviderError;
 use crate::store::{job_cancelled_error, LeasedShard, Leftover, Verdict};
 
@@ -156,7 +166,10 @@ impl Executor {
             detail: job.detail,
             max_completion_tokens: settings.openai.max_completion_tokens,
         };
-        let body = chat_request_body(&job.analyzer, &item.image, &opts);
+        let mut body = chat_request_body(&job.analyzer, &item.image, &opts);
+        if job.mode == Mode::Flex {
+            body["service_tier"] = serde_json::json!("flex");
+        }
         let dims = (item.width, item.height);
         let default = (
             settings.intake.default_image_width,
@@ -182,8 +195,14 @@ impl Executor {
         stop: &AtomicBool,
     ) -> Option<Verdict> {
         let ctx = &self.ctx;
-        let (body, tokens) = self.request(job, item);
-        let mut outcome = unfinished(item.custom_id.clone(), Mode::Individual);
+        let (mut body, tokens) = self.request(job, item);
+        let run_mode = if job.mode == Mode::Flex {
+            Mode::Flex
+        } else {
+            Mode::Individual
+        };
+        let mut outcome = unfinished(item.custom_id.clone(), run_mode);
+        let mut flex_wait = FlexWait::new(&ctx.settings.individual);
         let _slot = self
             .slots
             .acquire()
@@ -199,7 +218,8 @@ impl Executor {
             {
                 return None;
             }
-            match ctx.provider.chat_completion(&body).await {
+            let timeout = (outcome.run_mode == Mode::Flex).then_some(flex_wait.timeout);
+            match ctx.provider.chat_completion(&body, timeout).await {
                 Ok(response) => {
                     self.governor
                         .observe(&job.model, &response.rate_limits)
@@ -224,6 +244,45 @@ impl Executor {
                         retry: false,
                     });
                 }
+                Err(err) if outcome.run_mode == Mode::Flex && err.capacity_unavailable() => {
+                    if let Some(delay) = flex_wait.next_delay() {
+                        tracing::debug!(job = %job.id, item = %item.custom_id, delay_ms = delay.as_millis() as u64,
+                            "flex capacity unavailable: backing off");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    let fallback = ctx.settings.individual.flex_fallback;
+                    let note = flex_wait.fallback_note(fallback);
+                    tracing::info!(job = %job.id, item = %item.custom_id, ?fallback, "flex capacity unavailable: falling back");
+                    if let Err(e) = ctx
+                        .store
+                        .note_item(shard_id(item), &item.custom_id, &note)
+                        .await
+                    {
+                        tracing::warn!(job = %job.id, item = %item.custom_id, error = %e, "the fallback note was not written");
+                    }
+                    match fallback {
+                        FlexFallback::Batch => {
+                            // Back to pending with mode batch: the planner puts it in a
+                            // batch of the job.
+                            outcome.run_mode = Mode::Batch;
+                            outcome.error = Some(ItemError {
+                                code: FLEX_UNAVAILABLE.into(),
+                                message: note,
+                            });
+                            return Some(Verdict {
+                                outcome,
+                                retry: true,
+                            });
+                        }
+                        FlexFallback::Standard => {
+                            outcome.run_mode = Mode::Individual;
+                            if let Some(fields) = body.as_object_mut() {
+                                fields.remove("service_tier");
+                            }
+                        }
+                    }
+                }
                 Err(ProviderError::Api {
                     status: 429,
                     retry_after,
@@ -243,6 +302,66 @@ impl Executor {
                     return Some(Verdict { outcome, retry });
                 }
             }
+        }
+    }
+}
+
+/// The error code of a flex item sent back to run in a batch (kept while it is pending).
+pub const FLEX_UNAVAILABLE: &str = "flex_unavailable";
+
+fn shard_id(item: &Item) -> Uuid {
+    item.shard_id.unwrap_or_default()
+}
+
+/// One flex item's wait for capacity: the back-off after each "resource unavailable"
+/// (full jitter, `individual.flex_backoff_ms` doubling up to `flex_backoff_max_ms`), until
+/// `flex_fallback_after_secs` have passed since its first call.
+struct FlexWait {
+    started: Instant,
+    answers: u32,
+    give_up_after: Duration,
+    backoff: RetryPolicy,
+    /// Each flex call's client timeout.
+    timeout: Duration,
+}
+
+impl FlexWait {
+    fn new(cfg: &IndividualSettings) -> Self {
+        FlexWait {
+            started: Instant::now(),
+            answers: 0,
+            give_up_after: Duration::from_secs(cfg.flex_fallback_after_secs),
+            backoff: RetryPolicy {
+                max_retries: u32::MAX,
+                backoff_base: Duration::from_millis(cfg.flex_backoff_ms),
+                backoff_max: Duration::from_millis(cfg.flex_backoff_max_ms),
+            },
+            timeout: Duration::from_secs(cfg.flex_timeout_secs),
+        }
+    }
+
+    /// How long to wait before trying flex again, or `None` when it is time to fall back.
+    /// A wait never runs past the fallback time.
+    fn next_delay(&mut self) -> Option<Duration> {
+        let left = self.give_up_after.checked_sub(self.started.elapsed())?;
+        if left.is_zero() {
+            return None;
+        }
+        let delay = self.backoff.backoff(self.answers).min(left);
+        self.answers += 1;
+        Some(delay)
+    }
+
+    fn fallback_note(&self, to: FlexFallback) -> String {
+        let waited = self.started.elapsed().as_secs();
+        let tries = self.answers + 1;
+        match to {
+            FlexFallback::Batch => format!(
+                "flex: no capacity (429 resource unavailable, {tries} tries over {waited} s, individual.flex_fallback_after_secs): fell back to the Batch API, at the same prices"
+            ),
+            FlexFallback::Standard => format!(
+                "flex: no capacity (429 resource unavailable, {tries} tries over {waited} s, individual.flex_fallback_after_secs): fell back to a standard call, at standard prices"
+            ),
         }
     }
 }

@@ -303,6 +303,17 @@ impl OpenAiClient {
         &self,
         body: &serde_json::Value,
     ) -> Result<ChatResponse, OpenAiError> {
+        self.chat_completion_within(body, self.inner.request_timeout)
+            .await
+    }
+
+    /// [`Self::chat_completion`] with its own per-attempt timeout (a flex call may take
+    /// minutes: OpenAI's flex guide raises the client timeout to 15).
+    pub async fn chat_completion_within(
+        &self,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<ChatResponse, OpenAiError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| OpenAiError::Decode(format!("encoding the chat request: {e}")))?;
         let (completion, headers) = self
@@ -311,7 +322,7 @@ impl OpenAiClient {
                 &["chat", "completions"],
                 &[],
                 Some(Bytes::from(body)),
-                On429::HandBack,
+                (On429::HandBack, timeout),
             )
             .await?;
         Ok(ChatResponse {
@@ -352,9 +363,16 @@ impl OpenAiClient {
         query: &[(&str, String)],
         json_body: Option<Bytes>,
     ) -> Result<T, OpenAiError> {
-        self.call_json_with_headers(method, segments, query, json_body, On429::WaitHere)
-            .await
-            .map(|(value, _)| value)
+        let timeout = self.inner.request_timeout;
+        self.call_json_with_headers(
+            method,
+            segments,
+            query,
+            json_body,
+            (On429::WaitHere, timeout),
+        )
+        .await
+        .map(|(value, _)| value)
     }
 
     async fn call_json_with_headers<T: DeserializeOwned>(
@@ -363,7 +381,7 @@ impl OpenAiClient {
         segments: &[&str],
         query: &[(&str, String)],
         json_body: Option<Bytes>,
-        on_429: On429,
+        (on_429, timeout): (On429, Duration),
     ) -> Result<(T, HeaderMap), OpenAiError> {
         let url = self.url(segments);
         let (method, url, json_body) = (&method, &url, &json_body);
@@ -372,7 +390,7 @@ impl OpenAiClient {
                 .inner
                 .http
                 .request(method.clone(), url.clone())
-                .timeout(self.inner.request_timeout);
+                .timeout(timeout);
             if !query.is_empty() {
                 request = request.query(query);
             }

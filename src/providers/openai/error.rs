@@ -44,6 +44,30 @@ impl OpenAiError {
         }
     }
 
+    /// A 429 without a rate-limit meaning: flex processing's "resource unavailable" (no
+    /// capacity now; not billed). OpenAI documents only the status and the name, so it is
+    /// told by its `resource_unavailable` type or code, or by a 429 that is neither quota
+    /// nor `rate_limit_exceeded` and carries no `retry-after` and no `x-ratelimit-*`.
+    pub fn capacity_unavailable(&self) -> bool {
+        let OpenAiError::Api {
+            status: 429,
+            body,
+            retry_after,
+            rate_limits,
+        } = self
+        else {
+            return false;
+        };
+        let named = |v: &Option<String>| v.as_deref() == Some("resource_unavailable");
+        if named(&body.code) || named(&body.r#type) {
+            return true;
+        }
+        !is_quota_exhausted(body)
+            && body.code.as_deref() != Some("rate_limit_exceeded")
+            && retry_after.is_none()
+            && **rate_limits == RateLimitHeaders::default()
+    }
+
     /// The account is out of quota (a 429 `insufficient_quota`): nothing goes through
     /// until a human adds credit.
     pub fn quota_exhausted(&self) -> bool {

@@ -14,6 +14,7 @@ mod tests;
 pub use client::{ChatResponse, OpenAiClient, OpenAiConfig};
 pub use error::OpenAiError;
 pub use ratelimit::{parse_duration, RateLimitHeaders};
+pub(crate) use retry::RetryPolicy;
 pub use retry::{parse_retry_after, MAX_HONOURED_RETRY_AFTER};
 pub use types::{
     ApiError, AssistantMessage, Batch, BatchError, BatchErrors, BatchLineError, BatchLineResponse,
@@ -70,7 +71,11 @@ impl Provider for OpenAiClient {
     async fn chat_completion(
         &self,
         body: &serde_json::Value,
+        timeout: Option<std::time::Duration>,
     ) -> Result<ChatResponse, ProviderError> {
-        OpenAiClient::chat_completion(self, body).await
+        match timeout {
+            Some(t) => OpenAiClient::chat_completion_within(self, body, t).await,
+            None => OpenAiClient::chat_completion(self, body).await,
+        }
     }
 }
