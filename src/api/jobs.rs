@@ -2,7 +2,8 @@
 //! their handlers.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -83,10 +84,9 @@ fn accepted(view: &JobView) -> Response {
 pub async fn create_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     upload: Upload<JobRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
     let Upload {
         body: req,
         fingerprint,
@@ -102,6 +102,18 @@ pub async fn create_job(
     {
         Once::Fresh(view) => Ok(accepted(&view)),
         Once::Replay(response) => Ok((StatusCode::OK, axum::Json(response)).into_response()),
+    }
+}
+
+/// The `Idempotency-Key` header, checked as an extractor of the request's head: a bad key
+/// is refused before a large body is read.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        idempotency_key(&parts.headers).map(IdempotencyKey)
     }
 }
 
@@ -208,11 +220,11 @@ pub async fn append_items(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     upload: Upload<ItemsRequest>,
 ) -> Result<Response, ApiError> {
     // Scoped to the job: the same key on another job's chunk is another request.
-    let key = idempotency_key(&headers)?.map(|k| format!("items:{id}:{k}"));
+    let key = key.map(|k| format!("items:{id}:{k}"));
     let Upload {
         body: req,
         fingerprint,
