@@ -1,6 +1,13 @@
 //! Idempotent creation: the begin → run → complete (or abort) sequence behind an
 //! `Idempotency-Key`. The same key and body replay the first answer, another body is a
 //! validation error, a retry while the first is still running is a conflict.
+//!
+//! The first request holds the key on a lease of `server.idempotency_lease_secs`, renewed
+//! every third of it while the request runs: a request whose process died mid-way (crash,
+//! SIGKILL) leaves a hold that lapses, so a retry after the lease runs the request instead
+//! of meeting 409 until the 24-hour expiry.
+
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -37,10 +44,10 @@ impl App {
             return Ok(Once::Fresh(work.await?.1));
         };
         let hash = hex::encode(Sha256::digest(body));
-        let expires = Utc::now() + chrono::Duration::hours(24);
+        let lease = Duration::from_secs(self.settings.server.idempotency_lease_secs);
         match self
             .store
-            .idempotency_begin(tenant, key, &hash, expires)
+            .idempotency_begin(tenant, key, &hash, lease_until(lease))
             .await?
         {
             IdempotencyState::Started => {}
@@ -63,11 +70,12 @@ impl App {
                 return Ok(Once::Replay(response));
             }
         }
-        match work.await {
+        match self.renewing(tenant, key, lease, work).await {
             Ok((job_id, answer)) => {
                 let stored = serde_json::to_value(&answer).map_err(AppError::internal)?;
+                let keep = Utc::now() + chrono::Duration::hours(24);
                 self.store
-                    .idempotency_complete(tenant, key, job_id, &stored)
+                    .idempotency_complete(tenant, key, job_id, &stored, keep)
                     .await?;
                 Ok(Once::Fresh(answer))
             }
@@ -77,4 +85,31 @@ impl App {
             }
         }
     }
+
+    /// Runs `work`, renewing the key's lease every third of it until `work` is done. A
+    /// renewal that fails is logged: the hold then lapses at its lease, as a dead one does.
+    async fn renewing<T>(
+        &self,
+        tenant: &str,
+        key: &str,
+        lease: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let every = (lease / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(err) = self.store.idempotency_renew(tenant, key, lease_until(lease)).await {
+                        tracing::warn!(%err, key, "could not renew an Idempotency-Key's lease");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lease_until(lease: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::hours(24))
 }

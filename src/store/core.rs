@@ -1164,17 +1164,29 @@ impl<D: Dialect> IdempotencyStore for D {
         key: &str,
         job_id: Uuid,
         response: &Value,
+        expires_at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let sql = "UPDATE idempotency_keys SET status = 'completed', job_id = $3, \
-                   response = $4 WHERE tenant = $1 AND key = $2";
+                   response = $4, expires_at = $5 WHERE tenant = $1 AND key = $2";
         if self
-            .write(sql, args![tenant, key, job_id, response])
+            .write(sql, args![tenant, key, job_id, response, expires_at])
             .await?
             == 0
         {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    async fn idempotency_renew(
+        &self,
+        tenant: &str,
+        key: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let sql = "UPDATE idempotency_keys SET expires_at = $3 \
+                   WHERE tenant = $1 AND key = $2 AND status = 'in_flight'";
+        Ok(self.write(sql, args![tenant, key, until]).await? > 0)
     }
 
     async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()> {

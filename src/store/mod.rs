@@ -691,7 +691,9 @@ pub trait EventStore: Send + Sync {
     ) -> StoreResult<Vec<Event>>;
 }
 
-/// Idempotency keys of job creation.
+/// Idempotency keys of job creation and chunks. An in-flight key expires as a completed
+/// one does: its holder sets a short expiry and renews it while it works, so a key whose
+/// request died is free again soon.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Takes the key for this request or reports who has it. Expired keys are free.
@@ -703,14 +705,25 @@ pub trait IdempotencyStore: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> StoreResult<IdempotencyState>;
 
-    /// Stores the finished request's job and response under the key.
+    /// Stores the finished request's job and response under the key, kept until
+    /// `expires_at`.
     async fn idempotency_complete(
         &self,
         tenant: &str,
         key: &str,
         job_id: Uuid,
         response: &serde_json::Value,
+        expires_at: DateTime<Utc>,
     ) -> StoreResult<()>;
+
+    /// Extends the hold of a request still in flight on its key to `until`; false when
+    /// the key is not in flight any more.
+    async fn idempotency_renew(
+        &self,
+        tenant: &str,
+        key: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Frees a key whose request failed before creating anything.
     async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()>;
