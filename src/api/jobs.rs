@@ -24,6 +24,7 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::app::idempotency::Once;
 use crate::app::views::JobCursor;
+use crate::app::AppError;
 use crate::domain::{ItemStatus, Job};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -97,12 +98,20 @@ pub async fn create_job(
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &fingerprint, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work, |job| {
+            job_now(&state, &tenant, job)
+        })
         .await?
     {
         Once::Fresh(view) => Ok(accepted(&view)),
         Once::Replay(response) => Ok((StatusCode::OK, axum::Json(response)).into_response()),
     }
+}
+
+/// The job as it is now: the answer to a retry whose first request did its work and died
+/// before its answer was recorded.
+async fn job_now(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<JobView, AppError> {
+    Ok(JobView::from(state.app.job_snapshot(&tenant.0, id).await?))
 }
 
 /// The `Idempotency-Key` header, checked as an extractor of the request's head: a bad key
@@ -230,12 +239,14 @@ pub async fn append_items(
         fingerprint,
     } = upload;
     let work = async {
-        let view = JobView::from(state.app.append(&tenant.0, id, req.items).await?);
-        Ok((id, view))
+        let appended = state.app.append(&tenant.0, id, req.items, key.as_deref());
+        Ok((id, JobView::from(appended.await?)))
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &fingerprint, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work, |job| {
+            job_now(&state, &tenant, job)
+        })
         .await?
     {
         Once::Fresh(view) => Ok(axum::Json(view).into_response()),

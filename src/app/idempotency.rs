@@ -5,7 +5,11 @@
 //! The first request holds the key on a lease of `server.idempotency_lease_secs`, renewed
 //! every third of it while the request runs: a request whose process died mid-way (crash,
 //! SIGKILL) leaves a hold that lapses, so a retry after the lease runs the request instead
-//! of meeting 409 until the 24-hour expiry.
+//! of meeting 409 until the 24-hour expiry. A chunk's work marks the key with its job in
+//! the same transaction that stores the items, so a request that died after storing them
+//! and before recording its answer is not run again: a retry is answered with the job as
+//! it is now (`IdempotencyState::Committed`). (Job creation does not mark its key yet: a
+//! crash in that window of milliseconds, then a retry after the lease, makes a second job.)
 
 use std::time::Duration;
 
@@ -28,17 +32,21 @@ pub enum Once<T> {
 
 impl App {
     /// Runs `work` once per `(tenant, key)` and `body`; without a key it just runs. `work`
-    /// answers the job it created and the answer to store for replays.
-    pub async fn once<T, Fut>(
+    /// answers the job it created and the answer to store for replays. `now` answers for a
+    /// job whose work was done by a request that died before its answer was recorded.
+    pub async fn once<T, Fut, Now, NowFut>(
         &self,
         tenant: &str,
         key: Option<&str>,
         body: &[u8],
         work: Fut,
+        now: Now,
     ) -> AppResult<Once<T>>
     where
         T: Serialize,
         Fut: std::future::Future<Output = AppResult<(Uuid, T)>>,
+        Now: FnOnce(Uuid) -> NowFut,
+        NowFut: std::future::Future<Output = AppResult<T>>,
     {
         let Some(key) = key else {
             return Ok(Once::Fresh(work.await?.1));
@@ -61,13 +69,21 @@ impl App {
                 response,
                 ..
             } => {
-                if request_hash != hash {
-                    return Err(AppError::field(
-                        "Idempotency-Key",
-                        "was already used with a different request body",
-                    ));
-                }
+                same_body(&request_hash, &hash)?;
                 return Ok(Once::Replay(response));
+            }
+            IdempotencyState::Committed {
+                request_hash,
+                job_id,
+            } => {
+                same_body(&request_hash, &hash)?;
+                let answer =
+                    serde_json::to_value(now(job_id).await?).map_err(AppError::internal)?;
+                let keep = Utc::now() + chrono::Duration::hours(24);
+                self.store
+                    .idempotency_complete(tenant, key, job_id, &answer, keep)
+                    .await?;
+                return Ok(Once::Replay(answer));
             }
         }
         match self.renewing(tenant, key, lease, work).await {
@@ -108,6 +124,16 @@ impl App {
             }
         }
     }
+}
+
+fn same_body(stored: &str, hash: &str) -> AppResult<()> {
+    if stored != hash {
+        return Err(AppError::field(
+            "Idempotency-Key",
+            "was already used with a different request body",
+        ));
+    }
+    Ok(())
 }
 
 fn lease_until(lease: Duration) -> chrono::DateTime<Utc> {
