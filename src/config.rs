@@ -44,6 +44,8 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Quiet time after which `/v1/jobs/{id}/events` sends a `: keep-alive` comment.
     pub events_heartbeat_ms: u64,
+    /// How long an `Idempotency-Key`'s first request holds the key without renewing it.
+    pub idempotency_lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +401,12 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.idempotency_lease_secs == 0 {
+            return Err(invalid(
+                "server.idempotency_lease_secs",
+                "must be at least 1",
+            ));
         }
         if self.server.events_heartbeat_ms < 10 {
             return Err(invalid("server.events_heartbeat_ms", "must be at least 10"));

@@ -25,14 +25,18 @@ pub async fn problem(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-async fn errors_are_problems_that_name_the_field(db: Db) {
-    let Some(app) = TestApp::spawn(
+/// An application whose `server.max_body_bytes` is 100000.
+pub(crate) async fn with_body_limit_100000(db: Db) -> Option<TestApp> {
+    TestApp::spawn(
         db,
         fast_sim(),
         &[("BATCHLENS__SERVER__MAX_BODY_BYTES", "100000")],
     )
     .await
-    else {
+}
+
+async fn errors_are_problems_that_name_the_field(db: Db) {
+    let Some(app) = with_body_limit_100000(db).await else {
         return;
     };
     let post = |body: &'static str| {
@@ -661,6 +665,7 @@ on_both!(
     an_open_job_filled_in_five_chunks,
     listings_and_events,
     a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe,
+    a_body_over_the_limit_is_answered_before_the_rest_is_sent,
     an_items_chunk_sent_twice_with_one_key_stores_once,
 );
 
@@ -688,13 +693,7 @@ async fn raw_exchange(base: &str, head: String, body: Option<Vec<u8>>) -> String
 }
 
 async fn a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe(db: Db) {
-    let Some(app) = TestApp::spawn(
-        db,
-        fast_sim(),
-        &[("BATCHLENS__SERVER__MAX_BODY_BYTES", "100000")],
-    )
-    .await
-    else {
+    let Some(app) = with_body_limit_100000(db).await else {
         return;
     };
     let length = 50_000_000;
@@ -717,6 +716,106 @@ async fn a_declared_body_over_the_limit_gets_the_413_not_a_broken_pipe(db: Db) {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(!answer.contains("100 Continue"), "{answer}");
     assert!(answer.contains("limit of 100000 bytes"), "{answer}");
+    app.shutdown().await;
+}
+
+/// Reads from `conn` into `seen` until `want` is in it; panics on a reset, an early close
+/// or after 20 s.
+async fn read_until(conn: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let reading = async {
+        while !String::from_utf8_lossy(seen).contains(want) {
+            let mut buf = [0u8; 4096];
+            let n = conn
+                .read(&mut buf)
+                .await
+                .expect("the answer is read, not reset");
+            assert!(
+                n > 0,
+                "closed before {want:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(20), reading)
+        .await
+        .is_err()
+    {
+        panic!("no {want:?} within 20 s: {}", String::from_utf8_lossy(seen));
+    }
+}
+
+/// The rest of the answer once the body is sent: it ends (chunked) and the connection
+/// closes, with no reset.
+async fn read_the_end(conn: &mut tokio::net::TcpStream, seen: &mut Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(std::time::Duration::from_secs(20), conn.read_to_end(seen))
+        .await
+        .expect("the server ends the answer and closes")
+        .expect("the answer is read, not reset");
+    String::from_utf8_lossy(seen).into_owned()
+}
+
+async fn a_body_over_the_limit_is_answered_before_the_rest_is_sent(db: Db) {
+    use tokio::io::AsyncWriteExt;
+    let Some(app) = with_body_limit_100000(db).await else {
+        return;
+    };
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let check = |answer: &str| {
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("limit of 100000 bytes"), "{answer}");
+        assert!(
+            answer.contains("/v1/jobs/{id}/items") && answer.contains("multipart/form-data"),
+            "says how to send a large set: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    };
+
+    // Content-Length over the limit: the head and a little of the body are enough for
+    // the 413; the rest is then taken (no broken pipe) and the answer ends.
+    let length = 5_000_000;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&[b' '; 1000]).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut conn, &mut seen, "multipart/form-data").await;
+    check(&String::from_utf8_lossy(&seen));
+    conn.write_all(&vec![b' '; length - 1000])
+        .await
+        .expect("the rest of the body is taken, no broken pipe");
+    let answer = read_the_end(&mut conn, &mut seen).await;
+    assert!(answer.ends_with("0\r\n\r\n"), "a complete answer: {answer}");
+
+    // Chunked, no length: refused once 100000 bytes are read, answered before the body
+    // ends; the chunks sent after are taken too.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("2710\r\n{}\r\n", " ".repeat(10_000));
+    for _ in 0..11 {
+        conn.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    read_until(&mut conn, &mut seen, "multipart/form-data").await;
+    check(&String::from_utf8_lossy(&seen));
+    for _ in 0..20 {
+        conn.write_all(chunk.as_bytes())
+            .await
+            .expect("later chunks are taken, no broken pipe");
+    }
+    conn.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = read_the_end(&mut conn, &mut seen).await;
+    assert!(answer.ends_with("0\r\n\r\n"), "a complete answer: {answer}");
     app.shutdown().await;
 }
 

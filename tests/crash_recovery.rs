@@ -2,9 +2,12 @@
 //! applications sharing one PostgreSQL database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, fast_sim, mixed_items, Db, Service, TestApp, TestDb};
+use crate::common::{self, fast_sim, mixed_items, png, Db, Service, TestApp, TestDb};
+use crate::outbound::{Reply, Server};
 use openai_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
 
@@ -87,6 +90,105 @@ async fn killed_while_batches_are_in_flight(kind: Db) {
     );
     second.kill();
 }
+
+/// A request holding an `Idempotency-Key` when its process is killed (SIGKILL, while it
+/// fetches an image that never comes): after the restart the key is not held forever. A
+/// retry is a 409 while the dead hold's lease (`server.idempotency_lease_secs`, 2 s here)
+/// runs, then runs the request; the next retry replays it.
+async fn a_key_held_by_a_killed_request_is_free_after_its_lease(kind: Db) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let sim = SimServer::spawn(fast_sim()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // The first fetch hangs, so the first request stays in flight; later ones answer.
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    let image = png(64, 48);
+    let server = Server::start(
+        "127.0.0.1",
+        Arc::new(move |_: &str| {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Reply::Slow(Duration::from_secs(300));
+            }
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                image.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(&image);
+            Reply::Raw(answer)
+        }),
+    )
+    .await
+    .unwrap();
+    let extra = [
+        ("BATCHLENS__INTAKE__FETCH_ALLOW_PRIVATE", "true"),
+        ("BATCHLENS__INTAKE__FETCH_TIMEOUT_SECS", "120"),
+        ("BATCHLENS__SERVER__IDEMPOTENCY_LEASE_SECS", "2"),
+    ];
+    let body = json!({"mode": "batch", "fetch": "inline", "items": [
+        {"custom_id": "a", "image_url": format!("http://127.0.0.1:{}/a.png", server.port())}
+    ]});
+    let post = |base: &str| {
+        http.post(format!("{base}/v1/jobs"))
+            .header("Idempotency-Key", "killed-1")
+            .json(&body)
+            .send()
+    };
+
+    let first = Service::start(&db.url, &sim, data.path(), &extra).await;
+    first.wait_ready(&http).await;
+    let pending = tokio::spawn(post(&first.base));
+    assert!(
+        common::wait_for(Duration::from_secs(30), || fetches.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the first request reaches its fetch"
+    );
+    first.kill();
+    let lost = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the first request ends with its process")
+        .unwrap();
+    assert!(lost.is_err(), "no answer from a killed process: {lost:?}");
+
+    let second = Service::start(&db.url, &sim, data.path(), &extra).await;
+    second.wait_ready(&http).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, job) = loop {
+        let r = post(&second.base).await.unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        if status != 409 {
+            break (status, answer);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead request's key still held after 30 s: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["progress"]["total"], 1, "{job}");
+    assert_eq!(job["rejected"], json!([]), "{job}");
+    let r = post(&second.base).await.unwrap();
+    assert_eq!(r.status(), 200, "a replay");
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["id"], job["id"], "{again}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "fetched by the retry that ran"
+    );
+    let jobs = get(&http, format!("{}/v1/jobs", second.base)).await;
+    assert_eq!(jobs["data"].as_array().unwrap().len(), 1, "one job: {jobs}");
+    second.kill();
+}
+
+on_both!(a_key_held_by_a_killed_request_is_free_after_its_lease);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_killed_while_batches_are_in_flight() {

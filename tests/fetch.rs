@@ -1,10 +1,11 @@
 //! `fetch: "inline"`: batchlens downloads `image_url`s itself, against loopback servers
 //! started here that count the connections they accept. With the development setting,
-//! images are fetched and stored inline (estimated by their real size), and a 404, a
-//! timeout, an oversized or non-image body each reject their item with the reason; a
-//! redirect to a refused address is refused (one loopback address exempt through
-//! `Application::with_fetch_policy`). Without it, loopback in any spelling and a name that
-//! resolves to loopback are refused without a connection. Nothing here leaves loopback.
+//! images are fetched and stored inline (estimated by their real size; 200 of them in one
+//! job, each fetched once), and a 404, a timeout, an oversized or non-image body each
+//! reject their item with the reason; a redirect to a refused address is refused (one
+//! loopback address exempt through `Application::with_fetch_policy`) as `resolves to a
+//! loopback address`. Without it, loopback in any spelling and a name that resolves to
+//! loopback are refused without a connection. Nothing here leaves loopback.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::common::{b64, fast_sim, png, Db, TestApp};
 use crate::outbound::{redirect, status, Reply, Server};
 use batchlens::outbound::{StaticResolver, UrlPolicy};
+use openai_sim::SimConfig;
 use serde_json::{json, Value};
 
 /// A 200 answer carrying `body` as `image/png` (whatever the bytes are).
@@ -46,6 +48,30 @@ async fn image_server(ip: &str, to: String) -> Option<Server> {
         }),
     )
     .await
+}
+
+/// The PNG `/img/<n>.png` serves: each `n` its own size, so its own bytes.
+fn numbered(n: u32) -> Vec<u8> {
+    png(16 + n % 20, 16 + n / 20)
+}
+
+/// Serves `/img/<n>.png` (see [`numbered`]), anything else 404.
+async fn numbered_server() -> Server {
+    Server::start(
+        "127.0.0.1",
+        Arc::new(|path| {
+            let n = path
+                .strip_prefix("/img/")
+                .and_then(|p| p.strip_suffix(".png"))
+                .and_then(|n| n.parse().ok());
+            match n {
+                Some(n) => Reply::Raw(image(&numbered(n))),
+                None => Reply::Raw(status(404)),
+            }
+        }),
+    )
+    .await
+    .unwrap()
 }
 
 const DEV: [(&str, &str); 3] = [
@@ -165,6 +191,54 @@ async fn fetched_images_are_inlined_and_failures_rejected(db: Db) {
     app.shutdown().await;
 }
 
+async fn two_hundred_images_are_fetched_and_inlined(db: Db) {
+    let server = numbered_server().await;
+    // Batches that take a minute: no result comes in to sharpen the estimate between the
+    // two submits compared below.
+    let sim = SimConfig {
+        in_progress_ms: 60_000,
+        ..fast_sim()
+    };
+    let Some(app) = TestApp::spawn(db, sim, &DEV).await else {
+        return;
+    };
+    let items: Vec<Value> = (0..200)
+        .map(|n| {
+            json!({"custom_id": format!("i{n}"), "post_id": format!("p{}", n / 10),
+                   "image_url": format!("http://127.0.0.1:{}/img/{n}.png", server.port())})
+        })
+        .collect();
+    let job = submit(
+        &app,
+        json!({"mode": "batch", "detail": "high", "fetch": "inline", "items": items}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap();
+    assert!(rejections(&job).is_empty(), "{job}");
+    assert_eq!(job["progress"]["total"], 200, "{job}");
+    assert_eq!(server.accepted(), 200, "each image fetched once");
+    // Estimated as the same bytes sent inline are.
+    let inline: Vec<Value> = (0..200)
+        .map(|n| json!({"image_base64": b64(&numbered(n))}))
+        .collect();
+    let inline = submit(
+        &app,
+        json!({"mode": "batch", "detail": "high", "items": inline}),
+    )
+    .await;
+    assert_eq!(job["estimate"], inline["estimate"], "{job} {inline}");
+    for n in 0..200 {
+        let (code, kind, bytes) = stored_image(&app, id, &format!("i{n}")).await;
+        assert_eq!((code, kind.as_str()), (200, "image/png"), "i{n}");
+        assert_eq!(bytes, numbered(n), "i{n} stored as fetched");
+    }
+    let (_, now) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(now["progress"]["total"], 200, "{now}");
+    assert_eq!(now["progress"]["rejected"], 0, "{now}");
+    assert_eq!(server.accepted(), 200, "nothing fetched again");
+    app.shutdown().await;
+}
+
 async fn chunks_of_an_open_job_are_fetched_as_the_job_says(db: Db) {
     let server = image_server("127.0.0.1", String::new()).await.unwrap();
     let Some(app) = TestApp::spawn(db, fast_sim(), &DEV).await else {
@@ -233,7 +307,12 @@ async fn a_redirect_to_a_refused_address_is_not_followed(db: Db) {
     let got = rejections(&job);
     assert_eq!(got.len(), 1, "{job}");
     assert_eq!((got[0].0, got[0].1.as_str()), (1, "hop"));
-    assert!(got[0].2.starts_with("image_url: blocked address"), "{job}");
+    assert!(
+        got[0]
+            .2
+            .starts_with("image_url: resolves to a loopback address"),
+        "{job}"
+    );
     assert_eq!(refused.accepted(), 0, "the refused hop was connected to");
     assert!(server.accepted() >= 2);
     app.shutdown().await;
@@ -275,7 +354,7 @@ async fn without_the_setting_loopback_is_never_connected_to(db: Db) {
         assert_eq!(e["field"], format!("items[{i}].image_url"), "{problem}");
         let message = e["message"].as_str().unwrap();
         assert!(
-            message.starts_with("blocked address"),
+            message.starts_with("resolves to a loopback address"),
             "{}: {message}",
             urls[i]
         );
@@ -312,6 +391,7 @@ async fn without_the_setting_loopback_is_never_connected_to(db: Db) {
 
 on_both!(
     fetched_images_are_inlined_and_failures_rejected,
+    two_hundred_images_are_fetched_and_inlined,
     chunks_of_an_open_job_are_fetched_as_the_job_says,
     a_redirect_to_a_refused_address_is_not_followed,
     without_the_setting_loopback_is_never_connected_to,

@@ -391,13 +391,7 @@ async fn a_multipart_chunk_sent_twice_with_one_key_stores_once(db: Db) {
 }
 
 async fn a_multipart_body_over_the_limit_is_a_413_naming_it(db: Db) {
-    let Some(app) = TestApp::spawn(
-        db,
-        fast_sim(),
-        &[("BATCHLENS__SERVER__MAX_BODY_BYTES", "100000")],
-    )
-    .await
-    else {
+    let Some(app) = crate::api::with_body_limit_100000(db).await else {
         return;
     };
     // Streamed without a Content-Length, so only reading the parts finds the limit.

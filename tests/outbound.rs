@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchlens::outbound::{
-    Failure, Options, Outbound, StaticResolver, UrlPolicy, UrlRefusal, FETCH_MAX_REDIRECTS,
+    Failure, Options, Outbound, Refusal, StaticResolver, UrlPolicy, UrlRefusal, FETCH_MAX_REDIRECTS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -191,14 +191,20 @@ async fn refused_addresses_are_never_connected_to() {
     let fetcher = client(Options::fetches(Duration::from_secs(5)));
     let hooks = client(Options::webhooks(Duration::from_secs(5)));
     for url in &urls {
+        // The kind of the address connected to is named (169.254.169.254 is link-local).
+        let kind = if url.contains("metadata") {
+            Refusal::LinkLocal
+        } else {
+            Refusal::Loopback
+        };
         let failure = fetcher.fetch(url, 1024).await.unwrap_err();
-        assert_eq!(failure, Failure::BlockedAddress, "{url}");
+        assert_eq!(failure, Failure::BlockedAddress(kind), "{url}");
         assert_opaque(&failure, &[p, q, r]);
         let failure = match hooks.post(url) {
             Ok(request) => hooks.send(request.body("{}")).await.unwrap_err(),
             Err(failure) => failure,
         };
-        assert_eq!(failure, Failure::BlockedAddress, "{url}");
+        assert_eq!(failure, Failure::BlockedAddress(kind), "{url}");
     }
     assert_eq!(v4.accepted(), 0);
     assert_eq!(second.accepted(), 0);
@@ -274,7 +280,11 @@ async fn every_redirect_hop_is_checked() {
 
     for path in ["/to-literal", "/to-decimal", "/to-name"] {
         let failure = fetcher.fetch(&url(path), 1024).await.unwrap_err();
-        assert_eq!(failure, Failure::BlockedAddress, "{path}");
+        assert_eq!(
+            failure,
+            Failure::BlockedAddress(Refusal::Loopback),
+            "{path}"
+        );
         assert_opaque(&failure, &[p, q]);
     }
     assert_eq!(

@@ -2,7 +2,8 @@
 //! their handlers.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -23,6 +24,7 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::app::idempotency::Once;
 use crate::app::views::JobCursor;
+use crate::app::AppError;
 use crate::domain::{ItemStatus, Job};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -83,10 +85,9 @@ fn accepted(view: &JobView) -> Response {
 pub async fn create_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     upload: Upload<JobRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
     let Upload {
         body: req,
         fingerprint,
@@ -97,11 +98,31 @@ pub async fn create_job(
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &fingerprint, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work, |job| {
+            job_now(&state, &tenant, job)
+        })
         .await?
     {
         Once::Fresh(view) => Ok(accepted(&view)),
         Once::Replay(response) => Ok((StatusCode::OK, axum::Json(response)).into_response()),
+    }
+}
+
+/// The job as it is now: the answer to a retry whose first request did its work and died
+/// before its answer was recorded.
+async fn job_now(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<JobView, AppError> {
+    Ok(JobView::from(state.app.job_snapshot(&tenant.0, id).await?))
+}
+
+/// The `Idempotency-Key` header, checked as an extractor of the request's head: a bad key
+/// is refused before a large body is read.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        idempotency_key(&parts.headers).map(IdempotencyKey)
     }
 }
 
@@ -208,22 +229,24 @@ pub async fn append_items(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<Uuid>,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     upload: Upload<ItemsRequest>,
 ) -> Result<Response, ApiError> {
     // Scoped to the job: the same key on another job's chunk is another request.
-    let key = idempotency_key(&headers)?.map(|k| format!("items:{id}:{k}"));
+    let key = key.map(|k| format!("items:{id}:{k}"));
     let Upload {
         body: req,
         fingerprint,
     } = upload;
     let work = async {
-        let view = JobView::from(state.app.append(&tenant.0, id, req.items).await?);
-        Ok((id, view))
+        let appended = state.app.append(&tenant.0, id, req.items, key.as_deref());
+        Ok((id, JobView::from(appended.await?)))
     };
     match state
         .app
-        .once(&tenant.0, key.as_deref(), &fingerprint, work)
+        .once(&tenant.0, key.as_deref(), &fingerprint, work, |job| {
+            job_now(&state, &tenant, job)
+        })
         .await?
     {
         Once::Fresh(view) => Ok(axum::Json(view).into_response()),

@@ -113,10 +113,9 @@ impl Fetcher {
 /// A download's failure as the rejection reason after `image_url: `.
 fn reason(failure: &Failure) -> String {
     match failure {
-        Failure::BlockedAddress => {
-            "blocked address (batchlens does not fetch from loopback, private or other \
-             reserved addresses)"
-                .to_string()
+        // API.md: `image_url: resolves to a private address`, naming the kind.
+        Failure::BlockedAddress(why) => {
+            format!("resolves to {why} (batchlens fetches images from public addresses only)")
         }
         Failure::Failed => {
             "could not be fetched (the name did not resolve, or connecting, TLS or the \
@@ -142,6 +141,17 @@ mod tests {
             reason(&Failure::TooLarge { limit: 100 }),
             "too large (over 100 bytes)"
         );
-        assert!(reason(&Failure::BlockedAddress).starts_with("blocked address"));
+        use crate::outbound::Refusal;
+        for (why, kind) in [
+            (Refusal::Loopback, "a loopback address"),
+            (Refusal::Private, "a private address"),
+            (Refusal::LinkLocal, "a link-local address"),
+            (Refusal::Shared, "a shared (CGNAT) address"),
+            (Refusal::Multicast, "a multicast address"),
+            (Refusal::Unspecified, "an unspecified address"),
+        ] {
+            let text = reason(&Failure::BlockedAddress(why));
+            assert!(text.starts_with(&format!("resolves to {kind} (")), "{text}");
+        }
     }
 }

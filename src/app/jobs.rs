@@ -50,12 +50,14 @@ impl App {
         })
     }
 
-    /// Adds items to an open job; answers the job with this chunk's rejections.
+    /// Adds items to an open job; answers the job with this chunk's rejections. With the
+    /// `Idempotency-Key` the request holds, the key is marked done with the items.
     pub async fn append(
         &self,
         tenant: &str,
         id: Uuid,
         mut items: Vec<ItemInput>,
+        idempotency_key: Option<&str>,
     ) -> AppResult<JobSnapshot> {
         let job = self.job(tenant, id).await?;
         if job.status != JobStatus::Open {
@@ -95,7 +97,10 @@ impl App {
                 Some((batch, individual))
             }
         };
-        let job = self.store.append_items(tenant, id, &intake.items).await?;
+        let job = self
+            .store
+            .append_items_keyed(tenant, id, &intake.items, idempotency_key)
+            .await?;
         if let Some((batch, individual)) = estimate {
             self.store.set_open_estimate(id, batch, individual).await?;
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use reqwest::{Method, RequestBuilder, Response};
 
+use super::address::Refusal;
 use super::resolver::{Blocked, Checked, Resolver, SystemResolver};
 use super::url_policy::{UrlPolicy, UrlRefusal};
 
@@ -79,8 +80,9 @@ impl Options {
 pub enum Failure {
     /// The URL (or a redirect's) breaks the URL policy for a reason other than its address.
     Url(UrlRefusal),
-    /// The address, literal or resolved, is refused by the address policy.
-    BlockedAddress,
+    /// The address, literal or resolved, is refused by the address policy, for this reason
+    /// (of the first address, when a name resolves to several and all are refused).
+    BlockedAddress(Refusal),
     /// Could not connect, TLS failed, the connection broke, the name did not resolve.
     Failed,
     TimedOut(Duration),
@@ -96,7 +98,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Url(why) => write!(f, "URL {why}"),
-            Failure::BlockedAddress => f.write_str("blocked address"),
+            Failure::BlockedAddress(_) => f.write_str("blocked address"),
             Failure::Failed => f.write_str("delivery failed"),
             Failure::TimedOut(after) => write!(f, "timed out after {} s", after.as_secs_f64()),
             Failure::Status(code) => write!(f, "HTTP {code}"),
@@ -120,7 +122,7 @@ impl Failure {
 
     fn from_refusal(why: UrlRefusal) -> Self {
         match why {
-            UrlRefusal::Address(_) => Failure::BlockedAddress,
+            UrlRefusal::Address(why) => Failure::BlockedAddress(why),
             other => Failure::Url(other),
         }
     }
@@ -293,8 +295,8 @@ impl Outbound {
                 Hop::Refused(why) => Failure::from_refusal(why.clone()),
                 Hop::TooMany => Failure::TooManyRedirects,
             }
-        } else if find::<Blocked>(&error).is_some() {
-            Failure::BlockedAddress
+        } else if let Some(Blocked(why)) = find::<Blocked>(&error) {
+            Failure::BlockedAddress(*why)
         } else if error.is_timeout() {
             Failure::TimedOut(if error.is_connect() {
                 self.connect_timeout.min(self.timeout)
@@ -340,7 +342,10 @@ mod tests {
     #[test]
     fn failures_read_without_hosts_or_ports() {
         let cases = [
-            (Failure::BlockedAddress, "blocked address"),
+            (
+                Failure::BlockedAddress(Refusal::Loopback),
+                "blocked address",
+            ),
             (Failure::Failed, "delivery failed"),
             (
                 Failure::TimedOut(Duration::from_secs(10)),
@@ -372,7 +377,7 @@ mod tests {
         assert!(Failure::Status(503).is_retryable());
         assert!(Failure::Status(429).is_retryable());
         assert!(!Failure::Status(404).is_retryable());
-        assert!(!Failure::BlockedAddress.is_retryable());
+        assert!(!Failure::BlockedAddress(Refusal::Private).is_retryable());
         assert!(!Failure::TooLarge { limit: 1 }.is_retryable());
     }
 
@@ -381,7 +386,7 @@ mod tests {
         let client = Outbound::new(Options::fetches(Duration::from_secs(1)));
         assert_eq!(
             client.get("https://2130706433/").unwrap_err(),
-            Failure::BlockedAddress
+            Failure::BlockedAddress(Refusal::Loopback)
         );
         assert_eq!(
             client.get("http://example.com/").unwrap_err(),

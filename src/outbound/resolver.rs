@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::address::Refusal;
 use super::url_policy::UrlPolicy;
 
 /// Resolves a host name to addresses.
@@ -58,13 +59,18 @@ impl Resolver for StaticResolver {
     }
 }
 
-/// The cause of a connection refused because every address of a name was refused.
+/// The cause of a connection refused because every address of a name was refused: why
+/// the first of them was.
 #[derive(Debug)]
-pub(crate) struct Blocked;
+pub(crate) struct Blocked(pub(crate) Refusal);
 
 impl std::fmt::Display for Blocked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("every address of the name is refused by the address policy")
+        write!(
+            f,
+            "every address of the name is refused by the address policy (the first is {})",
+            self.0
+        )
     }
 }
 
@@ -83,14 +89,19 @@ impl reqwest::dns::Resolve for Checked {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let found = inner.lookup(&host).await?;
-            let (allowed, refused): (Vec<IpAddr>, Vec<IpAddr>) = found
-                .iter()
-                .partition(|ip| policy.check_address(**ip).is_ok());
+            let mut allowed = Vec::new();
+            let mut refused = Vec::new();
+            for ip in found {
+                match policy.check_address(ip) {
+                    Ok(()) => allowed.push(ip),
+                    Err(why) => refused.push((ip, why)),
+                }
+            }
             if !refused.is_empty() {
                 tracing::warn!(%host, ?refused, ?allowed, "outbound: refused addresses dropped");
             }
-            if allowed.is_empty() && !refused.is_empty() {
-                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
+            if let (true, Some(&(_, why))) = (allowed.is_empty(), refused.first()) {
+                return Err(Box::new(Blocked(why)) as Box<dyn std::error::Error + Send + Sync>);
             }
             let addrs: reqwest::dns::Addrs =
                 Box::new(allowed.into_iter().map(|ip| SocketAddr::new(ip, 0)));

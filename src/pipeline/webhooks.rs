@@ -43,7 +43,9 @@ pub fn backoff(first: Duration, attempts: i32) -> Duration {
 /// redirects: those name no host either, but keep to the few words the contract allows).
 fn tenant_reason(failure: &Failure) -> String {
     match failure {
-        Failure::BlockedAddress | Failure::TimedOut(_) | Failure::Status(_) => failure.to_string(),
+        Failure::BlockedAddress(_) | Failure::TimedOut(_) | Failure::Status(_) => {
+            failure.to_string()
+        }
         _ => Failure::Failed.to_string(),
     }
 }
@@ -185,7 +187,10 @@ mod tests {
     fn a_tenant_reads_a_status_or_one_word() {
         use crate::outbound::UrlRefusal;
         let reason = |f: Failure| tenant_reason(&f);
-        assert_eq!(reason(Failure::BlockedAddress), "blocked address");
+        assert_eq!(
+            reason(Failure::BlockedAddress(crate::outbound::Refusal::Loopback)),
+            "blocked address"
+        );
         assert_eq!(reason(Failure::Failed), "delivery failed");
         assert_eq!(
             reason(Failure::TimedOut(Duration::from_secs(10))),

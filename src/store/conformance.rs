@@ -1527,7 +1527,7 @@ async fn idempotency_lifecycle(s: DynStore) {
         .await
         .unwrap();
     let response = json!({"id": j.id, "status": "queued"});
-    s.idempotency_complete("acme", "k1", j.id, &response)
+    s.idempotency_complete("acme", "k1", j.id, &response, later)
         .await
         .unwrap();
     let replay = IdempotencyState::Completed {
@@ -1563,10 +1563,51 @@ async fn idempotency_lifecycle(s: DynStore) {
         }
     );
     assert!(matches!(
-        s.idempotency_complete("acme", "missing", j.id, &response)
+        s.idempotency_complete("acme", "missing", j.id, &response, later)
             .await,
         Err(StoreError::NotFound)
     ));
+
+    // An in-flight hold renewed stays held; one whose holder stopped renewing (died) is
+    // taken by the next request; a completed key is not renewed.
+    let soon = Utc::now() + chrono::Duration::seconds(60);
+    assert_eq!(
+        s.idempotency_begin("acme", "k4", "h1", soon).await.unwrap(),
+        IdempotencyState::Started
+    );
+    assert!(s.idempotency_renew("acme", "k4", later).await.unwrap());
+    assert!(matches!(
+        begin("acme", "k4", "h1").await,
+        IdempotencyState::InFlight { .. }
+    ));
+    assert!(s.idempotency_renew("acme", "k4", past).await.unwrap());
+    assert_eq!(begin("acme", "k4", "h1").await, IdempotencyState::Started);
+    assert!(!s.idempotency_renew("acme", "k1", later).await.unwrap());
+    assert!(!s.idempotency_renew("acme", "missing", later).await.unwrap());
+
+    // A chunk stored with its key marked, whose holder then died (its lease lapsed): the
+    // key says the work is done; it is not taken over, nor freed by an abort.
+    let open = s
+        .create_job(&new_job("acme", JobStatus::Open, Mode::Batch, at(0)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.idempotency_begin("acme", "k5", "h1", soon).await.unwrap(),
+        IdempotencyState::Started
+    );
+    s.append_items_keyed("acme", open.id, &[item("a", None)], Some("k5"))
+        .await
+        .unwrap();
+    assert!(s.idempotency_renew("acme", "k5", past).await.unwrap());
+    let committed = IdempotencyState::Committed {
+        request_hash: "h1".into(),
+        job_id: open.id,
+    };
+    assert_eq!(begin("acme", "k5", "h1").await, committed);
+    s.idempotency_abort("acme", "k5").await.unwrap();
+    assert_eq!(begin("acme", "k5", "h1").await, committed);
+    // Another tenant's key of the same name is not marked.
+    assert_eq!(begin("globex", "k5", "h1").await, IdempotencyState::Started);
 }
 
 async fn idempotency_concurrent_begin_starts_once(s: DynStore) {

@@ -343,11 +343,12 @@ impl<D: Dialect> JobStore for D {
         Ok(created)
     }
 
-    async fn append_items(
+    async fn append_items_keyed(
         &self,
         tenant: &str,
         job_id: Uuid,
         items: &[NewItem],
+        idempotency_key: Option<&str>,
     ) -> StoreResult<Job> {
         let mut tx = Tx::begin(self).await?;
         let job = tx.lock_job(Some(tenant), job_id).await?;
@@ -385,6 +386,14 @@ impl<D: Dialect> JobStore for D {
         let job = tx
             .apply_delta(job_id, &JobDelta::for_new_items(items))
             .await?;
+        if let Some(key) = idempotency_key {
+            tx.exec(
+                "UPDATE idempotency_keys SET job_id = $3 \
+                 WHERE tenant = $1 AND key = $2 AND status = 'in_flight'",
+                args![tenant, key, job_id],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(job)
     }
@@ -1144,7 +1153,9 @@ impl<D: Dialect> IdempotencyStore for D {
                      request_hash = EXCLUDED.request_hash, job_id = NULL, response = NULL, \
                      status = 'in_flight', created_at = EXCLUDED.created_at, \
                      expires_at = EXCLUDED.expires_at \
-                     WHERE idempotency_keys.expires_at <= now() RETURNING tenant",
+                     WHERE idempotency_keys.expires_at <= now() AND \
+                     (idempotency_keys.status <> 'in_flight' OR idempotency_keys.job_id IS NULL) \
+                     RETURNING tenant",
                     args![tenant, key, request_hash, expires_at],
                 )
                 .await?;
@@ -1173,11 +1184,12 @@ impl<D: Dialect> IdempotencyStore for D {
         key: &str,
         job_id: Uuid,
         response: &Value,
+        expires_at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let sql = "UPDATE idempotency_keys SET status = 'completed', job_id = $3, \
-                   response = $4 WHERE tenant = $1 AND key = $2";
+                   response = $4, expires_at = $5 WHERE tenant = $1 AND key = $2";
         if self
-            .write(sql, args![tenant, key, job_id, response])
+            .write(sql, args![tenant, key, job_id, response, expires_at])
             .await?
             == 0
         {
@@ -1186,9 +1198,21 @@ impl<D: Dialect> IdempotencyStore for D {
         Ok(())
     }
 
+    async fn idempotency_renew(
+        &self,
+        tenant: &str,
+        key: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let sql = "UPDATE idempotency_keys SET expires_at = $3 \
+                   WHERE tenant = $1 AND key = $2 AND status = 'in_flight'";
+        Ok(self.write(sql, args![tenant, key, until]).await? > 0)
+    }
+
     async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()> {
+        // A key marked with its work's job keeps saying the work is done.
         let sql = "DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 \
-                   AND status = 'in_flight'";
+                   AND status = 'in_flight' AND job_id IS NULL";
         self.write(sql, args![tenant, key]).await?;
         Ok(())
     }
@@ -1197,7 +1221,13 @@ impl<D: Dialect> IdempotencyStore for D {
 fn idempotency_state<R: RowGet>(row: &R) -> StoreResult<IdempotencyState> {
     let request_hash = row.text("request_hash")?;
     if row.text("status")? != "completed" {
-        return Ok(IdempotencyState::InFlight { request_hash });
+        return Ok(match row.opt_uuid("job_id")? {
+            Some(job_id) => IdempotencyState::Committed {
+                request_hash,
+                job_id,
+            },
+            None => IdempotencyState::InFlight { request_hash },
+        });
     }
     Ok(IdempotencyState::Completed {
         request_hash,

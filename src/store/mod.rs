@@ -211,6 +211,10 @@ pub enum IdempotencyState {
     Started,
     /// Another request with this key is still being processed.
     InFlight { request_hash: String },
+    /// A request with this key did its work (committed with the key marked) but its
+    /// answer was never recorded: its process died in between. Not run again; answered
+    /// from the job as it is now.
+    Committed { request_hash: String, job_id: Uuid },
     /// A request with this key finished; its stored response is to be replayed.
     Completed {
         request_hash: String,
@@ -365,8 +369,26 @@ pub trait JobStore: Send + Sync {
     /// Appends items to an `open` job of this tenant (positions continue after the last).
     /// `Conflict` when the job is not open, `DuplicateCustomId` when a custom_id is taken,
     /// `NotFound` for an unknown job.
-    async fn append_items(&self, tenant: &str, job_id: Uuid, items: &[NewItem])
-        -> StoreResult<Job>;
+    async fn append_items(
+        &self,
+        tenant: &str,
+        job_id: Uuid,
+        items: &[NewItem],
+    ) -> StoreResult<Job> {
+        self.append_items_keyed(tenant, job_id, items, None).await
+    }
+
+    /// `append_items` for a request holding `idempotency_key` (in flight, this tenant's):
+    /// the key is marked with the job in the same transaction, so a crash before the
+    /// answer is recorded leaves a key that says the work is done
+    /// (`IdempotencyState::Committed`), never one a retry would run again.
+    async fn append_items_keyed(
+        &self,
+        tenant: &str,
+        job_id: Uuid,
+        items: &[NewItem],
+        idempotency_key: Option<&str>,
+    ) -> StoreResult<Job>;
 
     /// Closes an `open` job: status `queued`, mode and estimates set. `Conflict` when not
     /// open. A job with no pending item goes straight to its terminal status.
@@ -700,7 +722,9 @@ pub trait EventStore: Send + Sync {
     ) -> StoreResult<Vec<Event>>;
 }
 
-/// Idempotency keys of job creation.
+/// Idempotency keys of job creation and chunks. An in-flight key expires as a completed
+/// one does: its holder sets a short expiry and renews it while it works, so a key whose
+/// request died is free again soon.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Takes the key for this request or reports who has it. Expired keys are free.
@@ -712,14 +736,25 @@ pub trait IdempotencyStore: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> StoreResult<IdempotencyState>;
 
-    /// Stores the finished request's job and response under the key.
+    /// Stores the finished request's job and response under the key, kept until
+    /// `expires_at`.
     async fn idempotency_complete(
         &self,
         tenant: &str,
         key: &str,
         job_id: Uuid,
         response: &serde_json::Value,
+        expires_at: DateTime<Utc>,
     ) -> StoreResult<()>;
+
+    /// Extends the hold of a request still in flight on its key to `until`; false when
+    /// the key is not in flight any more.
+    async fn idempotency_renew(
+        &self,
+        tenant: &str,
+        key: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Frees a key whose request failed before creating anything.
     async fn idempotency_abort(&self, tenant: &str, key: &str) -> StoreResult<()>;
