@@ -76,7 +76,8 @@ impl Application {
                 settings.server.host
             );
         }
-        let openai = OpenAiClient::new(openai_config(&settings))
+        let replica = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+        let openai = OpenAiClient::new(openai_config(&settings, &replica))
             .map_err(|e| StartupError::OpenAi(e.to_string()))?;
         if settings.openai.api_key.expose_secret().is_empty() {
             tracing::warn!(
@@ -126,7 +127,7 @@ impl Application {
             provider: Arc::new(openai),
             settings,
             prices,
-            replica: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+            replica,
         };
         Ok(Application {
             listener,
@@ -246,7 +247,7 @@ pub fn prepare_data_dir(settings: &Settings) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn openai_config(settings: &Settings) -> OpenAiConfig {
+fn openai_config(settings: &Settings, replica: &str) -> OpenAiConfig {
     OpenAiConfig {
         base_url: settings.openai.base_url.clone(),
         api_key: settings.openai.api_key.clone(),
@@ -255,6 +256,7 @@ fn openai_config(settings: &Settings) -> OpenAiConfig {
         max_retries: settings.openai.max_retries,
         backoff_base: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
+        request_id_prefix: Some(replica.to_string()),
     }
 }
 

@@ -15,32 +15,48 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::common::{fast_sim, mixed_items, Db, TestApp};
-use openai_sim::{RateLimiterKind, SimConfig};
-use serde_json::json;
+use crate::common::{fast_sim, submit, Db, TestApp};
+use openai_sim::{ChatCall, RateLimiterKind, SimConfig};
 
 const ITEMS: usize = 280;
 const RPM: u64 = 1_200;
 
 #[derive(Clone, Copy, Debug)]
-enum Binding {
+pub(crate) enum Binding {
     Requests,
     Tokens,
 }
 
+/// The share of the binding limit (`rpm` or `tpm`) the `accepted` calls used over the
+/// steady part of the run, from 2 s after the first to the last, and that span in minutes.
+pub(crate) fn steady_share(
+    accepted: &[&ChatCall],
+    binding: Binding,
+    rpm: u64,
+    tpm: u64,
+) -> (f64, f64) {
+    let first = accepted.first().unwrap().at_ms + 2_000;
+    let last = accepted.last().unwrap().at_ms;
+    let steady = accepted
+        .iter()
+        .filter(|c| (first..=last).contains(&c.at_ms));
+    let span_minutes = last.saturating_sub(first) as f64 / 60_000.0;
+    let share = match binding {
+        Binding::Requests => steady.count() as f64 / (span_minutes * rpm as f64),
+        Binding::Tokens => {
+            steady.map(|c| c.tokens).sum::<u64>() as f64 / (span_minutes * tpm as f64)
+        }
+    };
+    (share, span_minutes)
+}
+
 /// Tokens one call counts here (prompt + `max_completion_tokens`), measured on one call.
-async fn tokens_per_call() -> u64 {
+pub(crate) async fn tokens_per_call() -> u64 {
     let Some(app) = TestApp::spawn(Db::Sqlite, fast_sim(), &[]).await else {
         unreachable!("SQLite needs no server");
     };
-    let (_, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "individual", "items": mixed_items(3, 0)}),
-        )
-        .await;
-    app.wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
-        .await;
+    let id = submit(&app, "individual", 3).await;
+    app.wait_terminal(&id, Duration::from_secs(30)).await;
     let calls = app.sim.sim().chat_calls();
     let most = calls.iter().map(|c| c.tokens).max().unwrap();
     app.shutdown().await;
@@ -83,14 +99,7 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         .sim()
         .advance_clock(Duration::from_millis(to_boundary));
 
-    let (status, job) = app
-        .post(
-            "/v1/jobs",
-            &json!({"mode": "individual", "items": mixed_items(ITEMS, 0)}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap();
+    let id = &submit(&app, "individual", ITEMS).await;
     let done = app.wait_terminal(id, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["succeeded"], ITEMS as u64, "{done}");
@@ -105,18 +114,7 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
     let accepted: Vec<_> = calls.iter().filter(|c| c.outcome == "accepted").collect();
     let limited = calls.iter().filter(|c| c.outcome == "rate_limited").count();
     assert_eq!(accepted.len(), ITEMS, "every item called once");
-    let first = accepted.first().unwrap().at_ms + 2_000;
-    let last = accepted.last().unwrap().at_ms;
-    let steady = accepted
-        .iter()
-        .filter(|c| (first..=last).contains(&c.at_ms));
-    let span_minutes = (last - first) as f64 / 60_000.0;
-    let share = match binding {
-        Binding::Requests => steady.count() as f64 / (span_minutes * rpm as f64),
-        Binding::Tokens => {
-            steady.map(|c| c.tokens).sum::<u64>() as f64 / (span_minutes * tpm as f64)
-        }
-    };
+    let (share, span_minutes) = steady_share(&accepted, binding, rpm, tpm);
     let limited_share = limited as f64 / calls.len() as f64;
     eprintln!(
         "{kind:?} {binding:?}: {:.1}% of the limit over {:.1} s, {limited} 429s of {} calls",

@@ -168,6 +168,31 @@ fn minute_start(now: u64) -> u64 {
     now - now % MINUTE
 }
 
+/// How a model's limits are kept: the simulator's `rate_limiter`, `rpm`, `tpm` and
+/// `bucket_capacity_ms` knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub kind: RateLimiterKind,
+    /// Requests a minute; 0 is unlimited (reported as [`NOMINAL_RPM`]).
+    pub rpm: u64,
+    /// Tokens a minute; 0 is unlimited (reported as [`NOMINAL_TPM`]).
+    pub tpm: u64,
+    /// What a token bucket holds, in milliseconds of its refill; the other kinds ignore it.
+    pub held_ms: u64,
+}
+
+impl Rule {
+    /// `kind` at `rpm` and `tpm`, a token bucket holding a minute's limit.
+    pub fn minute(kind: RateLimiterKind, rpm: u64, tpm: u64) -> Rule {
+        Rule {
+            kind,
+            rpm,
+            tpm,
+            held_ms: MINUTE,
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Limiter {
     models: HashMap<String, ModelLimit>,
@@ -178,33 +203,21 @@ impl Limiter {
         self.models.clear();
     }
 
-    /// Takes one request and `tokens` for `model`, or says why not. Always returns the headers.
-    /// A refused request takes nothing. A token bucket holds a minute's limit.
+    /// Takes one request and `tokens` for `model` under `rule`, or says why not. Always
+    /// returns the headers. A refused request takes nothing.
     pub fn check(
         &mut self,
         model: &str,
-        kind: RateLimiterKind,
-        rpm: u64,
-        tpm: u64,
+        rule: Rule,
         tokens: u64,
         now: u64,
     ) -> (Result<(), Refusal>, Snapshot) {
-        self.check_holding(model, kind, rpm, tpm, tokens, now, MINUTE)
-    }
-
-    /// [`Self::check`] with token buckets holding `held_ms` of their refill (the
-    /// `bucket_capacity_ms` knob) instead of a minute; the other kinds ignore it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn check_holding(
-        &mut self,
-        model: &str,
-        kind: RateLimiterKind,
-        rpm: u64,
-        tpm: u64,
-        tokens: u64,
-        now: u64,
-        held_ms: u64,
-    ) -> (Result<(), Refusal>, Snapshot) {
+        let Rule {
+            kind,
+            rpm,
+            tpm,
+            held_ms,
+        } = rule;
         let cap_r = if rpm == 0 { NOMINAL_RPM } else { rpm };
         let cap_t = if tpm == 0 { NOMINAL_TPM } else { tpm };
         let limit = self
@@ -466,11 +479,11 @@ mod tests {
         let mut l = Limiter::default();
         for _ in 0..2 {
             assert!(l
-                .check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 0)
+                .check("m", Rule::minute(RateLimiterKind::TokenBucket, 2, 0), 10, 0)
                 .0
                 .is_ok());
         }
-        let (r, snap) = l.check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 0);
+        let (r, snap) = l.check("m", Rule::minute(RateLimiterKind::TokenBucket, 2, 0), 10, 0);
         match r {
             Err(Refusal::Wait {
                 what,
@@ -485,13 +498,23 @@ mod tests {
         assert_eq!(snap.remaining_requests, 0);
         assert_eq!(snap.reset_requests_ms, 60_000);
         assert!(l
-            .check("m", RateLimiterKind::TokenBucket, 2, 0, 10, 30_000)
+            .check(
+                "m",
+                Rule::minute(RateLimiterKind::TokenBucket, 2, 0),
+                10,
+                30_000
+            )
             .0
             .is_ok());
         assert!(
-            l.check("other", RateLimiterKind::TokenBucket, 2, 0, 10, 0)
-                .0
-                .is_ok(),
+            l.check(
+                "other",
+                Rule::minute(RateLimiterKind::TokenBucket, 2, 0),
+                10,
+                0
+            )
+            .0
+            .is_ok(),
             "limits are per model"
         );
     }
@@ -501,7 +524,11 @@ mod tests {
         // 300 a minute held for 2 s: 10 at once, then 5 a second; headers still say 300.
         let mut l = Limiter::default();
         let check = |l: &mut Limiter, now| {
-            l.check_holding("m", RateLimiterKind::TokenBucket, 300, 0, 1, now, 2_000)
+            let rule = Rule {
+                held_ms: 2_000,
+                ..Rule::minute(RateLimiterKind::TokenBucket, 300, 0)
+            };
+            l.check("m", rule, 1, now)
         };
         for _ in 0..10 {
             assert!(check(&mut l, 0).0.is_ok());
@@ -529,15 +556,32 @@ mod tests {
     fn tpm_counts_tokens() {
         let mut l = Limiter::default();
         assert!(l
-            .check("m", RateLimiterKind::TokenBucket, 0, 100, 60, 0)
+            .check(
+                "m",
+                Rule::minute(RateLimiterKind::TokenBucket, 0, 100),
+                60,
+                0
+            )
             .0
             .is_ok());
         assert!(matches!(
-            l.check("m", RateLimiterKind::TokenBucket, 0, 100, 60, 0).0,
+            l.check(
+                "m",
+                Rule::minute(RateLimiterKind::TokenBucket, 0, 100),
+                60,
+                0
+            )
+            .0,
             Err(Refusal::Wait { what: "tokens", .. })
         ));
         assert!(matches!(
-            l.check("m", RateLimiterKind::TokenBucket, 0, 100, 101, 0).0,
+            l.check(
+                "m",
+                Rule::minute(RateLimiterKind::TokenBucket, 0, 100),
+                101,
+                0
+            )
+            .0,
             Err(Refusal::TooLarge { .. })
         ));
     }
@@ -550,9 +594,9 @@ mod tests {
             let mut l2 = Limiter::default();
             let mut snap = None;
             for t in [0, 10_000, 20_000] {
-                snap = Some(l2.check("m", kind, 3, 0, 0, t0 + t).1);
+                snap = Some(l2.check("m", Rule::minute(kind, 3, 0), 0, t0 + t).1);
             }
-            let fourth = l2.check("m", kind, 3, 0, 0, t0 + 20_000);
+            let fourth = l2.check("m", Rule::minute(kind, 3, 0), 0, t0 + 20_000);
             (snap.unwrap(), fourth)
         };
         let (s, (r, s4)) = run(RateLimiterKind::TokenBucket);

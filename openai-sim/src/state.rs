@@ -88,6 +88,9 @@ pub struct ChatCall {
     /// What the call counts (or would have counted) against `tpm`.
     pub tokens: u64,
     pub flex: bool,
+    /// The `x-client-request-id` the call carried: batchlens sends its replica's id in it,
+    /// so a test of several replicas sees which of them made each call.
+    pub client_request_id: Option<String>,
 }
 
 /// One answered request.

@@ -348,10 +348,15 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
 
 /// Submits a batch-mode job of `n` mixed images and returns its id.
 pub async fn submit_batch(app: &TestApp, n: usize) -> String {
+    submit(app, "batch", n).await
+}
+
+/// Submits a job of `n` mixed images in `mode` and returns its id.
+pub async fn submit(app: &TestApp, mode: &str, n: usize) -> String {
     let (status, job) = app
         .post(
             "/v1/jobs",
-            &json!({"mode": "batch", "items": mixed_items(n, 0)}),
+            &json!({"mode": mode, "items": mixed_items(n, 0)}),
         )
         .await;
     assert_eq!(status, 202, "{job}");

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use rand::Rng;
 
@@ -11,10 +12,14 @@ use super::gate::{add_rate_headers, rate_limited_response};
 use super::{error_response, json_response, parse_json, with_note, Note};
 use crate::chat;
 use crate::error::ApiError;
-use crate::ratelimit::{format_duration, Refusal};
+use crate::ratelimit::{format_duration, Refusal, Rule};
 use crate::state::{ChatCall, Sim};
 
-pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
+pub(super) async fn create(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    let client_request_id = headers
+        .get("x-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = match parse_json(&body) {
         Ok(v) => v,
         Err(e) => return error_response(&e),
@@ -46,6 +51,7 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
                     status,
                     tokens: cost,
                     flex: p.flex,
+                    client_request_id: client_request_id.clone(),
                 };
                 // Capacity is checked before the limits: an unavailable flex call takes nothing.
                 if p.flex
@@ -60,15 +66,13 @@ pub(super) async fn create(State(sim): State<Sim>, body: Bytes) -> Response {
                     };
                     return with_note(error_response(&flex_unavailable(&p.model)), note);
                 }
-                let (outcome, snap) = st.limiter.check_holding(
-                    &p.model,
-                    cfg.rate_limiter,
-                    cfg.rpm,
-                    cfg.tpm,
-                    cost,
-                    now,
-                    cfg.bucket_capacity_ms,
-                );
+                let rule = Rule {
+                    kind: cfg.rate_limiter,
+                    rpm: cfg.rpm,
+                    tpm: cfg.tpm,
+                    held_ms: cfg.bucket_capacity_ms,
+                };
+                let (outcome, snap) = st.limiter.check(&p.model, rule, cost, now);
                 match outcome {
                     Err(refusal) => {
                         st.stats.rate_limited += 1;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use super::governor::{wait_until_level, Budget, Rates};
+use super::governor::{Budget, Rates};
 use crate::store::{BudgetOp, BudgetRefill, DynStore};
 
 /// How long a caller waits before asking again when the database did not answer.
@@ -92,18 +92,10 @@ impl Budget for StoreBudget {
                 return Ok(());
             }
             // Another replica may take the refill first: the wait is a guess, asked again.
-            let wait = levels
-                .paused_for
-                .max(wait_until_level(
-                    levels.requests,
-                    1.0,
-                    rates.requests_per_sec,
-                ))
-                .max(wait_until_level(
-                    levels.tokens,
-                    tokens.min(rates.max_tokens),
-                    rates.tokens_per_sec,
-                ));
+            let wait =
+                levels
+                    .paused_for
+                    .max(rates.wait_to_take(levels.requests, levels.tokens, tokens));
             Err(wait.max(Duration::from_millis(1)))
         })
     }
@@ -154,27 +146,33 @@ mod tests {
         assert_ne!(account_key("ab", "c"), account_key("a", "bc"));
     }
 
-    async fn sqlite_store() -> DynStore {
-        crate::store::connect("sqlite::memory:").await.unwrap()
+    fn limits(rpm: u32) -> Limits {
+        Limits {
+            rpm,
+            tpm: 10_000_000,
+        }
+    }
+
+    /// Two governors (two replicas) at `rpm` whose budget is kept in one store, and the
+    /// store.
+    async fn two_replicas(rpm: u32) -> (DynStore, Governor, Governor) {
+        let store = crate::store::connect("sqlite::memory:").await.unwrap();
+        let replica = || {
+            Governor::with_budget(
+                limits(rpm),
+                HashMap::new(),
+                Arc::new(StoreBudget::new(store.clone(), "http://sim", "sk")),
+            )
+        };
+        let (a, b) = (replica(), replica());
+        (store, a, b)
     }
 
     /// Two governors (two replicas) on one store pace together: 20 requests at 60 RPM take
     /// as long as they would through one governor, not half of it.
     #[tokio::test]
     async fn two_governors_on_one_store_share_the_rate() {
-        let store = sqlite_store().await;
-        let limits = Limits {
-            rpm: 600,
-            tpm: 10_000_000,
-        };
-        let replica = || {
-            Governor::with_budget(
-                limits,
-                HashMap::new(),
-                Arc::new(StoreBudget::new(store.clone(), "http://sim", "sk")),
-            )
-        };
-        let (a, b) = (replica(), replica());
+        let (_store, a, b) = two_replicas(600).await;
         let start = std::time::Instant::now();
         let run = |g: Governor| async move {
             for _ in 0..15 {
@@ -191,19 +189,7 @@ mod tests {
     /// A 429 one replica gets pauses the other.
     #[tokio::test]
     async fn a_pause_on_one_replica_holds_the_other() {
-        let store = sqlite_store().await;
-        let limits = Limits {
-            rpm: 6_000,
-            tpm: 10_000_000,
-        };
-        let replica = || {
-            Governor::with_budget(
-                limits,
-                HashMap::new(),
-                Arc::new(StoreBudget::new(store.clone(), "http://sim", "sk")),
-            )
-        };
-        let (a, b) = (replica(), replica());
+        let (store, a, b) = two_replicas(6_000).await;
         a.pause("m", Duration::from_millis(800)).await;
         let start = std::time::Instant::now();
         b.acquire("m", 1).await;
@@ -211,7 +197,7 @@ mod tests {
         assert!(took >= 0.7, "{took}");
         // Another account is not paused.
         let other = StoreBudget::new(store.clone(), "http://sim", "sk-other");
-        let rates = Rates::paced(limits);
+        let rates = Rates::paced(limits(6_000));
         assert_eq!(other.take("m", rates, 1.0).await, Ok(()));
     }
 }

@@ -65,6 +65,17 @@ impl Rates {
             max_tokens: (tpm * BURST).max(1.0),
         }
     }
+
+    /// How long until levels of `requests` and `tokens` hold one request and `wanted`
+    /// tokens (a request larger than `max_tokens` needs a full level); zero when they do
+    /// now. The one reading of a budget's levels, wherever they are kept.
+    pub fn wait_to_take(&self, requests: f64, tokens: f64, wanted: f64) -> Duration {
+        wait_until_level(requests, 1.0, self.requests_per_sec).max(wait_until_level(
+            tokens,
+            wanted.min(self.max_tokens),
+            self.tokens_per_sec,
+        ))
+    }
 }
 
 /// Where the models' request and token levels are kept. Every method is one short step
@@ -126,7 +137,7 @@ impl Levels {
 }
 
 /// Seconds until `level` reaches `need` at `per_sec`.
-pub(super) fn wait_until_level(level: f64, need: f64, per_sec: f64) -> Duration {
+fn wait_until_level(level: f64, need: f64, per_sec: f64) -> Duration {
     if level >= need {
         Duration::ZERO
     } else {
@@ -164,13 +175,7 @@ impl Budget for LocalBudget {
         tokens: f64,
     ) -> BoxFuture<'a, Result<(), Duration>> {
         let taken = self.with(model, rates, |levels| {
-            let wait = wait_until_level(levels.requests, 1.0, rates.requests_per_sec).max(
-                wait_until_level(
-                    levels.tokens,
-                    tokens.min(rates.max_tokens),
-                    rates.tokens_per_sec,
-                ),
-            );
+            let wait = rates.wait_to_take(levels.requests, levels.tokens, tokens);
             if wait.is_zero() {
                 levels.requests -= 1.0;
                 levels.tokens -= tokens;

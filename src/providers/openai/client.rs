@@ -45,7 +45,17 @@ pub struct OpenAiConfig {
     pub max_retries: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Sent as `X-Client-Request-Id: <prefix>-<n>`, `n` counting this client's attempts:
+    /// OpenAI keeps the id with the request (support can find a call that never answered),
+    /// and several replicas' calls to one account can be told apart. The service passes
+    /// its replica id; characters other than ASCII letters, digits, `-`, `.` and `_` are
+    /// dropped and it is cut to [`MAX_REQUEST_ID_PREFIX`] (OpenAI refuses ids that are not
+    /// ASCII or longer than 512). `None`: the header is not sent.
+    pub request_id_prefix: Option<String>,
 }
+
+/// Longest request id prefix kept (see [`OpenAiConfig::request_id_prefix`]).
+pub const MAX_REQUEST_ID_PREFIX: usize = 400;
 
 impl OpenAiConfig {
     pub const DEFAULT_BASE_URL: &'static str = "https://api.openai.com/v1";
@@ -61,6 +71,7 @@ impl OpenAiConfig {
             max_retries: 5,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            request_id_prefix: None,
         }
     }
 }
@@ -86,6 +97,7 @@ struct Inner {
     transfer_timeout: Duration,
     policy: RetryPolicy,
     attempts: AtomicU64,
+    request_id_prefix: Option<String>,
 }
 
 impl fmt::Debug for OpenAiClient {
@@ -138,6 +150,11 @@ impl OpenAiClient {
                     backoff_max: config.backoff_max,
                 },
                 attempts: AtomicU64::new(0),
+                request_id_prefix: config
+                    .request_id_prefix
+                    .as_deref()
+                    .map(request_id_prefix)
+                    .filter(|p| !p.is_empty()),
             }),
         })
     }
@@ -451,7 +468,11 @@ impl OpenAiClient {
         url: &Url,
         attempt: u32,
     ) -> Result<Response, OpenAiError> {
-        self.inner.attempts.fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let request = match &self.inner.request_id_prefix {
+            Some(prefix) => request.header("x-client-request-id", format!("{prefix}-{n}")),
+            None => request,
+        };
         let endpoint = format!("{method} {}", self.endpoint(url));
         let started = std::time::Instant::now();
         let sent = request.send().await;
@@ -496,6 +517,15 @@ enum On429 {
     WaitHere,
     /// Return it: the caller paces every request to the model and pauses them all.
     HandBack,
+}
+
+/// `prefix` as a header value OpenAI accepts in `X-Client-Request-Id`.
+fn request_id_prefix(prefix: &str) -> String {
+    prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(MAX_REQUEST_ID_PREFIX)
+        .collect()
 }
 
 fn parse_base_url(text: &str) -> Result<Url, OpenAiError> {

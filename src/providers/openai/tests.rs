@@ -29,6 +29,7 @@ fn config(base_url: &str) -> OpenAiConfig {
         max_retries: 3,
         backoff_base: Duration::from_millis(1),
         backoff_max: Duration::from_millis(5),
+        request_id_prefix: None,
     }
 }
 
@@ -426,6 +427,39 @@ async fn chat_completion_returns_rate_limit_headers() {
         serde_json::from_slice::<serde_json::Value>(&seen[0].body).unwrap(),
         body
     );
+}
+
+/// Every attempt carries `<prefix>-<n>` in `X-Client-Request-Id`, the prefix cleaned of
+/// what OpenAI refuses; without a prefix the header is not sent.
+#[tokio::test]
+async fn each_attempt_carries_a_client_request_id_with_the_prefix() {
+    let deleted = || reply(200, r#"{"id":"f","object":"file","deleted":true}"#);
+    let script = Script::new([reply(500, "{}"), deleted()]);
+    let prefixed = OpenAiClient::new(OpenAiConfig {
+        request_id_prefix: Some("host ü/a-1".into()),
+        ..config(&serve_script(&script).await)
+    })
+    .unwrap();
+    within(prefixed.delete_file("f")).await.unwrap();
+    let ids: Vec<_> = script
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers["x-client-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["hosta-1-1", "hosta-1-2"]);
+
+    let script = Script::new([deleted()]);
+    let plain = client(&serve_script(&script).await);
+    within(plain.delete_file("f")).await.unwrap();
+    assert!(script.seen()[0]
+        .headers
+        .get("x-client-request-id")
+        .is_none());
 }
 
 /// The individual executor's governor pauses every sender on a 429; a retry inside the
