@@ -27,6 +27,7 @@ mod openapi;
 mod outbound;
 mod read_path;
 mod resilience;
+mod reuse;
 mod serve_log;
 mod shared_budget;
 mod tenants;

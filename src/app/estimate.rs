@@ -107,6 +107,7 @@ impl App {
             metadata: None,
             webhook_url: None,
             fetch: job.fetch,
+            reuse: job.reuse,
         };
         let per_item = self.per_item_for(&job.tenant, &spec).await?;
         Ok(crate::cost::estimate::estimate(
@@ -128,7 +129,7 @@ impl App {
         });
         let (mode, _) = submit::resolve_mode(
             spec.requested_mode,
-            accepted,
+            dims.len(),
             self.settings.individual.max_items,
         );
         let by_detail: Vec<(Detail, Vec<Estimate>)> = Detail::ALL
@@ -144,7 +145,7 @@ impl App {
                 (detail, all)
             })
             .collect();
-        let reused = 0;
+        let reused = prepared.reuse.total();
         let recommendation = recommend::recommend(
             &by_detail,
             &Modes::batch_and_individual(),
