@@ -140,6 +140,8 @@ pub struct IntakeSettings {
     /// Bytes the downloads at once may hold: each may hold `max_image_bytes`, so at most
     /// this / `max_image_bytes` run at once (and at most `fetch_concurrency`).
     pub fetch_max_bytes_in_flight: usize,
+    /// Reuse at all: off, every image of every job is sent (as `reuse: false` on each).
+    pub reuse: bool,
     /// How old (days since it finished) an analysis may be to answer the same image again;
     /// 0 reuses none (duplicates inside one job are still sent once).
     pub reuse_max_age_days: u32,

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 /// The default 200,000 tokens a minute would make individual jobs wait on the governor.
 const UNLIMITED_TPM: (&str, &str) = ("BATCHLENS__INDIVIDUAL__TPM", "100000000");
+/// The harness turns reuse off for the other areas' tests.
+const REUSE: (&str, &str) = ("BATCHLENS__INTAKE__REUSE", "true");
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Distinct inline images (each size gives other bytes), named `{prefix}-{i}`.
@@ -53,7 +55,7 @@ fn calls(app: &TestApp) -> (u64, u64, u64) {
 }
 
 async fn the_same_images_twice_make_no_call_and_cost_nothing(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[REUSE]).await else {
         return;
     };
     let first = run(
@@ -119,7 +121,7 @@ async fn the_same_images_twice_make_no_call_and_cost_nothing(db: Db) {
 }
 
 async fn another_analyzer_model_or_detail_sends_again(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM]).await else {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM, REUSE]).await else {
         return;
     };
     let base = json!({"mode": "individual", "items": images(0..3, "img")});
@@ -191,7 +193,7 @@ async fn check_duplicates_fanned_out(app: &TestApp, job: &Value) {
 }
 
 async fn duplicates_in_one_job_are_sent_once(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM]).await else {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM, REUSE]).await else {
         return;
     };
     let job = run(&app, &with_duplicates("individual")).await;
@@ -212,7 +214,7 @@ async fn duplicates_in_one_job_are_sent_once(db: Db) {
 }
 
 async fn a_chunk_of_an_open_job_copies_an_earlier_chunk(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM]).await else {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM, REUSE]).await else {
         return;
     };
     let (status, job) = app
@@ -250,7 +252,8 @@ async fn tenants_never_share(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let keys = [("acme", "key-acme"), ("globex", "key-globex")];
     let file = tenants::config(dir.path(), &keys, "");
-    let Some(app) = TestApp::spawn_with_config(db, fast_sim(), &[UNLIMITED_TPM], Some(&file)).await
+    let Some(app) =
+        TestApp::spawn_with_config(db, fast_sim(), &[UNLIMITED_TPM, REUSE], Some(&file)).await
     else {
         return;
     };
@@ -284,7 +287,7 @@ async fn tenants_never_share(db: Db) {
 }
 
 async fn reuse_false_sends_again(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM]).await else {
+    let Some(app) = TestApp::spawn(db, fast_sim(), &[UNLIMITED_TPM, REUSE]).await else {
         return;
     };
     let mut body = json!({"mode": "individual", "items": images(0..3, "img")});
@@ -322,6 +325,7 @@ async fn age_items(app: &TestApp, days: i64) {
 async fn only_results_within_the_max_age_are_reused(db: Db) {
     let extra = [
         UNLIMITED_TPM,
+        REUSE,
         ("BATCHLENS__INTAKE__REUSE_MAX_AGE_DAYS", "10"),
     ];
     let Some(app) = TestApp::spawn(db, fast_sim(), &extra).await else {

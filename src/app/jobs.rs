@@ -80,7 +80,7 @@ impl App {
             analyzer: &job.analyzer,
             model: &job.model,
             detail: job.detail,
-            enabled: job.reuse,
+            enabled: job.reuse && self.settings.intake.reuse,
         };
         self.mark_reuse(&scope, &mut intake.items, first, Some(id))
             .await?;

@@ -148,7 +148,7 @@ pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppErr
         metadata: req.metadata.clone(),
         webhook_url: req.webhook_url.clone(),
         fetch: req.fetch.unwrap_or(settings.intake.fetch),
-        reuse: req.reuse.unwrap_or(true),
+        reuse: req.reuse.unwrap_or(true) && settings.intake.reuse,
     })
 }
 
