@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::cost::pricing::ModelPrice;
 
+/// The oldest an analysis may be to be reused, in days.
+const MAX_REUSE_AGE_DAYS: u32 = 3650;
+
 /// The embedded defaults: the documented example file itself, so the two cannot drift.
 pub const DEFAULTS_TOML: &str = include_str!("../batchlens.example.toml");
 
@@ -169,6 +172,11 @@ pub struct IntakeSettings {
     /// Bytes the downloads at once may hold: each may hold `max_image_bytes`, so at most
     /// this / `max_image_bytes` run at once (and at most `fetch_concurrency`).
     pub fetch_max_bytes_in_flight: usize,
+    /// Reuse at all: off, every image of every job is sent (as `reuse: false` on each).
+    pub reuse: bool,
+    /// How old (days since it finished) an analysis may be to answer the same image again;
+    /// 0 reuses none (duplicates inside one job are still sent once).
+    pub reuse_max_age_days: u32,
 }
 
 impl IntakeSettings {
@@ -616,6 +624,12 @@ impl Settings {
                     "must be at least intake.max_image_bytes ({}): one download may hold that much",
                     self.intake.max_image_bytes
                 ),
+            ));
+        }
+        if self.intake.reuse_max_age_days > MAX_REUSE_AGE_DAYS {
+            return Err(invalid(
+                "intake.reuse_max_age_days",
+                format!("must be at most {MAX_REUSE_AGE_DAYS} (ten years); 0 reuses nothing"),
             ));
         }
         if self.estimate.min_observed_items == 0 {

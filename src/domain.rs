@@ -202,6 +202,9 @@ pub struct Counts {
     pub failed: i64,
     pub rejected: i64,
     pub cancelled: i64,
+    /// Succeeded items answered from another identical analysis (an earlier job's, or a
+    /// duplicate's in this job) instead of being sent: `progress.reused`.
+    pub reused: i64,
 }
 
 impl Counts {
@@ -285,6 +288,10 @@ pub struct CostSums {
     pub individual_mode_pico_usd: PicoUsd,
     pub flex_items: i64,
     pub flex_pico_usd: PicoUsd,
+    /// What the reused items would have cost at Batch API prices, and at standard prices
+    /// (the latter is part of `individual_pico_usd` too, so savings count them).
+    pub reused_batch_pico_usd: PicoUsd,
+    pub reused_individual_pico_usd: PicoUsd,
 }
 
 /// A job as stored.
@@ -304,6 +311,8 @@ pub struct Job {
     pub webhook_url: Option<String>,
     /// Who downloads the job's `image_url`s (chunks appended later too).
     pub fetch: Fetch,
+    /// Whether images already analysed are answered from that analysis (`reuse`).
+    pub reuse: bool,
     /// None until the job finishes (or without `webhook_url`).
     pub webhook_state: Option<WebhookState>,
     /// Delivery attempts made so far.
@@ -360,6 +369,7 @@ pub struct NewJob {
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
     pub fetch: Fetch,
+    pub reuse: bool,
     /// `Open` (filled in chunks) or `Queued` (work starts now).
     pub status: JobStatus,
     pub estimate_batch_pico_usd: Option<PicoUsd>,
@@ -381,6 +391,71 @@ pub struct NewItem {
     pub error: Option<ItemError>,
     /// A remark from intake on an accepted item (e.g. a `mime_type` the bytes contradict).
     pub note: Option<String>,
+    /// SHA-256 (hex) of the image bytes as received; `None` for an `image_url` OpenAI
+    /// fetches itself (its content can change) and for a rejected item.
+    pub content_sha256: Option<String>,
+    /// What a reuse lookup matches: the image's hash with the tenant, analyzer, model and
+    /// detail (see `app::reuse`).
+    pub reuse_key: Option<String>,
+    pub reuse: ItemReuse,
+}
+
+/// The analysis a result was taken from: `reused_from` on the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReusedFrom {
+    pub job_id: Uuid,
+    pub custom_id: String,
+}
+
+/// An earlier analysis an accepted image is answered from, with what sending it again
+/// would have cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reused {
+    pub from: ReusedFrom,
+    pub output: serde_json::Value,
+    /// The model snapshot that produced it.
+    pub resolved_model: Option<String>,
+    /// The earlier usage at this job's model's Batch API and standard prices (0 unpriced).
+    pub batch_pico_usd: PicoUsd,
+    pub individual_pico_usd: PicoUsd,
+}
+
+/// What reuse made of an accepted image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ItemReuse {
+    /// It is sent to the model.
+    #[default]
+    Sent,
+    /// It succeeds at intake with an earlier analysis.
+    From(Box<Reused>),
+    /// The same image as the job's item at this position: it waits, in no shard, for
+    /// that item's outcome.
+    CopyOf(i64),
+}
+
+impl NewItem {
+    /// A pending item with no dimensions and nothing from reuse (tests build on it).
+    #[cfg(test)]
+    pub fn pending(custom_id: &str, image: String) -> Self {
+        NewItem {
+            custom_id: custom_id.into(),
+            post_id: None,
+            image,
+            width: None,
+            height: None,
+            status: ItemStatus::Pending,
+            error: None,
+            note: None,
+            content_sha256: None,
+            reuse_key: None,
+            reuse: ItemReuse::Sent,
+        }
+    }
+
+    /// Accepted and to be sent to the model (not reused, not a copy).
+    pub fn is_sent(&self) -> bool {
+        self.status == ItemStatus::Pending && !matches!(self.reuse, ItemReuse::CopyOf(_))
+    }
 }
 
 /// Why an item failed or was rejected.
@@ -420,6 +495,8 @@ pub struct Item {
     pub finished_at: Option<DateTime<Utc>>,
     /// Intake's remark on the item, if it made one.
     pub note: Option<String>,
+    /// The analysis its result was taken from, when it was not sent itself.
+    pub reused_from: Option<ReusedFrom>,
 }
 
 /// The outcome of running one item, written back in bulk.

@@ -29,6 +29,7 @@ mod outbound;
 mod read_path;
 mod recommendation;
 mod resilience;
+mod reuse;
 mod serve_log;
 mod shared_budget;
 mod tenants;

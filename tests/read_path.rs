@@ -408,6 +408,7 @@ async fn big_job(pool: &sqlx::PgPool, store: &PgStore, n: i64) -> uuid::Uuid {
         metadata: None,
         webhook_url: None,
         fetch: Fetch::Pass,
+        reuse: true,
         status: JobStatus::Queued,
         estimate_batch_pico_usd: None,
         estimate_individual_pico_usd: None,

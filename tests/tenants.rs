@@ -15,7 +15,7 @@ fn hash(key: &str) -> String {
 }
 
 /// A config file with one configured key per `(tenant, key)` and `extra` TOML after them.
-fn config(dir: &Path, keys: &[(&str, &str)], extra: &str) -> std::path::PathBuf {
+pub(crate) fn config(dir: &Path, keys: &[(&str, &str)], extra: &str) -> std::path::PathBuf {
     let mut text = String::new();
     for (tenant, key) in keys {
         text += &format!(
@@ -58,7 +58,7 @@ async fn status_with(app: &TestApp, path: &str, key: &str) -> u16 {
 }
 
 /// GET `path` with `key`: the JSON body.
-async fn json_with(app: &TestApp, path: &str, key: &str) -> Value {
+pub(crate) async fn json_with(app: &TestApp, path: &str, key: &str) -> Value {
     get_with(app, path, key).await.json().await.unwrap()
 }
 
@@ -69,7 +69,12 @@ async fn spawn_tenants(db: Db, keys: &[(&str, &str)], limits: &str) -> Option<Te
     TestApp::spawn_with_config(db, fast_sim(), &[], Some(&file)).await
 }
 
-async fn post_with(app: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Response {
+pub(crate) async fn post_with(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::Response {
     app.http
         .post(app.url(path))
         .bearer_auth(key)

@@ -53,6 +53,7 @@ pub fn new_job(model: &str) -> NewJob {
         metadata: None,
         webhook_url: None,
         fetch: Fetch::Pass,
+        reuse: true,
         status: JobStatus::Open,
         estimate_batch_pico_usd: None,
         estimate_individual_pico_usd: None,
@@ -70,6 +71,9 @@ pub fn item(i: usize, image: String) -> NewItem {
         status: ItemStatus::Pending,
         error: None,
         note: None,
+        content_sha256: None,
+        reuse_key: None,
+        reuse: batchlens::domain::ItemReuse::Sent,
     }
 }
 

@@ -42,6 +42,16 @@ pub struct ModeCost {
     pub usd: f64,
 }
 
+/// Items answered from another analysis (see Reuse) and what sending them would have
+/// cost: at Batch API prices, and at standard prices (counted in `individual_usd`, so in
+/// the savings).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReusedCost {
+    pub items: i64,
+    pub batch_usd: f64,
+    pub individual_usd: f64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModeCosts {
     pub batch: ModeCost,
@@ -58,7 +68,8 @@ pub struct ModeCosts {
     "actual_usd": 0.0236, "individual_usd": 0.0472, "savings_usd": 0.0236, "savings_percent": 50.0,
     "estimate_usd": 0.0240, "per_image_usd": 0.000236, "unpriced_items": 0,
     "by_mode": {"batch": {"items": 100, "usd": 0.0236}, "individual": {"items": 0, "usd": 0.0},
-                "flex": {"items": 0, "usd": 0.0}}}))]
+                "flex": {"items": 0, "usd": 0.0}},
+    "reused": {"items": 0, "batch_usd": 0.0, "individual_usd": 0.0}}))]
 pub struct JobCost {
     pub model: String,
     pub currency: &'static str,
@@ -76,6 +87,7 @@ pub struct JobCost {
     /// Items whose model has no price: their cost is unknown, not in the sums.
     pub unpriced_items: i64,
     pub by_mode: ModeCosts,
+    pub reused: ReusedCost,
 }
 
 /// A job's tokens, actual cost, individual-call equivalent and savings.
@@ -143,6 +155,11 @@ pub async fn job_cost(
                 items: c.flex_items,
                 usd: pico_to_usd(c.flex_pico_usd),
             },
+        },
+        reused: ReusedCost {
+            items: job.counts.reused,
+            batch_usd: pico_to_usd(c.reused_batch_pico_usd),
+            individual_usd: pico_to_usd(c.reused_individual_pico_usd),
         },
     };
     Ok(conditional::tagged(job.version, Json(cost)))

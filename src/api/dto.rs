@@ -10,7 +10,7 @@ use crate::app::submit::JobInput;
 use crate::app::views::JobSnapshot;
 use crate::domain::{
     pico_to_usd, Analyzer, Counts, Detail, Fetch, Item, ItemError, ItemStatus, Job, JobStatus,
-    Mode, Shard, Usage,
+    Mode, ReusedFrom, Shard, Usage,
 };
 use crate::intake::{ItemInput, Rejection};
 
@@ -56,6 +56,11 @@ pub struct JobRequest {
     /// Create the job in status `open` and add items with `POST /v1/jobs/{id}/items`.
     #[serde(default)]
     pub open: bool,
+    /// `true` (default): an image this tenant already had analysed (same bytes by SHA-256,
+    /// same analyzer, model and detail, within `intake.reuse_max_age_days`) succeeds at once
+    /// with that analysis's `output`, `cost_usd` 0 and `reused_from`, and the same image
+    /// twice in the job is sent once. `false`: every image is sent.
+    pub reuse: Option<bool>,
     /// The images. May be empty only for an open job.
     #[serde(default)]
     pub items: Vec<ItemInput>,
@@ -73,6 +78,7 @@ impl From<JobRequest> for JobInput {
             webhook_url: r.webhook_url,
             fetch: r.fetch,
             open: r.open,
+            reuse: r.reuse,
             items: r.items,
         }
     }
@@ -98,6 +104,9 @@ pub struct Progress {
     pub failed: i64,
     pub rejected: i64,
     pub cancelled: i64,
+    /// Succeeded items answered from an identical analysis instead of being sent: an
+    /// earlier job's (see Reuse), or another item of this job with the same image.
+    pub reused: i64,
     pub processing: i64,
     #[schema(example = 0.0)]
     pub percent: f64,
@@ -120,6 +129,7 @@ impl Progress {
             failed: c.failed,
             rejected: c.rejected,
             cancelled: c.cancelled,
+            reused: c.reused,
             processing,
             percent: c.percent_with(processing),
         }
@@ -205,6 +215,8 @@ pub struct JobView {
     pub mode_reason: String,
     pub model: String,
     pub detail: Detail,
+    /// Whether images already analysed are answered from that analysis (see Reuse).
+    pub reuse: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -252,6 +264,7 @@ impl JobView {
             mode_reason: job.mode_reason.clone(),
             model: job.model.clone(),
             detail: job.detail,
+            reuse: job.reuse,
             created_at: job.created_at,
             updated_at: job.updated_at,
             completed_at: job.completed_at,
@@ -398,6 +411,9 @@ pub struct ResultView {
     /// The model snapshot OpenAI reported.
     pub model: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The analysis this result was taken from when the image was not sent itself (an
+    /// earlier job's, or this job's item with the same image); its cost and tokens are 0.
+    pub reused_from: Option<ReusedFrom>,
 }
 
 impl From<&Item> for ResultView {
@@ -417,6 +433,7 @@ impl From<&Item> for ResultView {
             mode: i.run_mode,
             model: i.resolved_model.clone(),
             finished_at: i.finished_at,
+            reused_from: i.reused_from.clone(),
         }
     }
 }

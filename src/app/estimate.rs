@@ -122,6 +122,7 @@ impl App {
             metadata: None,
             webhook_url: None,
             fetch: job.fetch,
+            reuse: job.reuse,
         };
         let per_item = self.per_item_for(&job.tenant, &spec).await?;
         Ok(crate::cost::estimate::estimate(
@@ -143,7 +144,7 @@ impl App {
         });
         let (mode, _) = submit::resolve_mode(
             spec.requested_mode,
-            accepted,
+            dims.len(),
             self.settings.individual.max_items,
             self.settings.individual.offers_flex(&spec.model),
         );
@@ -160,7 +161,7 @@ impl App {
                 (detail, all)
             })
             .collect();
-        let reused = 0;
+        let reused = prepared.reuse.total();
         let offers_flex = self.settings.individual.offers_flex(&spec.model);
         let flex_models = self.flex_models_priced();
         let recommendation = recommend::recommend(

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::limits;
+use super::reuse::Scope;
 use super::submit::{self, JobInput};
 use super::views::JobSnapshot;
 use super::{App, AppError, AppResult};
@@ -71,11 +72,20 @@ impl App {
         let taken = self.taken_custom_ids(id).await?;
         let limits = submit::intake_limits(&self.settings, &job.model, job.detail);
         let first = job.counts.total;
-        let intake = tokio::task::spawn_blocking(move || {
+        let mut intake = tokio::task::spawn_blocking(move || {
             submit::take_items(&limits, items, first, &taken, false)
         })
         .await
         .map_err(AppError::internal)??;
+        let scope = Scope {
+            tenant,
+            analyzer: &job.analyzer,
+            model: &job.model,
+            detail: job.detail,
+            enabled: job.reuse && self.settings.intake.reuse,
+        };
+        self.mark_reuse(&scope, &mut intake.items, first, Some(id))
+            .await?;
         let _admission = self.admission(tenant).await;
         self.check_open_items(tenant, intake.accepted).await?;
         // A budget holds the open job's estimate for all its images so far.

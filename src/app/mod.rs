@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod limits;
 pub mod openai_webhooks;
 pub mod results;
+pub mod reuse;
 pub mod submit;
 pub mod views;
 

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::reuse::Marked;
 use super::{App, AppError, FieldError};
 use crate::analyzer;
 use crate::config::Settings;
@@ -15,7 +16,7 @@ use crate::cost::estimate::{estimate, estimate_all_models, Estimate, EstimateInp
 use crate::cost::image_tokens::image_tokens;
 use crate::cost::pricing::PriceTable;
 use crate::cost::text_tokens::chat_request_input_tokens;
-use crate::domain::{Analyzer, Detail, Fetch, ItemStatus, JobStatus, Mode, NewItem, NewJob};
+use crate::domain::{Analyzer, Detail, Fetch, JobStatus, Mode, NewItem, NewJob};
 use crate::intake::{check_items, DownscaleTarget, IntakeLimits, IntakeResult, ItemInput};
 
 /// A job as a caller submits it (the HTTP body converts into this).
@@ -32,6 +33,8 @@ pub struct JobInput {
     pub fetch: Option<Fetch>,
     /// Create the job `open`, to be filled in chunks and submitted later.
     pub open: bool,
+    /// Answer images already analysed from that analysis; `true` when None.
+    pub reuse: Option<bool>,
     pub items: Vec<ItemInput>,
 }
 
@@ -46,6 +49,20 @@ pub struct JobSpec {
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
     pub fetch: Fetch,
+    pub reuse: bool,
+}
+
+impl JobSpec {
+    /// What reuse looks up for this job's images.
+    pub fn reuse_scope<'a>(&'a self, tenant: &'a str) -> super::reuse::Scope<'a> {
+        super::reuse::Scope {
+            tenant,
+            analyzer: &self.analyzer,
+            model: &self.model,
+            detail: self.detail,
+            enabled: self.reuse,
+        }
+    }
 }
 
 /// Intake limits for a job's model and detail: inline images are downscaled to what that
@@ -140,6 +157,7 @@ pub fn check_spec(settings: &Settings, req: &JobInput) -> Result<JobSpec, AppErr
         metadata: req.metadata.clone(),
         webhook_url: req.webhook_url.clone(),
         fetch: req.fetch.unwrap_or(settings.intake.fetch),
+        reuse: req.reuse.unwrap_or(true) && settings.intake.reuse,
     })
 }
 
@@ -257,11 +275,12 @@ pub fn request_overhead_tokens(settings: &Settings, spec: &JobSpec) -> u32 {
     with_image.saturating_sub(image_tokens(&spec.model, w, h, spec.detail))
 }
 
-/// Dimensions of each accepted item, the configured default for URLs.
+/// Dimensions of each accepted item to be sent (reused images and copies cost nothing),
+/// the configured default for URLs.
 pub fn item_dims(settings: &Settings, items: &[NewItem]) -> Vec<(u32, u32)> {
     items
         .iter()
-        .filter(|i| i.status == ItemStatus::Pending)
+        .filter(|i| i.is_sent())
         .map(|i| match (i.width, i.height) {
             (Some(w), Some(h)) if w > 0 && h > 0 => (w as u32, h as u32),
             _ => (
@@ -276,24 +295,24 @@ pub struct Prepared {
     pub job: NewJob,
     pub intake: IntakeResult,
     pub estimate: Estimate,
+    /// The images reuse answers (at 0, not sent).
+    pub reuse: Marked,
 }
 
-/// Checks a job body and builds the job row and items it would store.
-///
-/// CPU-heavy when images are downscaled: call it from `spawn_blocking`.
+/// Builds the job row a checked body would store, with the estimate and mode of the items
+/// it sends (those reuse answers are not).
 pub fn prepare(
     settings: &Settings,
     prices: &PriceTable,
     tenant: &str,
     spec: JobSpec,
-    req: JobInput,
+    open: bool,
+    (intake, reuse): (IntakeResult, Marked),
     per_item: PerItem,
-) -> Result<Prepared, AppError> {
-    let limits = intake_limits(settings, &spec.model, spec.detail);
-    let intake = take_items(&limits, req.items, 0, &HashSet::new(), req.open)?;
+) -> Prepared {
     let dims = item_dims(settings, &intake.items);
     let est = estimate(prices, &estimate_input(&spec, &dims, per_item));
-    let (mode, mode_reason, status) = if req.open {
+    let (mode, mode_reason, status) = if open {
         (
             spec.requested_mode,
             "decided when the job is submitted".to_string(),
@@ -302,7 +321,7 @@ pub fn prepare(
     } else {
         let (mode, why) = resolve_mode(
             spec.requested_mode,
-            intake.accepted,
+            dims.len(),
             settings.individual.max_items,
             settings.individual.offers_flex(&spec.model),
         );
@@ -321,21 +340,24 @@ pub fn prepare(
         metadata: spec.metadata,
         webhook_url: spec.webhook_url,
         fetch: spec.fetch,
+        reuse: spec.reuse,
         status,
         estimate_batch_pico_usd: est.batch,
         estimate_individual_pico_usd: est.individual,
         created_at: Utc::now(),
     };
-    Ok(Prepared {
+    Prepared {
         job,
         intake,
         estimate: est,
-    })
+        reuse,
+    }
 }
 
 impl App {
-    /// [`prepare`] on a blocking thread (image checks and downscaling are CPU work), after
-    /// downloading the `image_url`s when the job fetches them.
+    /// Intake on a blocking thread (image checks and downscaling are CPU work), after
+    /// downloading the `image_url`s when the job fetches them; then reuse, and
+    /// [`prepare`].
     pub async fn prepare(
         &self,
         tenant: &str,
@@ -345,16 +367,25 @@ impl App {
     ) -> Result<Prepared, AppError> {
         self.fetch_images(spec.fetch, &spec.model, spec.detail, &mut req.items)
             .await;
-        let (settings, prices, tenant) = (
-            self.settings.clone(),
-            self.prices.clone(),
-            tenant.to_string(),
-        );
-        tokio::task::spawn_blocking(move || {
-            prepare(&settings, &prices, &tenant, spec, req, per_item)
+        let limits = intake_limits(&self.settings, &spec.model, spec.detail);
+        let (items, open) = (std::mem::take(&mut req.items), req.open);
+        let mut intake = tokio::task::spawn_blocking(move || {
+            take_items(&limits, items, 0, &HashSet::new(), open)
         })
         .await
-        .map_err(AppError::internal)?
+        .map_err(AppError::internal)??;
+        let marked = self
+            .mark_reuse(&spec.reuse_scope(tenant), &mut intake.items, 0, None)
+            .await?;
+        Ok(prepare(
+            &self.settings,
+            &self.prices,
+            tenant,
+            spec,
+            open,
+            (intake, marked),
+            per_item,
+        ))
     }
 }
 

@@ -6,6 +6,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{DecodeError, Engine as _};
+use sha2::{Digest, Sha256};
 
 use super::image::{sniff_image, ImageFormat};
 use super::resize::downscale_for;
@@ -81,6 +82,8 @@ pub(super) struct CheckedImage {
     pub height: Option<i32>,
     /// A remark for the item's result, e.g. a declared type the bytes contradict.
     pub note: Option<String>,
+    /// SHA-256 (hex) of the bytes as received, before any downscaling; `None` for a URL.
+    pub sha256: Option<String>,
 }
 
 /// Takes the item's single image source out of `input`.
@@ -109,6 +112,7 @@ pub(super) fn check_image(source: &Source, limits: &IntakeLimits) -> Result<Chec
                 width: None,
                 height: None,
                 note: None,
+                sha256: None,
             })
             .map_err(|r| Reject::image(format!("image_url: {r}"))),
         Source::Base64(b, mime) => check_inline(b, limits, ("mime_type", mime.as_deref()))
@@ -228,6 +232,7 @@ fn check_bytes(
 ) -> Result<CheckedImage, String> {
     let info = sniff_image(bytes)?;
     let note = mime_note(field, declared, info.format);
+    let sha256 = Some(hex::encode(Sha256::digest(bytes)));
     if let Some(target) = &limits.downscale {
         if let Some(small) = downscale_for(bytes, target)? {
             return Ok(CheckedImage {
@@ -239,6 +244,7 @@ fn check_bytes(
                 width: Some(small.width as i32),
                 height: Some(small.height as i32),
                 note,
+                sha256,
             });
         }
     }
@@ -248,6 +254,7 @@ fn check_bytes(
         width: Some(info.width as i32),
         height: Some(info.height as i32),
         note,
+        sha256,
     })
 }
 

@@ -14,7 +14,7 @@ pub mod upload;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::domain::{ItemError, ItemStatus, NewItem};
+use crate::domain::{ItemError, ItemReuse, ItemStatus, NewItem};
 
 pub use image::{sniff_image, ImageFormat, ImageInfo};
 pub use item::FetchedImage;
@@ -279,6 +279,9 @@ fn assemble(
                     status: ItemStatus::Pending,
                     error: None,
                     note: c.note,
+                    content_sha256: c.sha256,
+                    reuse_key: None,
+                    reuse: ItemReuse::Sent,
                 }
             }
             Err(r) => {
@@ -299,6 +302,9 @@ fn assemble(
                         message: r.reason,
                     }),
                     note: None,
+                    content_sha256: None,
+                    reuse_key: None,
+                    reuse: ItemReuse::Sent,
                 }
             }
         };
@@ -463,6 +469,42 @@ mod tests {
         let r = one(input);
         assert_eq!(r.accepted, 1, "expected acceptance: {:?}", r.rejected);
         r.items.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn inline_bytes_are_hashed_as_received_and_urls_are_not() {
+        let photo = testkit::jpeg_photo(1600, 1200);
+        let expected = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo));
+        let limits = downscaling("gpt-4o-mini", crate::domain::Detail::Low);
+        let r = check_items(
+            vec![
+                b64(&photo, "image/jpeg"),
+                data(format!(
+                    "data:image/jpeg;base64,{}",
+                    STANDARD.encode(&photo)
+                )),
+                url("https://e.com/a.jpg"),
+                b64(&png(1, 1), "image/png"),
+            ],
+            0,
+            &none(),
+            &limits,
+        );
+        assert_eq!(r.accepted, 4, "{:?}", r.rejected);
+        let shas: Vec<Option<&str>> = r
+            .items
+            .iter()
+            .map(|i| i.content_sha256.as_deref())
+            .collect();
+        // Downscaled, but hashed before: the bytes the client sent.
+        assert_eq!(r.items[0].width, Some(512));
+        assert_eq!(shas[0], Some(expected.as_str()));
+        assert_eq!(shas[1], Some(expected.as_str()));
+        assert_eq!(
+            shas[2], None,
+            "OpenAI fetches the URL: its content can change"
+        );
+        assert!(shas[3].is_some_and(|s| s != expected));
     }
 
     #[test]

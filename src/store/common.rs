@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{Leftover, Settled, StoreError, StoreResult};
 use crate::domain::{
-    Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus,
-    Mode, NewItem, Rejection, Shard, Usage, MAX_STORED_REJECTIONS,
+    Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemReuse, ItemStatus, Job,
+    JobStatus, Mode, NewItem, PicoUsd, Rejection, ReusedFrom, Shard, Usage, MAX_STORED_REJECTIONS,
 };
 
 /// Rows per bulk statement.
@@ -27,7 +27,8 @@ pub(crate) const JOB_COLS: &str = "id, tenant, name, model, requested_mode, mode
     individual_items, individual_mode_pico_usd, flex_items, flex_pico_usd, \
     estimate_batch_pico_usd, \
     estimate_individual_pico_usd, created_at, updated_at, completed_at, lease_token, \
-    webhook_state, webhook_attempts, webhook_error, rejections, version, fetch_mode";
+    webhook_state, webhook_attempts, webhook_error, rejections, version, fetch_mode, reuse, \
+    reused, reused_batch_pico_usd, reused_individual_pico_usd";
 
 /// SET clauses that make a job that turns terminal owe its webhook: `terminal` is the SQL
 /// of "the new status is terminal", `now` of the current time. Only a job with a
@@ -43,14 +44,15 @@ pub(crate) fn owe_webhook_sql(terminal: &str, now: &str) -> String {
 pub(crate) const ITEM_COLS: &str = "job_id, position, custom_id, post_id, image, width, height, \
     status, attempts, shard_id, output, error_code, error_message, input_tokens, \
     cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, individual_pico_usd, \
-    run_mode, resolved_model, finished_at, note";
+    run_mode, resolved_model, finished_at, note, reused_from_job, reused_from_custom_id";
 
 /// [`ITEM_COLS`] as results and posts pages read them: everything but the image, which
 /// reads back empty (the pages never show it, and a data URL can be megabytes).
 pub(crate) const RESULT_COLS: &str = "job_id, position, custom_id, post_id, '' AS image, \
     width, height, status, attempts, shard_id, output, error_code, error_message, \
     input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_pico_usd, \
-    individual_pico_usd, run_mode, resolved_model, finished_at, note";
+    individual_pico_usd, run_mode, resolved_model, finished_at, note, reused_from_job, \
+    reused_from_custom_id";
 
 pub(crate) const SHARD_COLS: &str = "id, job_id, kind, attempt, model, status, item_count, \
     input_file_id, openai_batch_id, output_file_id, error_file_id, batch_status, \
@@ -256,6 +258,7 @@ pub(crate) fn counts_from_row<R: RowGet>(r: &R) -> StoreResult<Counts> {
         failed: r.int("failed")?,
         rejected: r.int("rejected")?,
         cancelled: r.int("cancelled")?,
+        reused: r.int("reused")?,
     })
 }
 
@@ -274,6 +277,7 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
         metadata: r.opt_json("metadata")?,
         webhook_url: r.opt_text("webhook_url")?,
         fetch: r.parsed("fetch_mode")?,
+        reuse: r.flag("reuse")?,
         webhook_state: r.opt_parsed("webhook_state")?,
         webhook_attempts: r.int32("webhook_attempts")?,
         webhook_error: r.opt_text("webhook_error")?,
@@ -292,6 +296,8 @@ pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
             individual_mode_pico_usd: r.int("individual_mode_pico_usd")?,
             flex_items: r.int("flex_items")?,
             flex_pico_usd: r.int("flex_pico_usd")?,
+            reused_batch_pico_usd: r.int("reused_batch_pico_usd")?,
+            reused_individual_pico_usd: r.int("reused_individual_pico_usd")?,
         },
         estimate_batch_pico_usd: r.opt_int("estimate_batch_pico_usd")?,
         estimate_individual_pico_usd: r.opt_int("estimate_individual_pico_usd")?,
@@ -343,6 +349,13 @@ pub(crate) fn item_from_row<R: RowGet>(r: &R) -> StoreResult<Item> {
         resolved_model: r.opt_text("resolved_model")?,
         finished_at: r.opt_ts("finished_at")?,
         note: r.opt_text("note")?,
+        reused_from: match r.opt_uuid("reused_from_job")? {
+            Some(job_id) => Some(ReusedFrom {
+                job_id,
+                custom_id: r.opt_text("reused_from_custom_id")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -427,7 +440,7 @@ pub(crate) struct JobDelta {
 }
 
 impl JobDelta {
-    pub const COLUMNS: [&'static str; 19] = [
+    pub const COLUMNS: [&'static str; 22] = [
         "total",
         "pending",
         "submitted",
@@ -447,9 +460,12 @@ impl JobDelta {
         "individual_mode_pico_usd",
         "flex_items",
         "flex_pico_usd",
+        "reused",
+        "reused_batch_pico_usd",
+        "reused_individual_pico_usd",
     ];
 
-    pub fn values(&self) -> [i64; 19] {
+    pub fn values(&self) -> [i64; 22] {
         let (c, s) = (&self.counts, &self.cost);
         [
             c.total,
@@ -471,11 +487,23 @@ impl JobDelta {
             s.individual_mode_pico_usd,
             s.flex_items,
             s.flex_pico_usd,
+            c.reused,
+            s.reused_batch_pico_usd,
+            s.reused_individual_pico_usd,
         ]
     }
 
+    /// One more succeeded item answered from another analysis, which would have cost these
+    /// at Batch API and standard prices.
+    pub fn add_reused(&mut self, batch: PicoUsd, individual: PicoUsd) {
+        self.counts.reused += 1;
+        self.cost.reused_batch_pico_usd += batch;
+        self.cost.reused_individual_pico_usd += individual;
+        self.cost.individual_pico_usd += individual;
+    }
+
     /// `UPDATE jobs SET <col> = <col> + $2, …, updated_at = <now>, version + 1 WHERE
-    /// id = $1 RETURNING <job>`; the 19 deltas bind as `$2..=$20`.
+    /// id = $1 RETURNING <job>`; the 22 deltas bind as `$2..=$23`.
     pub fn update_sql(now: &str) -> String {
         let sets: Vec<String> = Self::COLUMNS
             .iter()
@@ -524,6 +552,9 @@ impl JobDelta {
         d.counts.total = items.len() as i64;
         for it in items {
             d.add_status(it.status, 1);
+            if let ItemReuse::From(r) = &it.reuse {
+                d.add_reused(r.batch_pico_usd, r.individual_pico_usd);
+            }
         }
         d
     }
@@ -575,6 +606,47 @@ impl JobDelta {
     }
 }
 
+/// The job's (`$1`) copies still waiting whose original has an outcome: each copy's
+/// position, with the original's status, cost, individual cost and mode.
+pub(crate) const COPIES_DUE_SQL: &str = "SELECT c.position AS position, p.status AS status, \
+     p.cost_pico_usd AS cost, p.individual_pico_usd AS individual, p.run_mode AS run_mode \
+     FROM items c JOIN items p ON p.job_id = c.job_id AND p.position = c.copy_of \
+     WHERE c.job_id = $1 AND c.copy_of IS NOT NULL AND c.status = 'pending' \
+     AND p.status IN ('succeeded', 'failed', 'cancelled')";
+
+/// Gives copies of job `$1` their original's outcome; the caller appends the condition on
+/// `c.position` (the copies [`COPIES_DUE_SQL`] found). A succeeded copy bills nothing:
+/// tokens and cost 0 (cost NULL when the original's model has no price).
+pub(crate) const COPY_OUTCOME_SQL: &str = "UPDATE items AS c SET status = p.status, \
+     output = p.output, error_code = p.error_code, error_message = p.error_message, \
+     resolved_model = p.resolved_model, reused_from_job = p.job_id, \
+     reused_from_custom_id = p.custom_id, \
+     input_tokens = CASE WHEN p.status = 'succeeded' THEN 0 END, \
+     cached_input_tokens = CASE WHEN p.status = 'succeeded' THEN 0 END, \
+     output_tokens = CASE WHEN p.status = 'succeeded' THEN 0 END, \
+     reasoning_tokens = CASE WHEN p.status = 'succeeded' THEN 0 END, \
+     cost_pico_usd = CASE WHEN p.cost_pico_usd IS NOT NULL THEN 0 END, \
+     individual_pico_usd = CASE WHEN p.individual_pico_usd IS NOT NULL THEN 0 END, \
+     finished_at = now(), updated_at = now() \
+     FROM items AS p WHERE c.job_id = $1 AND p.job_id = c.job_id AND p.position = c.copy_of \
+     AND c.status = 'pending'";
+
+/// What a copy of an item that cost `cost` in `mode` (and `individual` at standard prices)
+/// would have cost at Batch API and at standard prices: an original run individually is
+/// priced at the Batch API's half of the standard price.
+pub(crate) fn copy_would_cost(
+    cost: Option<PicoUsd>,
+    individual: Option<PicoUsd>,
+    mode: Option<Mode>,
+) -> (PicoUsd, PicoUsd) {
+    let individual = individual.unwrap_or(0);
+    let batch = match mode {
+        Some(Mode::Individual) => individual / 2,
+        _ => cost.unwrap_or(0),
+    };
+    (batch, individual)
+}
+
 /// The `progress` event payload (and the API's `progress` object).
 pub(crate) fn progress_json(c: &Counts, processing: i64) -> Value {
     json!({
@@ -585,6 +657,7 @@ pub(crate) fn progress_json(c: &Counts, processing: i64) -> Value {
         "failed": c.failed,
         "rejected": c.rejected,
         "cancelled": c.cancelled,
+        "reused": c.reused,
         "processing": processing,
         "percent": c.percent_with(processing),
     })
@@ -639,6 +712,43 @@ pub(crate) fn duplicate_custom_id(items: &[NewItem]) -> Option<&str> {
         .iter()
         .map(|i| i.custom_id.as_str())
         .find(|id| !seen.insert(*id))
+}
+
+/// The reuse columns of an item being inserted.
+pub(crate) struct ReuseCols<'a> {
+    pub copy_of: Option<i64>,
+    pub from_job: Option<Uuid>,
+    pub from_custom_id: Option<&'a str>,
+    pub output: Option<&'a Value>,
+    pub resolved_model: Option<&'a str>,
+    /// 0 for a reused item's tokens and cost (it billed nothing), else NULL.
+    pub zero: Option<i64>,
+}
+
+pub(crate) fn reuse_cols(it: &NewItem) -> ReuseCols<'_> {
+    let none = ReuseCols {
+        copy_of: None,
+        from_job: None,
+        from_custom_id: None,
+        output: None,
+        resolved_model: None,
+        zero: None,
+    };
+    match &it.reuse {
+        ItemReuse::Sent => none,
+        ItemReuse::CopyOf(position) => ReuseCols {
+            copy_of: Some(*position),
+            ..none
+        },
+        ItemReuse::From(r) => ReuseCols {
+            from_job: Some(r.from.job_id),
+            from_custom_id: Some(r.from.custom_id.as_str()),
+            output: Some(&r.output),
+            resolved_model: r.resolved_model.as_deref(),
+            zero: Some(0),
+            ..none
+        },
+    }
 }
 
 /// Splits items into bulk-insert chunks bounded by rows and by image bytes.
@@ -751,16 +861,7 @@ mod tests {
     use super::*;
 
     fn item(id: &str, bytes: usize) -> NewItem {
-        NewItem {
-            custom_id: id.into(),
-            post_id: None,
-            image: "x".repeat(bytes),
-            width: None,
-            height: None,
-            status: ItemStatus::Pending,
-            error: None,
-            note: None,
-        }
+        NewItem::pending(id, "x".repeat(bytes))
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn new_job(tenant: &str, status: JobStatus, mode: Mode, created_at: DateTime<Utc
         metadata: Some(json!({"campaign": "spring", "n": 1})),
         webhook_url: Some("https://example.com/hook".into()),
         fetch: Fetch::Inline,
+        reuse: true,
         status,
         estimate_batch_pico_usd: Some(10),
         estimate_individual_pico_usd: Some(20),
@@ -198,6 +199,9 @@ fn item(custom_id: &str, post_id: Option<&str>) -> NewItem {
         status: ItemStatus::Pending,
         error: None,
         note: None,
+        content_sha256: None,
+        reuse_key: None,
+        reuse: crate::domain::ItemReuse::Sent,
     }
 }
 
@@ -1205,7 +1209,7 @@ async fn record_outcomes_moves_counters_and_costs(s: DynStore) {
     assert_eq!(
         progress.data,
         json!({"total": 5, "pending": 0, "submitted": 1, "succeeded": 3, "failed": 1,
-               "rejected": 0, "cancelled": 0, "processing": 0, "percent": 80.0})
+               "rejected": 0, "cancelled": 0, "reused": 0, "processing": 0, "percent": 80.0})
     );
 
     // The same outcomes again change nothing, not even updated_at or the event log.

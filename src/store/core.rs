@@ -22,9 +22,9 @@ use super::dialect::{args, Arg, Dialect};
 use super::{
     BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
     JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, ModelLoad, MonthSpend,
-    NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore,
-    SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError, StoreResult,
-    StoredKey, WebhookAttempt, WebhookStore,
+    NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore, Reusable,
+    ReuseStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError,
+    StoreResult, StoredKey, WebhookAttempt, WebhookStore,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -91,11 +91,11 @@ static CREATE_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (id, tenant, name, model, requested_mode, mode, mode_reason, detail, \
          analyzer, metadata, webhook_url, status, estimate_batch_pico_usd, \
-         estimate_individual_pico_usd, created_at, updated_at, rejections, fetch_mode, {}) \
+         estimate_individual_pico_usd, created_at, updated_at, rejections, fetch_mode, reuse, {}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
-         $16, $17, {}) RETURNING {JOB_COLS}",
+         $16, $17, $18, {}) RETURNING {JOB_COLS}",
         JobDelta::COLUMNS.join(", "),
-        (18..18 + JobDelta::COLUMNS.len())
+        (19..19 + JobDelta::COLUMNS.len())
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -227,6 +227,41 @@ impl<D: Dialect> Tx<D> {
         Ok(())
     }
 
+    /// Gives the job's waiting copies whose original has an outcome now that outcome
+    /// (succeeded, failed or cancelled, with its output and error; no tokens, no cost),
+    /// `reused_from` naming the original, and adds their moves to `delta`: two statements,
+    /// through the index of copies, whatever the job's size.
+    async fn fan_out(&mut self, job_id: Uuid, delta: &mut JobDelta) -> StoreResult<()> {
+        let rows = self.rows(common::COPIES_DUE_SQL, args![job_id]).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut positions = Vec::with_capacity(rows.len());
+        for r in &rows {
+            positions.push(r.int("position")?);
+            let status: ItemStatus = r.parsed("status")?;
+            delta.add_status(ItemStatus::Pending, -1);
+            delta.add_status(status, 1);
+            if status == ItemStatus::Succeeded {
+                let (batch, individual) = common::copy_would_cost(
+                    r.opt_int("cost")?,
+                    r.opt_int("individual")?,
+                    r.opt_parsed("run_mode")?,
+                );
+                delta.add_reused(batch, individual);
+            }
+        }
+        for chunk in positions.chunks(common::CHUNK_ROWS) {
+            let sql = format!(
+                "{} AND c.position {}",
+                common::COPY_OUTCOME_SQL,
+                D::in_list("$2")
+            );
+            self.exec(&sql, args![job_id, chunk]).await?;
+        }
+        Ok(())
+    }
+
     /// Moves `n` items from `from` to `to` on the job's counters, with a progress event.
     async fn moved(
         &mut self,
@@ -323,6 +358,7 @@ impl<D: Dialect> JobStore for D {
             job.created_at,
             &rejections,
             job.fetch.as_str(),
+            job.reuse,
         ]
         .to_vec();
         list.extend(delta.iter().map(|v| Arg::Int(Some(*v))));
@@ -337,8 +373,14 @@ impl<D: Dialect> JobStore for D {
             }
             Err(e) => return Err(e),
         };
-        let created = job_from_row(&row)?;
+        let mut created = job_from_row(&row)?;
         tx.insert_items(job.id, 0, items).await?;
+        // Every image answered from earlier analyses (reuse): nothing is left to run.
+        let all_reused = created.counts.reused > 0;
+        if let Some(to) = finished_status(created.status, &created.counts).filter(|_| all_reused) {
+            tx.set_status(job.id, to).await?;
+            created = tx.lock_job(None, job.id).await?;
+        }
         tx.commit().await?;
         Ok(created)
     }
@@ -640,7 +682,7 @@ impl<D: Dialect> ItemStore for D {
 
     async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {
         let sql = "SELECT width, height FROM items WHERE job_id = $1 AND status = 'pending' \
-                   ORDER BY position";
+                   AND copy_of IS NULL ORDER BY position";
         rows_to(&self.read(sql, args![job_id]).await?, dims)
     }
 
@@ -700,7 +742,7 @@ impl<D: Dialect> PlanStore for D {
                WHERE j.status IN ('queued', 'running') AND j.mode IN ('batch', 'individual', 'flex') \
                AND (j.lease_until IS NULL OR j.lease_until <= now()) \
                AND EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id \
-                 AND i.status = 'pending' AND i.shard_id IS NULL) \
+                 AND i.status = 'pending' AND i.shard_id IS NULL AND i.copy_of IS NULL) \
                ORDER BY j.created_at, j.id LIMIT $3{}) \
              RETURNING {JOB_COLS}",
             D::now_plus("$2"),
@@ -718,9 +760,11 @@ impl<D: Dialect> PlanStore for D {
     }
 
     async fn unassigned_items(&self, job_id: Uuid) -> StoreResult<Vec<PlanItem>> {
+        // Copies wait for the item they copy; they are never sent.
         let sql = "SELECT position, image_bytes, width, height, run_mode FROM items \
                    WHERE job_id = $1 \
-                   AND status = 'pending' AND shard_id IS NULL ORDER BY position";
+                   AND status = 'pending' AND shard_id IS NULL AND copy_of IS NULL \
+                   ORDER BY position";
         rows_to(&self.read(sql, args![job_id]).await?, |r| {
             Ok(PlanItem {
                 position: r.int("position")?,
@@ -1049,8 +1093,9 @@ impl<D: Dialect> SettleStore for D {
             return Ok(Settled::default());
         }
         let (recorded, settled) = common::recorded_from_rows(&rows)?;
-        tx.apply_progress(job_id, &JobDelta::for_outcomes(&recorded))
-            .await?;
+        let mut delta = JobDelta::for_outcomes(&recorded);
+        tx.fan_out(job_id, &mut delta).await?;
+        tx.apply_progress(job_id, &delta).await?;
         tx.commit().await?;
         Ok(settled)
     }
@@ -1096,6 +1141,7 @@ impl<D: Dialect> SettleStore for D {
             .await?;
         }
         if settled.total() > 0 {
+            tx.fan_out(job_id, &mut delta).await?;
             tx.apply_progress(job_id, &delta).await?;
         }
         tx.commit().await?;
@@ -1443,6 +1489,65 @@ impl<D: Dialect> OpenAiWebhookStore for D {
             args![before],
         )
         .await
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> ReuseStore for D {
+    async fn find_reusable(
+        &self,
+        keys: &[&str],
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<Reusable>> {
+        let sql = format!(
+            "SELECT reuse_key, job_id, custom_id, output, resolved_model, input_tokens, \
+             cached_input_tokens, output_tokens, reasoning_tokens, finished_at FROM items \
+             WHERE reuse_key IS NOT NULL AND reuse_key {} AND status = 'succeeded' \
+             AND finished_at >= $2 \
+             AND reused_from_job IS NULL AND copy_of IS NULL AND output IS NOT NULL \
+             ORDER BY finished_at DESC",
+            D::in_list("$1")
+        );
+        let mut found = Vec::new();
+        for chunk in keys.chunks(common::CHUNK_ROWS) {
+            let rows = self.read(&sql, args![chunk, since]).await?;
+            for r in &rows {
+                found.push(Reusable {
+                    reuse_key: r.text("reuse_key")?,
+                    job_id: r.uuid("job_id")?,
+                    custom_id: r.text("custom_id")?,
+                    output: r.json("output")?,
+                    resolved_model: r.opt_text("resolved_model")?,
+                    usage: crate::domain::Usage {
+                        input_tokens: r.opt_int("input_tokens")?.unwrap_or(0),
+                        cached_input_tokens: r.opt_int("cached_input_tokens")?.unwrap_or(0),
+                        output_tokens: r.opt_int("output_tokens")?.unwrap_or(0),
+                        reasoning_tokens: r.opt_int("reasoning_tokens")?.unwrap_or(0),
+                    },
+                    finished_at: r.ts("finished_at")?,
+                });
+            }
+        }
+        found.sort_by_key(|r| std::cmp::Reverse(r.finished_at));
+        Ok(found)
+    }
+
+    async fn job_originals(&self, job_id: Uuid, keys: &[&str]) -> StoreResult<Vec<(String, i64)>> {
+        let sql = format!(
+            "SELECT reuse_key, position FROM items WHERE reuse_key IS NOT NULL \
+             AND reuse_key {} AND job_id = $2 \
+             AND copy_of IS NULL AND reused_from_job IS NULL AND status <> 'rejected' \
+             ORDER BY position",
+            D::in_list("$1")
+        );
+        let mut found = Vec::new();
+        for chunk in keys.chunks(common::CHUNK_ROWS) {
+            for r in &self.read(&sql, args![chunk, job_id]).await? {
+                found.push((r.text("reuse_key")?, r.int("position")?));
+            }
+        }
+        found.sort_by_key(|(_, position)| *position);
+        Ok(found)
     }
 }
 

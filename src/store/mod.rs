@@ -355,7 +355,7 @@ impl JobLease {
 pub mod prelude {
     pub use super::{
         EventStore, IdempotencyStore, ItemStore, JobStore, KeyStore, PlanStore, ReportStore,
-        SettleStore, ShardStore, Store, WebhookStore,
+        ReuseStore, SettleStore, ShardStore, Store, WebhookStore,
     };
 }
 
@@ -901,6 +901,37 @@ pub trait BudgetStore: Send + Sync {
     ) -> StoreResult<BudgetLevels>;
 }
 
+/// A succeeded analysis another image can be answered from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reusable {
+    pub reuse_key: String,
+    pub job_id: Uuid,
+    pub custom_id: String,
+    pub output: serde_json::Value,
+    pub resolved_model: Option<String>,
+    /// What OpenAI billed for it.
+    pub usage: crate::domain::Usage,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Finding analyses to reuse (see `app::reuse`).
+#[async_trait]
+pub trait ReuseStore: Send + Sync {
+    /// Succeeded items with one of `keys`, finished at or after `since`, that were analysed
+    /// themselves (not reused or copied), newest first: one indexed statement per 1,000
+    /// keys.
+    async fn find_reusable(
+        &self,
+        keys: &[&str],
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<Reusable>>;
+
+    /// The job's items with one of `keys` that are sent themselves (not copies or reused):
+    /// `(reuse_key, position)`, first position first. What a chunk appended to an open job
+    /// copies instead of sending the same image again.
+    async fn job_originals(&self, job_id: Uuid, keys: &[&str]) -> StoreResult<Vec<(String, i64)>>;
+}
+
 /// Everything the service keeps, by concern; `DynStore` names it.
 #[async_trait]
 pub trait Store:
@@ -916,6 +947,7 @@ pub trait Store:
     + OpenAiWebhookStore
     + BudgetStore
     + KeyStore
+    + ReuseStore
     + Send
     + Sync
     + 'static

@@ -12,7 +12,7 @@ use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{truncate_to_micros, RowGet, OUTCOME_COLS};
+use super::common::{reuse_cols, truncate_to_micros, RowGet, OUTCOME_COLS};
 use super::dialect::{Arg, Dialect};
 use super::{NewShard, StoreResult};
 use crate::domain::{ItemOutcome, NewItem};
@@ -210,17 +210,33 @@ impl Dialect for PgStore {
             .map(|i| i.error.as_ref().map(|e| e.message.as_str()))
             .collect();
         let notes: Vec<Option<&str>> = chunk.iter().map(|i| i.note.as_deref()).collect();
+        let shas: Vec<Option<&str>> = chunk.iter().map(|i| i.content_sha256.as_deref()).collect();
+        let keys: Vec<Option<&str>> = chunk.iter().map(|i| i.reuse_key.as_deref()).collect();
+        let reuse: Vec<_> = chunk.iter().map(reuse_cols).collect();
+        let copy_of: Vec<Option<i64>> = reuse.iter().map(|r| r.copy_of).collect();
+        let from_job: Vec<Option<Uuid>> = reuse.iter().map(|r| r.from_job).collect();
+        let from_cid: Vec<Option<&str>> = reuse.iter().map(|r| r.from_custom_id).collect();
+        let outputs: Vec<Option<&Value>> = reuse.iter().map(|r| r.output).collect();
+        let models: Vec<Option<&str>> = reuse.iter().map(|r| r.resolved_model).collect();
+        let zero: Vec<Option<i64>> = reuse.iter().map(|r| r.zero).collect();
         sqlx::query(
             "INSERT INTO items (job_id, position, custom_id, post_id, image, image_bytes, width, \
-         height, status, error_code, error_message, note, finished_at, updated_at) \
+         height, status, error_code, error_message, note, finished_at, updated_at, \
+         content_sha256, reuse_key, copy_of, reused_from_job, reused_from_custom_id, output, \
+         resolved_model, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
+         cost_pico_usd, individual_pico_usd) \
          SELECT $1, u.position, u.custom_id, u.post_id, u.image, u.image_bytes, u.width, \
          u.height, u.status, u.error_code, u.error_message, u.note, \
-         CASE WHEN u.terminal THEN now() END, now() \
+         CASE WHEN u.terminal THEN now() END, now(), u.sha, u.reuse_key, u.copy_of, \
+         u.from_job, u.from_cid, u.output, u.resolved_model, u.zero, u.zero, u.zero, u.zero, \
+         u.zero, u.zero \
          FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
          $7::int[], $8::int[], $9::text[], $10::bool[], $11::text[], $12::text[], \
-         $13::text[]) \
+         $13::text[], $14::text[], $15::text[], $16::bigint[], $17::uuid[], $18::text[], \
+         $19::jsonb[], $20::text[], $21::bigint[]) \
          AS u(position, custom_id, post_id, image, image_bytes, width, height, status, \
-         terminal, error_code, error_message, note)",
+         terminal, error_code, error_message, note, sha, reuse_key, copy_of, from_job, \
+         from_cid, output, resolved_model, zero)",
         )
         .bind(job_id)
         .bind(&positions)
@@ -235,6 +251,14 @@ impl Dialect for PgStore {
         .bind(&codes)
         .bind(&messages)
         .bind(&notes)
+        .bind(&shas)
+        .bind(&keys)
+        .bind(&copy_of)
+        .bind(&from_job)
+        .bind(&from_cid)
+        .bind(&outputs)
+        .bind(&models)
+        .bind(&zero)
         .execute(&mut **tx)
         .await?;
         Ok(())

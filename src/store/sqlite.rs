@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::common::{corrupt, parse_uuid, RowGet, OUTCOME_COLS};
+use super::common::{corrupt, parse_uuid, reuse_cols, RowGet, OUTCOME_COLS};
 use super::dialect::{Arg, Dialect};
 use super::{NewShard, StoreError, StoreResult};
 use crate::domain::{ItemOutcome, NewItem, ShardStatus};
@@ -257,9 +257,13 @@ impl Dialect for SqliteStore {
         let (job, at, mut position) = (id(job_id), tx.at, first);
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO items (job_id, position, custom_id, post_id, image, image_bytes, width, \
-         height, status, error_code, error_message, note, finished_at, updated_at) ",
+         height, status, error_code, error_message, note, finished_at, updated_at, \
+         content_sha256, reuse_key, copy_of, reused_from_job, reused_from_custom_id, output, \
+         resolved_model, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
+         cost_pico_usd, individual_pico_usd) ",
         );
         qb.push_values(chunk, |mut b, it| {
+            let reuse = reuse_cols(it);
             b.push_bind(job.as_str())
                 .push_bind(position)
                 .push_bind(it.custom_id.as_str())
@@ -273,7 +277,17 @@ impl Dialect for SqliteStore {
                 .push_bind(it.error.as_ref().map(|e| e.message.as_str()))
                 .push_bind(it.note.as_deref())
                 .push_bind(it.status.is_terminal().then_some(at))
-                .push_bind(at);
+                .push_bind(at)
+                .push_bind(it.content_sha256.as_deref())
+                .push_bind(it.reuse_key.as_deref())
+                .push_bind(reuse.copy_of)
+                .push_bind(reuse.from_job.map(id))
+                .push_bind(reuse.from_custom_id)
+                .push_bind(reuse.output.map(json_text));
+            b.push_bind(reuse.resolved_model);
+            for _ in 0..6 {
+                b.push_bind(reuse.zero);
+            }
             position += 1;
         });
         qb.build().execute(&mut *tx.tx).await?;

@@ -119,6 +119,9 @@ pub fn settings(
     env.insert("BATCHLENS__BATCH__LEASE_SECS".into(), "5".into());
     env.insert("BATCHLENS__OPENAI__MAX_RETRIES".into(), "8".into());
     env.insert("BATCHLENS__LOG__LEVEL".into(), "warn".into());
+    // Most tests send the same few images again and again and count what reaches
+    // openai-sim; tests/reuse.rs turns reuse on.
+    env.insert("BATCHLENS__INTAKE__REUSE".into(), "false".into());
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
@@ -481,6 +484,7 @@ impl Service {
             .env("BATCHLENS__BATCH__LEASE_SECS", "5")
             .env("BATCHLENS__LOG__LEVEL", "warn,batchlens::startup=info")
             .env("BATCHLENS__LOG__FORMAT", "json")
+            .env("BATCHLENS__INTAKE__REUSE", "false")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         for (k, v) in extra {
