@@ -2,8 +2,9 @@
 //! 1080×1350 JPEGs (quality 85, about 200 KB each, 1 to 7 per post folder) uploaded by the
 //! release CLI to the release service binary (SQLite, a temp data dir, openai-sim in this
 //! process, downscaling on as shipped). Prints images/s from the CLI's start to its exit
-//! (every image accepted, the job submitted) and the peak RSS of both processes (the CLI's
-//! from `wait4`, the service's VmHWM). Then the baseline: a simple client in this process
+//! (every image accepted, the job submitted), the peak RSS of both processes (the CLI's
+//! from `wait4`, the service's VmHWM) and the CPU time each spent: on a machine shared with
+//! other work the wall clock wanders, CPU ms per image much less. Then the baseline: a simple client in this process
 //! posting base64 JSON chunks (under 56 MiB each) to a fresh service, timed the same way.
 //!
 //! `cargo bench --bench submit` (`BENCH_IMAGES=…` for a shorter run, `BENCH_BASELINE=0` to
@@ -42,7 +43,7 @@ fn layout(n: usize) -> Vec<PathBuf> {
     let mut paths = Vec::with_capacity(n);
     let mut post = 0;
     while paths.len() < n {
-        let size = 1 + (post * 2_654_435_761usize >> 7) % 7;
+        let size = 1 + ((post * 2_654_435_761usize) >> 7) % 7;
         for look in 1..=size.min(n - paths.len()) {
             paths.push(relative_path(post, look));
         }
@@ -176,6 +177,27 @@ impl Service {
         vm_hwm_mib(self.child.id())
     }
 
+    /// User + system CPU time so far (/proc/<pid>/stat).
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+        Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+    }
+
     fn stop(mut self) {
         // SIGTERM, as an operator stops it; SIGKILL if it lingers.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -209,6 +231,8 @@ struct Figures {
     elapsed: Duration,
     client_mib: f64,
     service_mib: f64,
+    client_cpu: Duration,
+    service_cpu: Duration,
 }
 
 impl Figures {
@@ -226,11 +250,20 @@ impl Figures {
             "  peak RSS: client {:.1} MiB, service {:.1} MiB",
             self.client_mib, self.service_mib
         );
+        let per_image = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / self.images as f64;
+        let (client, service) = (per_image(self.client_cpu), per_image(self.service_cpu));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "  CPU per image: client {client:.2} ms, service {service:.2} ms \
+             ({:.0} images/s if both had the {cores} cores to themselves)",
+            cores as f64 * 1000.0 / (client + service)
+        );
     }
 }
 
-/// Waits for `child` with a deadline; its exit status and peak RSS (MiB, from wait4).
-fn wait_with_rusage(child: &mut Child, limit: Duration) -> (i32, f64) {
+/// Waits for `child` with a deadline; its exit status, peak RSS (MiB) and CPU time, from
+/// wait4.
+fn wait_with_rusage(child: &mut Child, limit: Duration) -> (i32, f64, Duration) {
     let pid = child.id() as libc::pid_t;
     let start = Instant::now();
     loop {
@@ -245,7 +278,7 @@ fn wait_with_rusage(child: &mut Child, limit: Duration) -> (i32, f64) {
                 -1
             };
             // ru_maxrss is in KiB on Linux.
-            return (code, usage.ru_maxrss as f64 / 1024.0);
+            return (code, usage.ru_maxrss as f64 / 1024.0, cpu_of(&usage));
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -253,6 +286,18 @@ fn wait_with_rusage(child: &mut Child, limit: Duration) -> (i32, f64) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn cpu_of(usage: &libc::rusage) -> Duration {
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// CPU time of this process so far.
+fn own_cpu() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    cpu_of(&usage)
 }
 
 /// The job's progress counters.
@@ -280,6 +325,7 @@ async fn run_cli(sim: &SimServer, folder: &Path, n: usize) -> Figures {
     let http = reqwest::Client::new();
     service.wait_ready(&http).await;
 
+    let service_before = service.cpu();
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_batchlens"))
         .args(["submit", "--mode", "batch", "--name", "bench", "--url"])
@@ -292,9 +338,10 @@ async fn run_cli(sim: &SimServer, folder: &Path, n: usize) -> Figures {
     let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let (code, client_mib) = wait_with_rusage(&mut child, RUN_LIMIT);
+    let (code, client_mib, client_cpu) = wait_with_rusage(&mut child, RUN_LIMIT);
     let elapsed = start.elapsed();
     let service_mib = service.peak_rss_mib();
+    let service_cpu = service.cpu().saturating_sub(service_before);
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(code, 0, "batchlens submit failed:\n{err}");
     let id = out.lines().last().unwrap_or_default().trim().to_string();
@@ -305,6 +352,8 @@ async fn run_cli(sim: &SimServer, folder: &Path, n: usize) -> Figures {
         elapsed,
         client_mib,
         service_mib,
+        client_cpu,
+        service_cpu,
     }
 }
 
@@ -337,6 +386,7 @@ async fn run_baseline(sim: &SimServer, folder: &Path, paths: &[PathBuf]) -> Figu
     };
 
     common::reset_peak_rss();
+    let (client_before, service_before) = (own_cpu(), service.cpu());
     let start = Instant::now();
     let open = json!({"open": true, "mode": "batch", "name": "bench"});
     let job = post(format!("{base}/v1/jobs"), open.to_string().into_bytes()).await;
@@ -371,6 +421,8 @@ async fn run_baseline(sim: &SimServer, folder: &Path, paths: &[PathBuf]) -> Figu
     let elapsed = start.elapsed();
     let client_mib = common::peak_rss_mib();
     let service_mib = service.peak_rss_mib();
+    let client_cpu = own_cpu().saturating_sub(client_before);
+    let service_cpu = service.cpu().saturating_sub(service_before);
     assert_all_accepted(&progress(&http, &base, &id).await, paths.len());
     service.stop();
     Figures {
@@ -378,6 +430,8 @@ async fn run_baseline(sim: &SimServer, folder: &Path, paths: &[PathBuf]) -> Figu
         elapsed,
         client_mib,
         service_mib,
+        client_cpu,
+        service_cpu,
     }
 }
 
