@@ -23,7 +23,7 @@ const MODEL: &str = "gpt-4o-mini";
 const FILE_BYTES: u64 = 190_000_000;
 
 fn photo(seed: u64) -> Vec<u8> {
-    common::photo_jpeg(seed, WIDTH, HEIGHT, 90, 6)
+    common::photo_jpeg(seed, (WIDTH, HEIGHT), 90, 6, 8)
 }
 
 fn base64_len(bytes: u64) -> u64 {

@@ -26,8 +26,10 @@ mod common;
 const WIDTH: u32 = 1080;
 const HEIGHT: u32 = 1350;
 const QUALITY: u8 = 85;
-/// Texture cells of this many pixels put the files near 200 KB at quality 85.
-const CELL: u32 = 6;
+/// Texture cells of this many pixels and sensor noise of ±NOISE put the files near 200 KB
+/// at quality 85.
+const CELL: u32 = 8;
+const NOISE: u64 = 3;
 /// The baseline's request size: the CLI's default chunk.
 const JSON_CHUNK_BYTES: usize = 56 * 1024 * 1024;
 /// No run of this benchmark takes longer; a stuck one is killed.
@@ -76,7 +78,8 @@ fn ensure_photos(cache: &Path, paths: &[PathBuf]) {
                 for (i, rel) in part {
                     let path = cache.join(rel);
                     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                    let bytes = common::photo_jpeg(*i as u64, WIDTH, HEIGHT, QUALITY, CELL);
+                    let bytes =
+                        common::photo_jpeg(*i as u64, (WIDTH, HEIGHT), QUALITY, CELL, NOISE);
                     // Whole files only: an interrupted run leaves no half photo behind.
                     let tmp = path.with_extension("tmp");
                     std::fs::write(&tmp, bytes).unwrap();
@@ -444,7 +447,7 @@ async fn main() {
         .unwrap_or(2_000);
     let baseline = std::env::var("BENCH_BASELINE").map_or(true, |v| v != "0");
     let root = target_dir().join("bench-photos");
-    let cache = root.join(format!("{WIDTH}x{HEIGHT}-q{QUALITY}-c{CELL}"));
+    let cache = root.join(format!("{WIDTH}x{HEIGHT}-q{QUALITY}-c{CELL}-n{NOISE}"));
     let paths = layout(n);
     ensure_photos(&cache, &paths);
     let folder = run_folder(&cache, &paths);

@@ -49,16 +49,22 @@ fn mix(mut x: u64) -> u64 {
 
 /// A synthetic photo as a JPEG at `quality`: smooth gradients and waves, texture in
 /// `cell` px cells (detail that survives a 4x downscale, as a photo's does) and per-pixel
-/// sensor noise: close enough to a photo for a JPEG encoder's output size, a decoder's and
+/// sensor noise of ±`noise`: close enough to a photo for a JPEG encoder's output size, a decoder's and
 /// a resizer's work. The same `seed` gives the same bytes.
-pub fn photo_jpeg(seed: u64, width: u32, height: u32, quality: u8, cell: u32) -> Vec<u8> {
+pub fn photo_jpeg(
+    seed: u64,
+    (width, height): (u32, u32),
+    quality: u8,
+    cell: u32,
+    noise: u64,
+) -> Vec<u8> {
     use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, ImageEncoder, RgbImage};
     let mut state = mix(seed) | 1;
     let mut noise = move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        (state % 17) as i32 - 8
+        (state % (2 * noise + 1)) as i32 - noise as i32
     };
     let phase = (seed % 97) as f32 / 97.0;
     let img = RgbImage::from_fn(width, height, |x, y| {
