@@ -13,7 +13,8 @@ use batchlens::domain::Detail;
 use batchlens::intake::resize::{downscale_for, DownscaleTarget};
 use batchlens::intake::{check_items, IntakeLimits, ItemInput};
 use image::codecs::jpeg::JpegEncoder;
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
+
+mod common;
 
 const WIDTH: u32 = 2000;
 const HEIGHT: u32 = 1500;
@@ -21,43 +22,8 @@ const MODEL: &str = "gpt-4o-mini";
 /// The planner's cap on one batch input file (`batch.max_file_bytes`).
 const FILE_BYTES: u64 = 190_000_000;
 
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    x ^ (x >> 33)
-}
-
-/// Smooth gradients and waves, texture in 6 px cells (detail that survives a 4x downscale,
-/// as a photo's does) and per-pixel sensor noise: close enough to a photo for a JPEG
-/// encoder's output size and a resizer's work.
 fn photo(seed: u64) -> Vec<u8> {
-    let mut state = mix(seed) | 1;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 17) as i32 - 8
-    };
-    let phase = (seed % 97) as f32 / 97.0;
-    let img = RgbImage::from_fn(WIDTH, HEIGHT, |x, y| {
-        let (fx, fy) = (x as f32 / WIDTH as f32, y as f32 / HEIGHT as f32);
-        let wave = ((fx * 6.0 + phase * 6.3).sin() * (fy * 4.0).cos() * 40.0) as i32;
-        let cell = mix(seed << 40 ^ u64::from(x / 6) << 20 ^ u64::from(y / 6));
-        let texture = (cell % 49) as i32 - 24;
-        let base = [
-            (fx * 200.0) as i32 + 30 + wave + texture,
-            (fy * 180.0) as i32 + 40 - wave / 2 + texture,
-            ((1.0 - fx) * fy * 220.0) as i32 + 20 + texture / 2,
-        ];
-        image::Rgb(base.map(|c| (c + noise()).clamp(0, 255) as u8))
-    });
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(img.as_raw(), WIDTH, HEIGHT, ExtendedColorType::Rgb8)
-        .expect("encoding a generated photo");
-    out
+    common::photo_jpeg(seed, (WIDTH, HEIGHT), 90, 6, 8)
 }
 
 fn base64_len(bytes: u64) -> u64 {

@@ -39,6 +39,53 @@ fn read_status(key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    x ^ (x >> 33)
+}
+
+/// A synthetic photo as a JPEG at `quality`: smooth gradients and waves, texture in
+/// `cell` px cells (detail that survives a 4x downscale, as a photo's does) and per-pixel
+/// sensor noise of ±`noise`: close enough to a photo for a JPEG encoder's output size, a decoder's and
+/// a resizer's work. The same `seed` gives the same bytes.
+pub fn photo_jpeg(
+    seed: u64,
+    (width, height): (u32, u32),
+    quality: u8,
+    cell: u32,
+    noise: u64,
+) -> Vec<u8> {
+    use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, ImageEncoder, RgbImage};
+    let mut state = mix(seed) | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % (2 * noise + 1)) as i32 - noise as i32
+    };
+    let phase = (seed % 97) as f32 / 97.0;
+    let img = RgbImage::from_fn(width, height, |x, y| {
+        let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+        let wave = ((fx * 6.0 + phase * 6.3).sin() * (fy * 4.0).cos() * 40.0) as i32;
+        let cell = mix(seed << 40 ^ u64::from(x / cell) << 20 ^ u64::from(y / cell));
+        let texture = (cell % 49) as i32 - 24;
+        let base = [
+            (fx * 200.0) as i32 + 30 + wave + texture,
+            (fy * 180.0) as i32 + 40 - wave / 2 + texture,
+            ((1.0 - fx) * fy * 220.0) as i32 + 20 + texture / 2,
+        ];
+        image::Rgb(base.map(|c| (c + noise()).clamp(0, 255) as u8))
+    });
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(img.as_raw(), width, height, ExtendedColorType::Rgb8)
+        .expect("encoding a generated photo");
+    out
+}
+
 pub fn new_job(model: &str) -> NewJob {
     NewJob {
         id: Uuid::now_v7(),

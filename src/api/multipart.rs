@@ -1,9 +1,9 @@
 //! The body of `POST /v1/jobs` and `POST /v1/jobs/{id}/items` as JSON or as
 //! `multipart/form-data` (API.md "Multipart upload"), both giving the same request.
 //!
-//! A multipart body is read part by part as it arrives: an `image` part's bytes go straight
-//! into the base64 its item travels in (never held whole as well), hashed on the way for
-//! idempotency. The `job` part is the JSON body; its `items` may hold `{"file": …}` entries
+//! A multipart body is read part by part as it arrives: an `image` part's bytes are kept as
+//! they came (no base64 round trip: intake checks them as it checks decoded base64),
+//! hashed on the way for idempotency. The `job` part is the JSON body; its `items` may hold `{"file": …}` entries
 //! that give a named image part its ids. Parts that cannot be items (an unknown name, a
 //! `file` entry naming no part, a part over `intake.max_image_bytes`) become rejected items
 //! with a reason naming them, and the rest goes on; intake checks the images as it checks
@@ -13,8 +13,6 @@ use axum::body::Bytes;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, StatusCode};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,7 +23,7 @@ use super::body_limit;
 use super::dto::{ItemsRequest, JobRequest};
 use super::problem::{is_json, parse_json, ApiBody, ApiError, FieldError};
 use super::AppState;
-use crate::intake::upload::{ids_from_filename, magic_mime};
+use crate::intake::upload::ids_from_filename;
 use crate::intake::{FromPart, ItemInput};
 
 /// A request body that carries items: what a multipart body's parts are added to.
@@ -122,7 +120,7 @@ struct Part {
 }
 
 enum PartKind {
-    Image { base64: String, mime: &'static str },
+    Image { bytes: Bytes },
     TooLarge { bytes: u64, limit: usize },
     Unknown { name: String },
 }
@@ -130,7 +128,7 @@ enum PartKind {
 /// Where a part's bytes go as they arrive.
 enum Sink {
     Job(Vec<u8>),
-    Image(Encoder),
+    Image(Collector),
     Discard,
 }
 
@@ -138,71 +136,49 @@ impl Sink {
     fn push(&mut self, chunk: &[u8]) {
         match self {
             Sink::Job(buf) => buf.extend_from_slice(chunk),
-            Sink::Image(encoder) => encoder.push(chunk),
+            Sink::Image(collector) => collector.push(chunk),
             Sink::Discard => {}
         }
     }
 }
 
-/// Base64-encodes an image part chunk by chunk (carrying up to two bytes between chunks),
-/// keeping its first bytes to name its type; past `limit` bytes it keeps nothing.
-struct Encoder {
-    text: String,
-    carry: Vec<u8>,
-    head: Vec<u8>,
-    bytes: u64,
+/// Gathers an image part's bytes chunk by chunk; past `limit` bytes it keeps nothing (and
+/// only counts).
+struct Collector {
+    bytes: Vec<u8>,
+    seen: u64,
     limit: usize,
 }
 
-impl Encoder {
+impl Collector {
     fn new(limit: usize) -> Self {
         Self {
-            text: String::new(),
-            carry: Vec::with_capacity(3),
-            head: Vec::with_capacity(16),
-            bytes: 0,
+            bytes: Vec::new(),
+            seen: 0,
             limit,
         }
     }
 
-    fn push(&mut self, mut chunk: &[u8]) {
-        self.bytes += chunk.len() as u64;
-        if self.head.len() < 16 {
-            let take = (16 - self.head.len()).min(chunk.len());
-            self.head.extend_from_slice(&chunk[..take]);
-        }
-        if self.bytes > self.limit as u64 {
-            self.text = String::new();
+    fn push(&mut self, chunk: &[u8]) {
+        self.seen += chunk.len() as u64;
+        if self.seen > self.limit as u64 {
+            self.bytes = Vec::new();
             return;
         }
-        if !self.carry.is_empty() {
-            let take = (3 - self.carry.len()).min(chunk.len());
-            self.carry.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            if self.carry.len() < 3 {
-                return;
-            }
-            STANDARD.encode_string(&self.carry, &mut self.text);
-            self.carry.clear();
-        }
-        let whole = chunk.len() / 3 * 3;
-        STANDARD.encode_string(&chunk[..whole], &mut self.text);
-        self.carry.extend_from_slice(&chunk[whole..]);
+        self.bytes.extend_from_slice(chunk);
     }
 
-    fn finish(mut self) -> PartKind {
-        if self.bytes > self.limit as u64 {
+    fn finish(self) -> PartKind {
+        if self.seen > self.limit as u64 {
             return PartKind::TooLarge {
-                bytes: self.bytes,
+                bytes: self.seen,
                 limit: self.limit,
             };
         }
-        STANDARD.encode_string(&self.carry, &mut self.text);
-        self.text.shrink_to_fit();
+        let mut bytes = self.bytes;
+        bytes.shrink_to_fit();
         PartKind::Image {
-            base64: self.text,
-            // Only so intake has a type to compare: the bytes decide, as for any image.
-            mime: magic_mime(&self.head).unwrap_or("application/octet-stream"),
+            bytes: Bytes::from(bytes),
         }
     }
 }
@@ -241,7 +217,7 @@ async fn read_multipart<T: ItemsBody>(
                 return Err(field_error("job", "given twice; send one job part"))
             }
             "job" => Sink::Job(Vec::new()),
-            "image" => Sink::Image(Encoder::new(max_image)),
+            "image" => Sink::Image(Collector::new(max_image)),
             _ => Sink::Discard,
         };
         let mut length: u64 = 0;
@@ -256,7 +232,7 @@ async fn read_multipart<T: ItemsBody>(
                 job = Some(bytes);
                 continue;
             }
-            Sink::Image(encoder) => encoder.finish(),
+            Sink::Image(collector) => collector.finish(),
             Sink::Discard => PartKind::Unknown { name },
         };
         parts.push(Part {
@@ -405,10 +381,7 @@ impl Part {
             refused: None,
         };
         match self.kind {
-            PartKind::Image { base64, mime } => {
-                item.image_base64 = Some(base64);
-                item.mime_type = Some(mime.to_string());
-            }
+            PartKind::Image { bytes } => item.image_bytes = Some(bytes),
             PartKind::TooLarge { bytes, limit } => {
                 from.refused = Some(format!(
                     "{bytes} bytes, over the {limit}-byte limit of an image (intake.max_image_bytes)"
@@ -461,47 +434,38 @@ pub struct ItemsUpload {
 mod tests {
     use super::*;
 
-    fn encoded(data: &[u8], piece: usize, limit: usize) -> PartKind {
-        let mut encoder = Encoder::new(limit);
+    fn collected(data: &[u8], piece: usize, limit: usize) -> PartKind {
+        let mut collector = Collector::new(limit);
         for chunk in data.chunks(piece.max(1)) {
-            encoder.push(chunk);
+            collector.push(chunk);
         }
-        encoder.finish()
+        collector.finish()
     }
 
     #[test]
-    fn chunks_of_any_size_encode_as_the_whole() {
+    fn chunks_of_any_size_are_kept_as_the_whole() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
-        for len in [0, 1, 2, 3, 4, 5, 998, 1000] {
-            for piece in [1, 2, 3, 4, 7, 64, 1000] {
-                let PartKind::Image { base64, .. } = encoded(&data[..len], piece, 2000) else {
+        for len in [0, 1, 2, 3, 998, 1000] {
+            for piece in [1, 2, 3, 7, 64, 1000] {
+                let PartKind::Image { bytes } = collected(&data[..len], piece, 2000) else {
                     panic!("under the limit");
                 };
-                assert_eq!(base64, STANDARD.encode(&data[..len]), "{len} by {piece}");
+                assert_eq!(&bytes[..], &data[..len], "{len} by {piece}");
             }
         }
     }
 
     #[test]
-    fn the_type_comes_from_the_first_bytes_and_the_limit_counts_every_byte() {
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        png.extend([0u8; 40]);
-        let PartKind::Image { mime, .. } = encoded(&png, 3, 100) else {
-            panic!("under the limit");
-        };
-        assert_eq!(mime, "image/png");
-        let PartKind::Image { mime, .. } = encoded(b"hello", 3, 100) else {
-            panic!("under the limit");
-        };
-        assert_eq!(mime, "application/octet-stream");
+    fn the_limit_counts_every_byte() {
+        let png = [7u8; 48];
         assert!(matches!(
-            encoded(&png, 5, 47),
+            collected(&png, 5, 47),
             PartKind::TooLarge {
                 bytes: 48,
                 limit: 47
             }
         ));
-        assert!(matches!(encoded(&png, 5, 48), PartKind::Image { .. }));
+        assert!(matches!(collected(&png, 5, 48), PartKind::Image { .. }));
     }
 
     fn image_part(ordinal: usize, filename: &str) -> Part {
@@ -509,8 +473,7 @@ mod tests {
             ordinal,
             filename: Some(filename.to_string()),
             kind: PartKind::Image {
-                base64: format!("b64-{ordinal}"),
-                mime: "image/png",
+                bytes: Bytes::from(format!("part-{ordinal}")),
             },
         }
     }
@@ -557,7 +520,7 @@ mod tests {
                 (
                     i.custom_id.as_deref(),
                     i.post_id.as_deref(),
-                    i.image_base64.as_deref(),
+                    i.image_bytes.as_deref(),
                     i.part.as_ref().map(|p| p.label.as_str()),
                     i.part.as_ref().and_then(|p| p.id_stem.as_deref()),
                     i.part.as_ref().is_some_and(|p| p.refused.is_some()),
@@ -570,7 +533,7 @@ mod tests {
                 (
                     Some("bee"),
                     None,
-                    Some("b64-3"),
+                    Some(b"part-3".as_slice()),
                     Some("image part \"b.png\""),
                     Some("b"),
                     false
@@ -587,7 +550,7 @@ mod tests {
                 (
                     None,
                     Some("mine"),
-                    Some("b64-5"),
+                    Some(b"part-5".as_slice()),
                     Some("image part \"p2/c.png\""),
                     Some("p2:c"),
                     false
@@ -595,7 +558,7 @@ mod tests {
                 (
                     None,
                     Some("p1"),
-                    Some("b64-2"),
+                    Some(b"part-2".as_slice()),
                     Some("image part \"p1/a.png\""),
                     Some("p1:a"),
                     false

@@ -70,6 +70,7 @@ impl Fetcher {
                     image_url: Some(url),
                     image_base64: None,
                     data_url: None,
+                    image_bytes: None,
                     ..
                 } => Some((i, url.trim().to_owned())),
                 _ => None,

@@ -116,8 +116,14 @@ impl App {
         }
         tracing::info!(job = %id, added = intake.items.len(), total = job.counts.total, "items appended");
         count_intake(intake.items.len(), intake.rejected.len());
+        // Where the chunk really landed: another chunk may have been stored meanwhile.
+        let landed = job.counts.total - intake.items.len() as i64;
+        let mut rejected = intake.rejected;
+        for r in &mut rejected {
+            r.index += landed - first;
+        }
         let mut view = self.job_view(&job).await?;
-        view.rejected = intake.rejected;
+        view.rejected = rejected;
         Ok(view)
     }
 

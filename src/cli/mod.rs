@@ -76,6 +76,9 @@ pub struct SubmitArgs {
     /// server.max_body_bytes (64 MiB by default).
     #[arg(long, value_name = "N", default_value_t = upload::DEFAULT_CHUNK_BYTES)]
     pub chunk_bytes: u64,
+    /// Chunks uploaded at once: the service checks one while the next arrives.
+    #[arg(long, value_name = "N", default_value_t = upload::DEFAULT_PARALLEL)]
+    pub parallel: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,10 @@
 //! multipart (same Idempotency-Key on every attempt) → submit → with `--wait`/`--out`
 //! follow the events, write the results and print the summary line.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::client::read_json;
@@ -63,10 +67,21 @@ pub async fn run(args: SubmitArgs) -> Result<(), CliError> {
     );
     let mut uploaded = 0;
     let mut rejected = 0;
-    for (index, chunk) in plan.chunks.iter().enumerate() {
-        let chunk: Vec<&ImageFile> = chunk.iter().map(|&i| &images[i]).collect();
-        let answer = upload_chunk(&api, &id, index, &chunk, bar.bar()).await?;
-        uploaded += chunk.len();
+    // A few chunks in flight: the service checks and downscales one while the next one's
+    // bytes arrive. Answers are taken in chunk order.
+    let mut answers = futures::stream::iter(plan.chunks.iter().enumerate())
+        .map(|(index, chunk)| {
+            let chunk: Vec<&ImageFile> = chunk.iter().map(|&i| &images[i]).collect();
+            let (api, id, bar) = (&api, &id, bar.bar());
+            async move {
+                let answer = upload_chunk(api, id, index, &chunk, bar).await;
+                answer.map(|a| (index, chunk.len(), a))
+            }
+        })
+        .buffered(args.parallel.max(1));
+    while let Some(done) = answers.next().await {
+        let (index, sent, answer) = done?;
+        uploaded += sent;
         for r in answer["rejected"].as_array().into_iter().flatten() {
             rejected += 1;
             bar.println(format!(
@@ -118,7 +133,7 @@ pub async fn run(args: SubmitArgs) -> Result<(), CliError> {
 
 /// Sends one chunk to `POST /v1/jobs/{id}/items`, as often as the retry policy allows, with
 /// the chunk's own Idempotency-Key; answers the chunk answer. The bar counts the chunk's
-/// bytes once, however many attempts it takes.
+/// bytes once, however many attempts it takes (other chunks may be counting beside it).
 pub async fn upload_chunk(
     api: &Api,
     job_id: &str,
@@ -128,14 +143,18 @@ pub async fn upload_chunk(
 ) -> Result<Value, CliError> {
     let path = format!("/v1/jobs/{job_id}/items");
     let key = chunk_key(job_id, index);
-    let start = bar.position();
+    // This chunk's bytes on the bar from the attempt under way.
+    let counted = Arc::new(AtomicU64::new(0));
     let resp = api
         .send(&path, |attempt| {
             if attempt > 0 {
-                bar.set_position(start);
+                bar.dec(counted.swap(0, Ordering::Relaxed));
             }
-            let counter = bar.clone();
-            let form = chunk_form(images, move |n| counter.inc(n));
+            let (bar, counted) = (bar.clone(), counted.clone());
+            let form = chunk_form(images, move |n| {
+                counted.fetch_add(n, Ordering::Relaxed);
+                bar.inc(n);
+            });
             let (path, key) = (&path, &key);
             async move {
                 Ok(api
@@ -179,10 +198,55 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::cli::{walk, Connection, RetryPolicy};
+    use crate::cli::{walk, Connection, RetryPolicy, SubmitArgs};
 
     /// Each request the stub server saw: its head and body.
     type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// Reads a request's head (through the blank line) and what of the body came with it.
+    async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+        let mut buf = Vec::new();
+        loop {
+            let mut piece = [0u8; 4096];
+            let read = conn.read(&mut piece).await.unwrap_or(0);
+            if read == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&piece[..read]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i + 4]).to_string();
+                return Some((head, buf[i + 4..].to_vec()));
+            }
+        }
+    }
+
+    /// Reads the rest of a body of the head's content-length (none: no body).
+    async fn read_body(conn: &mut tokio::net::TcpStream, head: &str, mut body: Vec<u8>) -> Vec<u8> {
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while body.len() < length {
+            let mut piece = vec![0u8; 65536];
+            let read = conn.read(&mut piece).await.unwrap();
+            assert!(read > 0, "body cut short");
+            body.extend_from_slice(&piece[..read]);
+        }
+        body
+    }
+
+    async fn answer(conn: &mut tokio::net::TcpStream, answer: &Value) {
+        let text = answer.to_string();
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        let _ = conn.write_all(reply.as_bytes()).await;
+    }
 
     /// A server that reads each request's head; the first connection is dropped after a
     /// few bytes of body, the later ones read the whole body and answer `answer`.
@@ -196,47 +260,17 @@ mod tests {
                 let Ok((mut conn, _)) = listener.accept().await else {
                     return;
                 };
-                let mut buf = Vec::new();
-                let head_end = loop {
-                    let mut piece = [0u8; 4096];
-                    let read = conn.read(&mut piece).await.unwrap_or(0);
-                    if read == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&piece[..read]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i + 4);
-                    }
+                let Some((head, start)) = read_head(&mut conn).await else {
+                    continue;
                 };
-                let Some(head_end) = head_end else { continue };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
                 if n == 0 {
                     log.lock().unwrap().push((head, Vec::new()));
                     drop(conn);
                     continue;
                 }
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .expect("a content-length: every part's length is known");
-                let mut body = buf[head_end..].to_vec();
-                while body.len() < length {
-                    let mut piece = vec![0u8; 65536];
-                    let read = conn.read(&mut piece).await.unwrap();
-                    assert!(read > 0, "body cut short");
-                    body.extend_from_slice(&piece[..read]);
-                }
+                let body = read_body(&mut conn, &head, start).await;
                 log.lock().unwrap().push((head, body));
-                let text = answer.to_string();
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
+                self::answer(&mut conn, &answer).await;
             }
         });
         (base, seen)
@@ -280,6 +314,10 @@ mod tests {
             assert!(head.contains(&key), "{head}");
             assert!(head.contains("authorization: bearer sk-cli"), "{head}");
             assert!(head.contains("content-type: multipart/form-data; boundary="));
+            assert!(
+                head.contains("content-length: "),
+                "every part's length is known: {head}"
+            );
         }
         let body = &seen[1].1;
         let text = String::from_utf8_lossy(body);
@@ -309,6 +347,90 @@ mod tests {
             jpeg.len() as u64 + 13,
             "bytes counted once across attempts"
         );
+    }
+
+    /// A service that answers items chunks in groups of `parallel`: a chunk is answered
+    /// once its group has all arrived (or after 10 s, so a client that sends one at a time
+    /// still ends). Answers the most chunks it saw in flight at once.
+    async fn chunks_in_flight(parallel: usize, chunks: usize) -> usize {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        // Chunks arrived so far (only grows), and chunks read but not answered.
+        let arrived = Arc::new(tokio::sync::watch::channel(0usize).0);
+        let flight = Arc::new(Mutex::new((0usize, 0usize)));
+        let (seen, count) = (flight.clone(), arrived.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (seen, count) = (seen.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Some((head, start)) = read_head(&mut conn).await else {
+                        return;
+                    };
+                    read_body(&mut conn, &head, start).await;
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    if !line.contains("/items ") {
+                        let reply = json!({"id": "j1", "status": "open"});
+                        return answer(&mut conn, &reply).await;
+                    }
+                    {
+                        let mut f = seen.lock().unwrap();
+                        f.0 += 1;
+                        f.1 = f.1.max(f.0);
+                    }
+                    let mut mine = 0;
+                    count.send_modify(|n| {
+                        mine = *n;
+                        *n += 1;
+                    });
+                    let group_full = (mine / parallel + 1) * parallel;
+                    let mut rx = count.subscribe();
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        rx.wait_for(|&n| n >= group_full),
+                    )
+                    .await;
+                    // Out of flight before the client can send its next chunk.
+                    seen.lock().unwrap().0 -= 1;
+                    answer(&mut conn, &json!({"rejected": []})).await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..chunks {
+            let jpeg: Vec<u8> = [0xff, 0xd8, 0xff, 0xe0]
+                .into_iter()
+                .chain([0; 2000])
+                .collect();
+            std::fs::write(dir.path().join(format!("{i}.jpg")), jpeg).unwrap();
+        }
+        let args = SubmitArgs {
+            paths: vec![dir.path().to_path_buf()],
+            conn: Connection {
+                url: base,
+                key: None,
+            },
+            name: None,
+            model: None,
+            detail: None,
+            mode: None,
+            wait: false,
+            out: None,
+            // One image per chunk.
+            chunk_bytes: 4000,
+            parallel,
+        };
+        tokio::time::timeout(Duration::from_secs(60), run(args))
+            .await
+            .expect("the upload ends")
+            .unwrap();
+        let most = flight.lock().unwrap().1;
+        most
+    }
+
+    #[tokio::test]
+    async fn chunks_go_up_side_by_side_as_many_as_asked() {
+        assert_eq!(chunks_in_flight(2, 4).await, 2);
+        assert_eq!(chunks_in_flight(3, 6).await, 3);
     }
 
     #[tokio::test]

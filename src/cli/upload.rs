@@ -15,6 +15,10 @@ use super::CliError;
 /// 8 MiB of headroom for part headers, the `job` part and proxies that count differently.
 pub const DEFAULT_CHUNK_BYTES: u64 = 56 * 1024 * 1024;
 
+/// Chunks in flight by default: two keep the service's cores busy (one chunk's images are
+/// checked while the next one's bytes arrive) without holding many chunks in its memory.
+pub const DEFAULT_PARALLEL: usize = 2;
+
 /// What a request carries besides its images: the multipart preamble and the `job` part's
 /// braces and the closing boundary.
 pub const REQUEST_OVERHEAD: u64 = 1024;

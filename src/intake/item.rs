@@ -46,6 +46,9 @@ pub(super) enum Source {
     /// The payload and the `mime_type` given with it, if any.
     Base64(String, Option<String>),
     DataUrl(String),
+    /// An uploaded file's bytes (multipart); rejections read `image_base64: …` as for
+    /// decoded base64, and the caller names the part instead.
+    Bytes(bytes::Bytes),
     /// An `image_url` batchlens downloaded (`fetch: "inline"`), already checked.
     Fetched(FetchedImage),
 }
@@ -91,13 +94,15 @@ pub(super) fn take_source(input: &mut ItemInput) -> Result<Source, Reject> {
     let url = input.image_url.take();
     let b64 = input.image_base64.take();
     let data = input.data_url.take();
-    match (url, b64, data) {
-        (Some(u), None, None) => Ok(match input.fetched.take() {
+    let raw = input.image_bytes.take();
+    match (url, b64, data, raw) {
+        (Some(u), None, None, None) => Ok(match input.fetched.take() {
             Some(fetched) => Source::Fetched(fetched),
             None => Source::Url(u),
         }),
-        (None, Some(b), None) => Ok(Source::Base64(b, input.mime_type.take())),
-        (None, None, Some(d)) => Ok(Source::DataUrl(d)),
+        (None, Some(b), None, None) => Ok(Source::Base64(b, input.mime_type.take())),
+        (None, None, Some(d), None) => Ok(Source::DataUrl(d)),
+        (None, None, None, Some(bytes)) => Ok(Source::Bytes(bytes)),
         _ => Err(Reject::item(
             "give exactly one of image_url, image_base64 or data_url",
         )),
@@ -116,6 +121,8 @@ pub(super) fn check_image(source: &Source, limits: &IntakeLimits) -> Result<Chec
             })
             .map_err(|r| Reject::image(format!("image_url: {r}"))),
         Source::Base64(b, mime) => check_inline(b, limits, ("mime_type", mime.as_deref()))
+            .map_err(|r| Reject::image(format!("image_base64: {r}"))),
+        Source::Bytes(bytes) => check_bytes(bytes, None, limits, ("image_base64", None))
             .map_err(|r| Reject::image(format!("image_base64: {r}"))),
         Source::DataUrl(d) => data_url_payload(d)
             .and_then(|(mime, payload)| check_inline(payload, limits, ("data_url", Some(mime))))

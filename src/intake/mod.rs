@@ -72,6 +72,10 @@ pub struct ItemInput {
     // "inline"`), and then the item's image.
     #[serde(skip)]
     pub fetched: Option<FetchedImage>,
+    /// Never in a body: an uploaded file's bytes as they came (a multipart `image` part),
+    /// checked as `image_base64`'s decoded bytes are, without a base64 round trip.
+    #[serde(skip)]
+    pub image_bytes: Option<bytes::Bytes>,
 }
 
 /// The limits intake enforces on each item.

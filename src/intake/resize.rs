@@ -218,8 +218,15 @@ fn run_format(
     name: &str,
     size_for: impl Fn(u32, u32) -> Option<(u32, u32)>,
 ) -> Result<Option<Downscaled>, String> {
-    let decoded = decode(bytes, format, name)?;
-    let (w, h) = (decoded.pixels.width(), decoded.pixels.height());
+    let scaled = match format {
+        ImageFormat::Jpeg => decode_jpeg_scaled(bytes, &size_for),
+        _ => None,
+    };
+    let decoded = match scaled {
+        Some(decoded) => decoded,
+        None => decode(bytes, format, name)?,
+    };
+    let (w, h) = decoded.size;
     let turned = swaps_sides(decoded.orientation);
     let shown = if turned { (h, w) } else { (w, h) };
     let Some((tw, th)) = size_for(shown.0, shown.1) else {
@@ -267,9 +274,66 @@ fn swaps_sides(o: Orientation) -> bool {
 }
 
 struct Decoded {
+    /// At the image's size, or (JPEG decoded through its DCT at 1/2, 1/4 or 1/8) smaller,
+    /// but never smaller than the size it is resized to.
     pixels: DynamicImage,
+    /// The image's own width and height, as stored (before its EXIF rotation).
+    size: (u32, u32),
     orientation: Orientation,
     icc: Option<Vec<u8>>,
+}
+
+/// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2 or 1) that still covers the size
+/// `size_for` asks for: a 512 px target needs a quarter of a 1080×1350 photo's pixels, and
+/// the decoder skips the rest of the inverse DCT, upsampling and colour conversion. `None`
+/// when this path does not apply or fails (CMYK, 16-bit, a decoder error): the caller then
+/// decodes in full, with its own checks and messages.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    size_for: &impl Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Option<Decoded> {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(usize::try_from(MAX_DECODE_BYTES).ok()?);
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    if w > MAX_DECODE_SIDE || h > MAX_DECODE_SIDE {
+        return None;
+    }
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let turned = swaps_sides(orientation);
+    let (tw, th) = match size_for(if turned { h } else { w }, if turned { w } else { h }) {
+        Some((tw, th)) if turned => (th, tw),
+        Some(target) => target,
+        None => return None,
+    };
+    let (sw, sh) = decoder
+        .scale(u16::try_from(tw).ok()?, u16::try_from(th).ok()?)
+        .ok()?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    // Resizing must only shrink: a scale that lost a pixel in one direction is not used.
+    if sw < tw || sh < th {
+        return None;
+    }
+    let pixels = decoder.decode().ok()?;
+    let pixels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(RgbImage::from_raw(sw, sh, pixels)?)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(GrayImage::from_raw(sw, sh, pixels)?)
+        }
+        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => return None,
+    };
+    Some(Decoded {
+        pixels,
+        size: (w, h),
+        orientation,
+        icc: decoder.icc_profile(),
+    })
 }
 
 fn decode_limits() -> Limits {
@@ -329,6 +393,7 @@ fn decode(bytes: &[u8], format: ImageFormat, name: &str) -> Result<Decoded, Stri
     let icc = decoder.icc_profile().ok().flatten();
     let pixels = DynamicImage::from_decoder(decoder).map_err(failed)?;
     Ok(Decoded {
+        size: (pixels.width(), pixels.height()),
         pixels,
         orientation,
         icc,
@@ -660,9 +725,8 @@ mod tests {
         assert_eq!(downscale(&input, (999, 999)), Ok(None));
     }
 
-    #[test]
-    fn exif_rotation_is_applied_and_the_displayed_sides_are_targeted() {
-        // A 2000x1000 JPEG whose EXIF says "rotate 90°": it is shown 1000 wide, 2000 tall.
+    /// A `w`x`h` JPEG whose EXIF says "rotate 90°": it is shown `h` wide, `w` tall.
+    fn rotated_jpeg(w: u32, h: u32) -> Vec<u8> {
         let mut jpeg = Vec::new();
         let mut enc = JpegEncoder::new_with_quality(&mut jpeg, 90);
         let exif: Vec<u8> = [
@@ -674,18 +738,67 @@ mod tests {
         .concat();
         enc.set_exif_metadata(exif).unwrap();
         enc.write_image(
-            photo_rgb(2000, 1000).as_raw(),
-            2000,
-            1000,
+            photo_rgb(w, h).as_raw(),
+            w,
+            h,
             image::ExtendedColorType::Rgb8,
         )
         .unwrap();
+        jpeg
+    }
+
+    #[test]
+    fn exif_rotation_is_applied_and_the_displayed_sides_are_targeted() {
+        let jpeg = rotated_jpeg(2000, 1000);
         let out = downscale_for(&jpeg, &DownscaleTarget::new("gpt-4o", Detail::Low))
             .unwrap()
             .unwrap();
         assert_eq!((out.width, out.height), (256, 512));
         let img = decoded(&out.bytes);
         assert_eq!((img.width(), img.height()), (256, 512));
+    }
+
+    #[test]
+    fn a_jpeg_is_decoded_through_its_dct_at_the_smallest_scale_that_covers_the_target() {
+        let input = jpeg_photo(1080, 1350);
+        let at = |target: (u32, u32)| {
+            decode_jpeg_scaled(&input, &|_, _| Some(target)).map(|d| {
+                assert_eq!(d.size, (1080, 1350));
+                (d.pixels.width(), d.pixels.height())
+            })
+        };
+        assert_eq!(at((409, 512)), Some((540, 675)), "1/2");
+        assert_eq!(at((200, 250)), Some((270, 338)), "1/4");
+        assert_eq!(at((100, 120)), Some((135, 169)), "1/8");
+        assert_eq!(at((600, 750)), Some((1080, 1350)), "whole");
+        assert_eq!(at((1200, 1500)), None, "would enlarge");
+        // The EXIF rotation turns the target: 256x512 shown is 512x256 stored.
+        let rotated = rotated_jpeg(2000, 1000);
+        let d = decode_jpeg_scaled(&rotated, &|w, h| {
+            assert_eq!((w, h), (1000, 2000), "the displayed sides");
+            Some((256, 512))
+        })
+        .unwrap();
+        assert_eq!((d.pixels.width(), d.pixels.height()), (1000, 500));
+        assert_eq!(d.orientation, Orientation::Rotate90);
+    }
+
+    #[test]
+    fn the_dct_scaled_jpeg_looks_like_the_fully_decoded_one() {
+        let input = jpeg_photo(1080, 1350);
+        let out = downscale(&input, (409, 512)).unwrap().unwrap();
+        let full = decode(&input, ImageFormat::Jpeg, "JPEG").unwrap();
+        let reference = resize(full.pixels, (409, 512)).unwrap().into_rgb8();
+        let ours = decoded(&out.bytes).into_rgb8();
+        assert_eq!(ours.dimensions(), reference.dimensions());
+        let diff: u64 = ours
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum();
+        let mean = diff as f64 / ours.as_raw().len() as f64;
+        assert!(mean < 4.0, "mean difference {mean:.2} per channel");
     }
 
     #[test]

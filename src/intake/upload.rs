@@ -117,15 +117,11 @@ mod tests {
 
     use std::collections::HashSet;
 
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine as _;
-
     use crate::intake::{check_items, IntakeLimits, ItemInput};
 
     fn uploaded(label: &str, stem: Option<&str>, bytes: &[u8]) -> ItemInput {
         ItemInput {
-            image_base64: Some(STANDARD.encode(bytes)),
-            mime_type: Some("image/png".into()),
+            image_bytes: Some(bytes::Bytes::copy_from_slice(bytes)),
             part: Some(FromPart {
                 label: label.into(),
                 id_stem: stem.map(str::to_owned),
@@ -171,7 +167,7 @@ mod tests {
     #[test]
     fn rejections_name_the_part() {
         let mut refused = uploaded("part \"photo\"", Some("a"), b"");
-        refused.image_base64 = None;
+        refused.image_bytes = None;
         refused.part.as_mut().unwrap().refused = Some("not a part this endpoint takes".into());
         let inputs = vec![
             uploaded("image part \"notes.txt\"", Some("notes"), b"hello there"),
