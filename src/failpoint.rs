@@ -1,5 +1,6 @@
 //! Crash points for tests: with `BATCHLENS_FAILPOINTS=after_create_batch` (a comma-separated
-//! list of names) the process exits at once, with code 86 and no cleanup, as if killed,
+//! list of names; `after_create_job` is the other: a job stored, its answer not yet recorded
+//! for its Idempotency-Key) the process exits at once, with code 86 and no cleanup, as if killed,
 //! when it reaches that point. Tests use it to crash between two effects at a known place
 //! (a batch created at OpenAI, its id not yet stored) instead of killing at random times.
 //! Unset, each point costs one comparison against an empty list read once.

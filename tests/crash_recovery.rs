@@ -188,7 +188,71 @@ async fn a_key_held_by_a_killed_request_is_free_after_its_lease(kind: Db) {
     second.kill();
 }
 
-on_both!(a_key_held_by_a_killed_request_is_free_after_its_lease);
+on_both!(
+    a_key_held_by_a_killed_request_is_free_after_its_lease,
+    a_job_stored_before_a_crash_is_answered_to_the_retry
+);
+
+/// A job creation with an `Idempotency-Key` whose process dies (failpoint
+/// `after_create_job`) after the job is stored and before its answer is recorded: the
+/// retry answers that job (200, the same id) instead of creating a second one.
+async fn a_job_stored_before_a_crash_is_answered_to_the_retry(kind: Db) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let sim = SimServer::spawn(fast_sim()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let lease = ("BATCHLENS__SERVER__IDEMPOTENCY_LEASE_SECS", "1");
+    let body = json!({"mode": "batch", "items": mixed_items(3, 0)});
+    let post = |base: &str| {
+        http.post(format!("{base}/v1/jobs"))
+            .header("Idempotency-Key", "crashed-1")
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+    };
+
+    let failpoint = [lease, ("BATCHLENS_FAILPOINTS", "after_create_job")];
+    let mut first = Service::start(&db.url, &sim, data.path(), &failpoint).await;
+    first.wait_ready(&http).await;
+    let lost = post(&first.base).await;
+    assert!(lost.is_err(), "no answer from a crashed process: {lost:?}");
+    let status = first.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(
+        status.code(),
+        Some(batchlens::failpoint::EXIT_CODE),
+        "{status}"
+    );
+
+    let second = Service::start(&db.url, &sim, data.path(), &[lease]).await;
+    second.wait_ready(&http).await;
+    let stored = get(&http, format!("{}/v1/jobs", second.base)).await;
+    let stored = stored["data"].as_array().unwrap().clone();
+    assert_eq!(stored.len(), 1, "the job was stored: {stored:?}");
+    // Without the mark the retry would meet 409 until the lease lapsed, then run again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, job) = loop {
+        let r = post(&second.base).await.unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        if status != 409 {
+            break (status, answer);
+        }
+        assert!(Instant::now() < deadline, "key still held: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 200, "the stored job, not a new one: {job}");
+    assert_eq!(job["id"], stored[0]["id"], "{job}");
+    assert_eq!(job["progress"]["total"], 3, "{job}");
+    let r = post(&second.base).await.unwrap();
+    assert_eq!(r.status(), 200, "a replay");
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["id"], stored[0]["id"], "{again}");
+    let jobs = get(&http, format!("{}/v1/jobs", second.base)).await;
+    assert_eq!(jobs["data"].as_array().unwrap().len(), 1, "one job: {jobs}");
+    second.kill();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_killed_while_batches_are_in_flight() {

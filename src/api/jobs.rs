@@ -93,7 +93,8 @@ pub async fn create_job(
         fingerprint,
     } = upload;
     let work = async {
-        let view = JobView::from(state.app.submit(&tenant.0, req.into()).await?);
+        let submitted = state.app.submit(&tenant.0, req.into(), key.as_deref());
+        let view = JobView::from(submitted.await?);
         Ok((view.id, view))
     };
     match state

@@ -5,11 +5,11 @@
 //! The first request holds the key on a lease of `server.idempotency_lease_secs`, renewed
 //! every third of it while the request runs: a request whose process died mid-way (crash,
 //! SIGKILL) leaves a hold that lapses, so a retry after the lease runs the request instead
-//! of meeting 409 until the 24-hour expiry. A chunk's work marks the key with its job in
-//! the same transaction that stores the items, so a request that died after storing them
-//! and before recording its answer is not run again: a retry is answered with the job as
-//! it is now (`IdempotencyState::Committed`). (Job creation does not mark its key yet: a
-//! crash in that window of milliseconds, then a retry after the lease, makes a second job.)
+//! of meeting 409 until the 24-hour expiry. The work marks the key with its job in the
+//! transaction that stores it (job creation in `create_job_keyed`, a chunk in
+//! `append_items_keyed`), so a request that died after storing and before recording its
+//! answer is not run again: a retry is answered with the job as it is now
+//! (`IdempotencyState::Committed`), never with a second job or a chunk stored twice.
 
 use std::time::Duration;
 

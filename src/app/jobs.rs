@@ -20,8 +20,14 @@ const MAX_REJECTIONS_SHOWN: usize = 1000;
 
 impl App {
     /// Checks a job, stores it with its accepted items, and answers it with this
-    /// request's rejections.
-    pub async fn submit(&self, tenant: &str, req: JobInput) -> AppResult<JobSnapshot> {
+    /// request's rejections. With the `Idempotency-Key` the request holds, the key is
+    /// marked with the job in the transaction that creates it.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        req: JobInput,
+        idempotency_key: Option<&str>,
+    ) -> AppResult<JobSnapshot> {
         let spec = submit::check_spec(&self.settings, &req)?;
         let per_item = self.per_item_for(tenant, &spec).await?;
         let prepared = self.prepare(tenant, spec, req, per_item).await?;
@@ -33,8 +39,10 @@ impl App {
         self.check_budget(tenant, held, None).await?;
         let job = self
             .store
-            .create_job(&prepared.job, &prepared.intake.items)
+            .create_job_keyed(&prepared.job, &prepared.intake.items, idempotency_key)
             .await?;
+        // Stored and its key marked, the answer not yet recorded.
+        crate::failpoint::crash_if_armed("after_create_job");
         tracing::info!(
             job = %job.id, tenant = %job.tenant, status = %job.status, mode = %job.mode,
             items = job.counts.total, rejected = job.counts.rejected,

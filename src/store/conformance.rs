@@ -1612,6 +1612,28 @@ async fn idempotency_lifecycle(s: DynStore) {
     assert_eq!(begin("acme", "k5", "h1").await, committed);
     // Another tenant's key of the same name is not marked.
     assert_eq!(begin("globex", "k5", "h1").await, IdempotencyState::Started);
+
+    // A job created with its key marked, whose holder then died: the same.
+    assert_eq!(
+        s.idempotency_begin("acme", "k6", "h1", soon).await.unwrap(),
+        IdempotencyState::Started
+    );
+    let created = s
+        .create_job_keyed(
+            &new_job("acme", JobStatus::Queued, Mode::Batch, at(0)),
+            &[item("a", None)],
+            Some("k6"),
+        )
+        .await
+        .unwrap();
+    assert!(s.idempotency_renew("acme", "k6", past).await.unwrap());
+    let committed = IdempotencyState::Committed {
+        request_hash: "h1".into(),
+        job_id: created.id,
+    };
+    assert_eq!(begin("acme", "k6", "h1").await, committed);
+    s.idempotency_abort("acme", "k6").await.unwrap();
+    assert_eq!(begin("acme", "k6", "h1").await, committed);
 }
 
 async fn idempotency_concurrent_begin_starts_once(s: DynStore) {

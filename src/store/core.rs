@@ -194,6 +194,26 @@ impl<D: Dialect> Tx<D> {
         Ok(())
     }
 
+    /// Marks the in-flight `Idempotency-Key` of the request doing this transaction's work
+    /// with `job_id`: committed with that work, it tells a retry the work is done
+    /// (`IdempotencyState::Committed`) even if the answer was never recorded.
+    async fn mark_idempotency_key(
+        &mut self,
+        tenant: &str,
+        key: Option<&str>,
+        job_id: Uuid,
+    ) -> StoreResult<()> {
+        if let Some(key) = key {
+            self.exec(
+                "UPDATE idempotency_keys SET job_id = $3 \
+                 WHERE tenant = $1 AND key = $2 AND status = 'in_flight'",
+                args![tenant, key, job_id],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Moves a locked job to `to`, stamping `completed_at` when terminal, with its event.
     async fn set_status(&mut self, job_id: Uuid, to: JobStatus) -> StoreResult<()> {
         self.exec(
@@ -332,7 +352,12 @@ async fn move_shard_to_submitted<D: Dialect>(
 
 #[async_trait]
 impl<D: Dialect> JobStore for D {
-    async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job> {
+    async fn create_job_keyed(
+        &self,
+        job: &NewJob,
+        items: &[NewItem],
+        idempotency_key: Option<&str>,
+    ) -> StoreResult<Job> {
         if let Some(dup) = common::duplicate_custom_id(items) {
             return Err(StoreError::DuplicateCustomId(dup.to_string()));
         }
@@ -381,6 +406,8 @@ impl<D: Dialect> JobStore for D {
             tx.set_status(job.id, to).await?;
             created = tx.lock_job(None, job.id).await?;
         }
+        tx.mark_idempotency_key(&job.tenant, idempotency_key, job.id)
+            .await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -428,14 +455,8 @@ impl<D: Dialect> JobStore for D {
         let job = tx
             .apply_delta(job_id, &JobDelta::for_new_items(items))
             .await?;
-        if let Some(key) = idempotency_key {
-            tx.exec(
-                "UPDATE idempotency_keys SET job_id = $3 \
-                 WHERE tenant = $1 AND key = $2 AND status = 'in_flight'",
-                args![tenant, key, job_id],
-            )
+        tx.mark_idempotency_key(tenant, idempotency_key, job_id)
             .await?;
-        }
         tx.commit().await?;
         Ok(job)
     }

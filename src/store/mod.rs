@@ -364,7 +364,19 @@ pub mod prelude {
 pub trait JobStore: Send + Sync {
     /// Creates the job and its items (positions 0..n in the given order) in one
     /// transaction, with counters set from the items' statuses.
-    async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job>;
+    async fn create_job(&self, job: &NewJob, items: &[NewItem]) -> StoreResult<Job> {
+        self.create_job_keyed(job, items, None).await
+    }
+
+    /// `create_job` for a request holding `idempotency_key` (in flight, the job's
+    /// tenant's): the key is marked with the new job in the same transaction, as
+    /// `append_items_keyed` marks a chunk's.
+    async fn create_job_keyed(
+        &self,
+        job: &NewJob,
+        items: &[NewItem],
+        idempotency_key: Option<&str>,
+    ) -> StoreResult<Job>;
 
     /// Appends items to an `open` job of this tenant (positions continue after the last).
     /// `Conflict` when the job is not open, `DuplicateCustomId` when a custom_id is taken,
