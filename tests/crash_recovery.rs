@@ -91,6 +91,29 @@ async fn killed_while_batches_are_in_flight(kind: Db) {
     second.kill();
 }
 
+/// Sends `post` until it is not a 409 (a key held by a dead request, until its lease
+/// lapses; 30 s at most); answers its status and body.
+async fn past_the_hold<F, Fut>(post: F) -> (u16, Value)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post().await.unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        if status != 409 {
+            return (status, answer);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead request's key still held after 30 s: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A request holding an `Idempotency-Key` when its process is killed (SIGKILL, while it
 /// fetches an image that never comes): after the restart the key is not held forever. A
 /// retry is a 409 while the dead hold's lease (`server.idempotency_lease_secs`, 2 s here)
@@ -157,20 +180,7 @@ async fn a_key_held_by_a_killed_request_is_free_after_its_lease(kind: Db) {
 
     let second = Service::start(&db.url, &sim, data.path(), &extra).await;
     second.wait_ready(&http).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, job) = loop {
-        let r = post(&second.base).await.unwrap();
-        let status = r.status().as_u16();
-        let answer: Value = r.json().await.unwrap();
-        if status != 409 {
-            break (status, answer);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the dead request's key still held after 30 s: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, job) = past_the_hold(|| post(&second.base)).await;
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["progress"]["total"], 1, "{job}");
     assert_eq!(job["rejected"], json!([]), "{job}");
@@ -231,17 +241,7 @@ async fn a_job_stored_before_a_crash_is_answered_to_the_retry(kind: Db) {
     let stored = stored["data"].as_array().unwrap().clone();
     assert_eq!(stored.len(), 1, "the job was stored: {stored:?}");
     // Without the mark the retry would meet 409 until the lease lapsed, then run again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, job) = loop {
-        let r = post(&second.base).await.unwrap();
-        let status = r.status().as_u16();
-        let answer: Value = r.json().await.unwrap();
-        if status != 409 {
-            break (status, answer);
-        }
-        assert!(Instant::now() < deadline, "key still held: {answer}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, job) = past_the_hold(|| post(&second.base)).await;
     assert_eq!(status, 200, "the stored job, not a new one: {job}");
     assert_eq!(job["id"], stored[0]["id"], "{job}");
     assert_eq!(job["progress"]["total"], 3, "{job}");
