@@ -11,7 +11,6 @@
 //! skip the baseline). The photos are generated once and kept under
 //! `target/bench-photos/`. Asserts nothing about time.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,20 +138,8 @@ impl Service {
             .expect("the batchlens binary starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the address, then keeps draining so the service never blocks on its log.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["message"] == "batchlens listening" {
-                    if let (Some(tx), Some(addr)) = (tx.take(), entry["addr"].as_str()) {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
+        testkit::on_listening_addr(stdout, move |addr| {
+            let _ = tx.send(addr);
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(60))

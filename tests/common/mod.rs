@@ -493,21 +493,8 @@ impl Service {
         let mut child = cmd.spawn().expect("the batchlens binary starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // Reads the address, then keeps draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["message"] == "batchlens listening" {
-                    if let (Some(tx), Some(addr)) = (tx.take(), entry["addr"].as_str()) {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
+        testkit::on_listening_addr(stdout, move |addr| {
+            let _ = tx.send(addr);
         });
         let addr = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
