@@ -255,6 +255,83 @@ mod tests {
     }
 
     #[test]
+    fn output_length_is_borrowed_from_the_models_other_details() {
+        let samples = [
+            UsageSample {
+                output_tokens: 40,
+                ..sample("gpt-4o", Detail::High, None, 0)
+            },
+            UsageSample {
+                output_tokens: 80,
+                ..sample("gpt-4o", Detail::Auto, Some((512, 512)), 100)
+            },
+        ];
+        let cal = Calibration::from_samples(&samples, 2);
+        // Neither detail has two items of its own; together they do: (40 + 80) / 2.
+        assert_eq!(cal.output_tokens("gpt-4o", Detail::Low), Some(60));
+        assert_eq!(cal.output_tokens("gpt-4o", Detail::High), Some(60));
+        // Only one of them knows its image's size: not enough for an overhead.
+        assert_eq!(cal.overhead_tokens("gpt-4o", Detail::Low), None);
+        let p = cal.per_item("gpt-4o", Detail::Low, 700, 90);
+        assert_eq!(
+            (
+                p.basis,
+                p.overhead_tokens,
+                p.output_tokens,
+                p.observed_items
+            ),
+            (Basis::Formula, 700, 60, 0)
+        );
+    }
+
+    #[test]
+    fn negative_usage_is_ignored_and_zero_usage_counts() {
+        let mut samples = vec![
+            UsageSample {
+                output_tokens: -1,
+                ..sample("gpt-4o", Detail::Low, Some((512, 512)), 500)
+            },
+            UsageSample {
+                input_tokens: -1,
+                ..sample("gpt-4o", Detail::Low, Some((512, 512)), 500)
+            },
+        ];
+        assert_eq!(
+            Calibration::from_samples(&samples, 1).output_tokens("gpt-4o", Detail::Low),
+            None
+        );
+        // An answer of zero tokens and an input billed at exactly zero are data.
+        samples.push(UsageSample {
+            input_tokens: 0,
+            output_tokens: 0,
+            ..sample("gpt-4o", Detail::Low, Some((512, 512)), 0)
+        });
+        samples.push(sample("gpt-4o", Detail::Low, Some((512, 512)), 10));
+        let cal = Calibration::from_samples(&samples, 2);
+        assert_eq!(cal.output_tokens("gpt-4o", Detail::Low), Some(30));
+        // Low detail on gpt-4o is 85 tokens: overheads of -85 and 10.
+        assert_eq!(cal.overhead_tokens("gpt-4o", Detail::Low), Some((-38, 2)));
+    }
+
+    #[test]
+    fn an_image_of_unknown_or_zero_size_teaches_the_output_only() {
+        let samples = [
+            sample("gpt-4o", Detail::Low, Some((0, 512)), 0),
+            sample("gpt-4o", Detail::Low, Some((512, 0)), 0),
+            sample("gpt-4o", Detail::Low, None, 0),
+        ];
+        let cal = Calibration::from_samples(&samples, 1);
+        assert_eq!(cal.output_tokens("gpt-4o", Detail::Low), Some(60));
+        assert_eq!(cal.overhead_tokens("gpt-4o", Detail::Low), None);
+    }
+
+    #[test]
+    fn bases_have_their_wire_names() {
+        assert_eq!(Basis::Formula.as_str(), "formula");
+        assert_eq!(Basis::Observed.as_str(), "observed");
+    }
+
+    #[test]
     fn a_lower_billing_than_the_formula_is_a_negative_overhead() {
         let samples = [sample("gpt-4o", Detail::Low, Some((512, 512)), -20)];
         let cal = Calibration::from_samples(&samples, 1);

@@ -171,4 +171,25 @@ mod tests {
         let nano = all.iter().find(|e| e.model == "gpt-4.1-nano").unwrap();
         assert_eq!(nano.input_tokens, 10 * (100 + 2520));
     }
+
+    #[test]
+    fn every_model_gets_its_own_per_item_figures() {
+        let prices = PriceTable::defaults();
+        let images = [(512, 512); 2];
+        let base = input("ignored", Detail::Low, &images);
+        // Each model's history says something else: 10 tokens of overhead per letter of
+        // its name, an observed output of 7.
+        let all = estimate_all_models(&prices, &base, |model| PerItem {
+            overhead_tokens: 10 * model.len() as i64,
+            output_tokens: 7,
+            basis: Basis::Observed,
+            observed_items: 3,
+        });
+        let gpt_5 = all.iter().find(|e| e.model == "gpt-5").unwrap();
+        assert_eq!(gpt_5.input_tokens, 2 * (50 + 70));
+        assert_eq!(gpt_5.output_tokens, 2 * 7);
+        assert_eq!(gpt_5.basis, Basis::Observed);
+        let mini = all.iter().find(|e| e.model == "gpt-4o-mini").unwrap();
+        assert_eq!(mini.input_tokens, 2 * (110 + 2833));
+    }
 }

@@ -252,6 +252,9 @@ mod tests {
         // The documented procedure snaps the width only, so a landscape image is not the
         // mirror of its portrait: 45.26×33.94 → 45×33.75 → 45×34 patches.
         assert_eq!(patch_count(2400, 1800, 1536), 1530);
+        // 30.36×50.60 snaps to 30×50 patches, computed as 50.00000000000001: float noise
+        // must not round it up to 51.
+        assert_eq!(patch_count(1800, 3000, 1536), 1500);
         assert_eq!(image_tokens("gpt-4.1-mini", 1800, 2400, Detail::High), 2353);
         assert_eq!(patch_count(128, 64, 1536), 8);
         assert_eq!(image_tokens("gpt-4.1-mini", 128, 64, Detail::Auto), 13);

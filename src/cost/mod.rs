@@ -87,6 +87,8 @@ mod tests {
             "gpt-4o-mini-2024-7-18x"
         );
         assert_eq!(strip_snapshot_date("2024-07-18"), "2024-07-18");
+        // The suffix is the last 11 bytes: a name that is nothing else has no family left.
+        assert_eq!(strip_snapshot_date("-2024-07-18"), "");
     }
 
     #[test]

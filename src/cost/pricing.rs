@@ -463,6 +463,11 @@ mod tests {
             "six-decimals".to_string(),
             price([0.123456, 0.0, 0.000001, 0.0, 0.0, 0.0]),
         );
+        // The bounds themselves are allowed: free, and at most 1000000 USD per 1M tokens.
+        o.insert(
+            "bounds".to_string(),
+            price([MAX_PRICE, 0.0, 0.0, 0.0, 0.0, 0.0]),
+        );
         PriceTable::defaults()
             .with_overrides(&o)
             .validate()

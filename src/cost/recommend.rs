@@ -293,12 +293,7 @@ mod tests {
             (Detail::Low, vec![est("a", Some(300)), est("b", Some(200))]),
             (Detail::High, vec![est("a", Some(900)), est("b", Some(100))]),
         ];
-        let r = recommend(
-            &by_detail,
-            &Modes::batch_and_individual(),
-            asked("a", Detail::Low, Mode::Individual),
-        )
-        .unwrap();
+        let r = among_batch_and_individual(&by_detail, asked("a", Detail::Low, Mode::Individual));
         assert_eq!(
             (r.model.as_str(), r.detail, r.mode),
             ("b", Detail::High, "batch")
@@ -324,12 +319,7 @@ mod tests {
             (Detail::Low, vec![est("a", Some(100)), est("z", None)]),
             (Detail::High, vec![est("a", Some(100)), est("b", Some(100))]),
         ];
-        let r = recommend(
-            &by_detail,
-            &Modes::batch_and_individual(),
-            asked("b", Detail::High, Mode::Batch),
-        )
-        .unwrap();
+        let r = among_batch_and_individual(&by_detail, asked("b", Detail::High, Mode::Batch));
         assert_eq!(
             (r.model.as_str(), r.detail, r.mode),
             ("b", Detail::High, "batch")
@@ -391,6 +381,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.model.as_str(), r.mode), ("a", "batch"));
+    }
+
+    /// The recommendation among batch and individual calls.
+    fn among_batch_and_individual(
+        by_detail: &[(Detail, Vec<Estimate>)],
+        asked: Asked,
+    ) -> Recommendation {
+        recommend(by_detail, &Modes::batch_and_individual(), asked).unwrap()
+    }
+
+    /// Prices of whole micro-dollars, so that the amounts in the reason tell them apart.
+    fn priced(model: &str, batch: PicoUsd, individual: PicoUsd) -> Estimate {
+        Estimate {
+            individual: Some(individual),
+            ..est(model, Some(batch))
+        }
+    }
+
+    #[test]
+    fn the_reason_prices_the_alternatives() {
+        let by_detail = vec![
+            (
+                Detail::Low,
+                vec![
+                    priced("a", 3_000_000, 6_000_000),
+                    priced("b", 1_000_000, 2_000_000),
+                ],
+            ),
+            (
+                Detail::High,
+                vec![
+                    priced("a", 5_000_000, 9_000_000),
+                    priced("b", 7_000_000, 8_000_000),
+                ],
+            ),
+        ];
+        let r = among_batch_and_individual(&by_detail, asked("a", Detail::Low, Mode::Individual));
+        assert_eq!(
+            r.why,
+            "b at detail low in batch mode costs $0.000001 for 10 images: the cheapest of 2 \
+             priced models, 2 details and the modes batch, individual; individual calls would \
+             cost $0.000002 ($0.000001 more); the body as sent (a at detail low in individual \
+             mode) would cost $0.000006"
+        );
+        // Asked at high detail in batch: that body's own price, and the change of detail.
+        let r = among_batch_and_individual(&by_detail, asked("a", Detail::High, Mode::Batch));
+        assert!(
+            r.why.contains(
+                "; the body as sent (a at detail high in batch mode) would cost $0.000005; \
+                 detail low sees the image differently from high"
+            ),
+            "{}",
+            r.why
+        );
+    }
+
+    #[test]
+    fn individual_calls_are_compared_only_when_they_cost_more() {
+        // A price table where standard prices equal batch ones: nothing to compare.
+        let by_detail = vec![(Detail::Low, vec![priced("a", 1_000_000, 1_000_000)])];
+        let r = among_batch_and_individual(&by_detail, asked("a", Detail::Low, Mode::Batch));
+        assert_eq!(r.mode, "batch");
+        assert!(!r.why.contains("individual calls would cost"), "{}", r.why);
+        // Individual calls recommended: they are not compared with themselves.
+        let modes = Modes {
+            run: vec![INDIVIDUAL],
+            flex_models: Vec::new(),
+        };
+        let by_detail = vec![(Detail::Low, vec![priced("a", 1_000_000, 2_000_000)])];
+        let r = recommend(
+            &by_detail,
+            &modes,
+            asked("a", Detail::Low, Mode::Individual),
+        )
+        .unwrap();
+        assert_eq!((r.mode, r.cost), ("individual", 2_000_000));
+        assert!(!r.why.contains("individual calls would cost"), "{}", r.why);
+        assert!(!r.why.contains("earlier analyses"), "{}", r.why);
+    }
+
+    #[test]
+    fn an_unpriced_model_asked_for_is_said_to_have_no_price() {
+        let by_detail = vec![(Detail::Low, vec![est("z", None), est("a", Some(100))])];
+        let r = among_batch_and_individual(&by_detail, asked("z", Detail::Low, Mode::Batch));
+        assert_eq!(r.model, "a");
+        assert!(r.why.ends_with("; z has no price"), "{}", r.why);
     }
 
     #[test]

@@ -219,6 +219,50 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_fills_up_to_its_caps_exactly() {
+        // 4 lines of 100 + 10 bytes fill 440 bytes to the byte; a fifth starts a new shard.
+        let cut = plan(&items(&[100; 5]), 100, 440, 10);
+        assert_eq!(cut, vec![vec![0, 1, 2, 3], vec![4]]);
+        // Tokens: 4 items of 250 fill 1,000.
+        let caps = Caps {
+            max_tokens: Some(1_000),
+            ..caps(100, 1_000_000, 0)
+        };
+        let cut = super::plan(&items(&[1; 5]), &caps, |_| 250);
+        assert_eq!(cut, vec![vec![0, 1, 2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn without_a_token_limit_tokens_are_not_estimated() {
+        let cut = super::plan(&items(&[1; 3]), &caps(100, 1_000_000, 0), |_| {
+            panic!("no limit, no estimate")
+        });
+        assert_eq!(cut, vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn only_positive_known_dimensions_are_dimensions() {
+        let item = |width, height| PlanItem {
+            position: 0,
+            image_bytes: 1,
+            width,
+            height,
+            run_mode: None,
+        };
+        assert_eq!(dims(&item(Some(640), Some(480))), Some((640, 480)));
+        assert_eq!(dims(&item(Some(1), Some(1))), Some((1, 1)));
+        for (w, h) in [
+            (None, Some(480)),
+            (Some(640), None),
+            (Some(0), Some(480)),
+            (Some(640), Some(0)),
+            (Some(-1), Some(480)),
+        ] {
+            assert_eq!(dims(&item(w, h)), None, "{w:?}x{h:?}");
+        }
+    }
+
+    #[test]
     fn nothing_to_plan_gives_no_shard() {
         assert!(plan(&[], 10, 10, 0).is_empty());
     }

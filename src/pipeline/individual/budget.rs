@@ -186,6 +186,13 @@ mod tests {
         assert!(took >= 1.6, "{took}");
     }
 
+    #[tokio::test]
+    async fn a_budget_names_its_account_by_the_hash() {
+        let (store, _, _) = two_replicas(60).await;
+        let budget = StoreBudget::new(store, "http://sim", "sk");
+        assert_eq!(budget.account(), account_key("http://sim", "sk"));
+    }
+
     /// A 429 one replica gets pauses the other.
     #[tokio::test]
     async fn a_pause_on_one_replica_holds_the_other() {

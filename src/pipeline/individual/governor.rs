@@ -468,23 +468,118 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pause_lasts_its_retry_after_and_a_shorter_one_never_cuts_it() {
+        let g = governor(6_000, 1_000_000);
+        let within = |took: Duration, secs: u64| {
+            let secs = Duration::from_secs(secs);
+            assert!(
+                took >= secs && took < secs + Duration::from_millis(100),
+                "{took:?}"
+            );
+        };
+        g.pause("m", Duration::from_secs(5)).await;
+        // A 429 that says 1 s, arriving after one that said 5 s.
+        g.pause("m", Duration::from_secs(1)).await;
+        let start = Instant::now();
+        g.acquire("m", 1).await;
+        within(start.elapsed(), 5);
+        // One that says longer extends it.
+        g.pause("m", Duration::from_secs(2)).await;
+        g.pause("m", Duration::from_secs(4)).await;
+        let start = Instant::now();
+        g.acquire("m", 1).await;
+        within(start.elapsed(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_waits_out_a_pause_that_began_after_acquire() {
+        let g = governor(6_000, 1_000_000);
+        g.acquire("m", 1).await;
+        let start = Instant::now();
+        assert!(!g.hold("m").await, "no pause: nothing to wait for");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        g.pause("m", Duration::from_secs(3)).await;
+        assert!(g.hold("m").await);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_millis(3_100),
+            "{took:?}"
+        );
+        // Over: no second wait, and another model never was paused.
+        assert!(!g.hold("m").await);
+        assert!(!g.hold("other").await);
+        assert_eq!(start.elapsed(), took);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_governor_lets_everything_through() {
+        let g = Governor::disabled();
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(g.acquire("m", 1_000).await, 1_000);
+        }
+        // Nothing is learnt: the estimate stays what the caller said.
+        g.settle("m", 1_000, 1_000, 4_000).await;
+        g.observe("m", &reading(1, 0, Duration::from_secs(60)))
+            .await;
+        assert_eq!(g.acquire("m", 1_000).await, 1_000);
+        assert!(!g.hold("m").await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A 429 holds only the caller that got it, as a plain client would.
+        g.pause("m", Duration::from_secs(3)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(!g.hold("m").await);
+        g.acquire("m", 1).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    /// The account's limits as OpenAI's `x-ratelimit-limit-*` headers give them.
+    fn account_limits(requests: u64, tokens: u64) -> RateLimitHeaders {
+        RateLimitHeaders {
+            limit_requests: Some(requests),
+            limit_tokens: Some(tokens),
+            ..RateLimitHeaders::default()
+        }
+    }
+
+    /// Seconds `n` calls of `tokens` take to acquire, one after the other.
+    async fn time_to_acquire(g: &Governor, n: usize, tokens: u32) -> f64 {
+        let start = Instant::now();
+        for _ in 0..n {
+            g.acquire("m", tokens).await;
+        }
+        start.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_limit_is_ignored_and_a_lower_token_limit_binds() {
+        let g = governor(6_000, 60_000);
+        g.observe("m", &account_limits(0, 0)).await;
+        // Still 6,000 RPM and 60,000 TPM: 12 requests go at once (of a burst of 120).
+        let took = time_to_acquire(&g, 12, 1).await;
+        assert!(took < 0.05, "{took}");
+        // The account allows 6,000 TPM: a burst of 120 tokens, 96 more a second, so three
+        // calls of 96 take 0 s, 0.75 s and 1 s.
+        g.observe("m", &account_limits(6_000, 6_000)).await;
+        let took = time_to_acquire(&g, 3, 96).await;
+        assert!((1.7..=1.85).contains(&took), "{took}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_a_call_estimated_at_zero_teaches_nothing() {
+        let g = governor(100_000, 6_000_000);
+        g.settle("m", 0, 0, 500).await;
+        assert_eq!(g.acquire("m", 100).await, 100);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_account_limit_in_the_headers_wins_when_lower() {
         let g = governor(6_000, 1_000_000);
         g.acquire("m", 1).await;
-        let headers = RateLimitHeaders {
-            limit_requests: Some(60),
-            limit_tokens: Some(10_000_000),
-            ..RateLimitHeaders::default()
-        };
-        g.observe("m", &headers).await;
-        let start = Instant::now();
-        for _ in 0..30 {
-            g.acquire("m", 1).await;
-        }
+        g.observe("m", &account_limits(60, 10_000_000)).await;
         // A burst of 1.2 at most (2% of the real minute), then 0.96 a second.
-        let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_secs(29), "{elapsed:?}");
-        assert!(elapsed <= Duration::from_secs(32), "{elapsed:?}");
+        let took = time_to_acquire(&g, 30, 1).await;
+        assert!((29.0..=32.0).contains(&took), "{took}");
     }
 
     fn reading(limit: u64, remaining: u64, reset: Duration) -> RateLimitHeaders {
