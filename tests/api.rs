@@ -25,6 +25,18 @@ pub async fn problem(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// The problem `r` answers, asserting its status and its type (`…/problems/{kind}`).
+pub async fn expect_problem(r: reqwest::Response, status: u16, kind: &str) -> Value {
+    let (got, body) = problem(r).await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("https://batchlens.dev/problems/{kind}"),
+        "{body}"
+    );
+    body
+}
+
 /// An application whose `server.max_body_bytes` is 100000.
 pub(crate) async fn with_body_limit_100000(db: Db) -> Option<TestApp> {
     TestApp::spawn(
@@ -64,8 +76,8 @@ async fn errors_are_problems_that_name_the_field(db: Db) {
     assert_eq!(s, 422);
     assert_eq!(p["errors"][0]["field"], "items[0].image_url");
     assert!(p["detail"].as_str().unwrap().contains("https"));
-    let (s, _) = problem(post(r#"{"items": []}"#).await.unwrap()).await;
-    assert_eq!(s, 422);
+    let p = expect_problem(post(r#"{"items": []}"#).await.unwrap(), 422, "validation").await;
+    assert_eq!(p["errors"][0]["field"], "items", "{p}");
     let (s, p) = problem(
         post(r#"{"analyzer": {"prompt": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}, "items": [{"image_url": "https://x.test/a.jpg"}]}"#)
             .await
@@ -107,25 +119,26 @@ async fn errors_are_problems_that_name_the_field(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 415);
+    expect_problem(r, 415, "unsupported-media-type").await;
     let r = app.http.get(app.url("/v2/nothing")).send().await.unwrap();
-    assert_eq!(problem(r).await.0, 404);
+    expect_problem(r, 404, "not-found").await;
     let r = app
         .http
         .get(app.url("/v1/jobs/0193a0a0-0000-7000-8000-000000000000"))
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 404);
+    expect_problem(r, 404, "not-found").await;
     let r = app.http.delete(app.url("/v1/jobs")).send().await.unwrap();
-    assert_eq!(problem(r).await.0, 405);
+    expect_problem(r, 405, "method-not-allowed").await;
     let r = app
         .http
         .get(app.url("/v1/jobs?limit=0"))
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 400);
+    let p = expect_problem(r, 400, "bad-request").await;
+    assert_eq!(p["errors"][0]["field"], "limit", "{p}");
     // Nothing was stored by any of these.
     let (_, list) = app.get("/v1/jobs").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
@@ -159,7 +172,7 @@ async fn keys_scope_jobs_to_their_tenant(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 401);
+    expect_problem(r, 401, "unauthorized").await;
     let r = app
         .http
         .post(app.url("/v1/jobs"))
@@ -168,7 +181,7 @@ async fn keys_scope_jobs_to_their_tenant(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 401);
+    expect_problem(r, 401, "unauthorized").await;
     let r = app
         .http
         .post(app.url("/v1/jobs"))
@@ -187,7 +200,8 @@ async fn keys_scope_jobs_to_their_tenant(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 404, "another tenant's job is a 404");
+    // Another tenant's job is a 404, like a job that does not exist.
+    expect_problem(r, 404, "not-found").await;
     let r = app
         .http
         .get(app.url(&format!("/v1/jobs/{id}/results")))
@@ -195,7 +209,7 @@ async fn keys_scope_jobs_to_their_tenant(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.0, 404);
+    expect_problem(r, 404, "not-found").await;
     let list: Value = app
         .http
         .get(app.url("/v1/jobs"))

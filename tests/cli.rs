@@ -97,8 +97,7 @@ async fn healthcheck_is_0_for_a_running_service_and_1_otherwise() {
     let (code, _, _) = batchlens(cwd.path(), &["healthcheck", "--url", &url]).await;
     assert_eq!(code, 1);
     // A closed port: refused.
-    let port = silent.local_addr().unwrap().port();
-    drop(silent);
+    let (_held, port) = crate::common::refused_port();
     let url = format!("http://127.0.0.1:{port}");
     let (code, _, err) = batchlens(cwd.path(), &["healthcheck", "--url", &url]).await;
     assert_eq!(code, 1, "{err}");

@@ -50,7 +50,7 @@ async fn actual_cost_is_usage_priced_by_hand(db: Db) {
     let done = app.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(done["progress"]["succeeded"], 20, "{done}");
 
-    let results = app.all_results(id).await;
+    let results = app.results_exactly(id, 20).await;
     let by_hand: f64 = results.iter().map(|r| priced_by_hand(&r["usage"])).sum();
     let per_item: f64 = results
         .iter()

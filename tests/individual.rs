@@ -41,7 +41,7 @@ async fn small_jobs_run_individually_with_batch_shaped_results(db: Db) {
         .unwrap()
         .iter()
         .all(|b| b["openai_batch_id"].is_null()));
-    let results = app.all_results(id).await;
+    let results = app.results_exactly(id, 6).await;
     for r in &results {
         assert_eq!(r["mode"], "individual", "{r}");
         assert_eq!(r["attempts"], 1);

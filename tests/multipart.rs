@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::api::problem;
+use crate::api::{expect_problem, problem};
 use crate::common::{fast_sim, png, Db, TestApp};
 
 /// One part of a hand-built multipart body.
@@ -307,18 +307,15 @@ async fn bad_parts_are_rejected_alone(db: Db) {
         "{p}"
     );
     // Nothing usable at all: the 422 of a JSON body with no usable item.
-    let (status, _) = problem(
-        send(
-            &app,
-            "/v1/jobs",
-            "n",
-            &[image("notes.txt", b"text".to_vec())],
-            None,
-        )
-        .await,
+    let reply = send(
+        &app,
+        "/v1/jobs",
+        "n",
+        &[image("notes.txt", b"text".to_vec())],
+        None,
     )
     .await;
-    assert_eq!(status, 422);
+    expect_problem(reply, 422, "validation").await;
     app.shutdown().await;
 }
 

@@ -391,9 +391,7 @@ async fn statuses_timeouts_sizes_and_dead_ports() {
     assert_eq!(exact.bytes.len(), 1000);
 
     // A port nobody listens on, and a name nobody knows.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = closed.local_addr().unwrap().port();
-    drop(closed);
+    let (_held, dead) = crate::common::refused_port();
     for url in [
         format!("http://127.0.0.1:{dead}/"),
         "http://unknown.test/".to_owned(),

@@ -115,7 +115,7 @@ async fn an_expired_batch_is_finished_by_a_retry_shard(db: Db) {
         .unwrap();
     assert!(first_done > 0 && first_done < 40);
     assert_eq!(batches[1]["items"], 40 - first_done);
-    let results = app.all_results(&id).await;
+    let results = app.results_exactly(&id, 40).await;
     let mut by_attempts: HashMap<i64, usize> = HashMap::new();
     for r in &results {
         assert_eq!(r["status"], "succeeded", "{r}");
@@ -517,7 +517,7 @@ async fn an_individual_server_error_is_retried_in_a_new_shard(db: Db) {
     let done = app.wait_terminal(id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["succeeded"], 5, "{done}");
-    let results = app.all_results(id).await;
+    let results = app.results_exactly(id, 5).await;
     let retried: Vec<&Value> = results.iter().filter(|r| r["attempts"] == 2).collect();
     assert_eq!(retried.len(), 1, "{results:?}");
     assert!(results

@@ -383,6 +383,16 @@ pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value
         .unwrap()
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: bound
+/// and never listening, so nobody else can take it between choosing it and connecting to it
+/// (a port freed by dropping a listener can be).
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
 /// Polls `probe` until it is true or the deadline passes.
 /// Whether `probe` became true within `deadline` (checked every 20 ms).
 pub async fn wait_for(deadline: Duration, mut probe: impl FnMut() -> bool) -> bool {

@@ -295,9 +295,11 @@ async fn non_json_5xx_is_retried_until_exhausted() {
 
 #[tokio::test]
 async fn connection_refused_is_retried_then_reported_as_transport() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Bound and never listening: refused, and no other process can take the port meanwhile
+    // (a listener bound and dropped frees it).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let client = client(&format!("http://{addr}/v1"));
     let err = within(client.retrieve_batch("batch_1")).await.unwrap_err();
     assert!(matches!(err, OpenAiError::Transport(_)), "{err:?}");
