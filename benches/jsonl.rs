@@ -11,6 +11,9 @@ use std::time::Instant;
 use batchlens::domain::{Detail, ShardKind, ShardStatus};
 use batchlens::pipeline::batch::jsonl::{write_shard_file, LineTemplate};
 
+/// Items per store read in the stage timings.
+const PAGE: i64 = 100;
+
 #[tokio::main]
 async fn main() {
     let images: usize = std::env::var("BENCH_IMAGES")
@@ -62,13 +65,57 @@ async fn main() {
         .unwrap();
     let took = start.elapsed();
     let peak = common::peak_rss_mib();
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+    let file_len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(file_len, bytes);
+    std::fs::remove_file(&path).unwrap();
+
+    // The stages apart, over the same pages: the store's reads alone, then reads and
+    // formatting into one reused buffer (nothing written). The lines' lengths add up to
+    // what the file must hold.
+    let compiled = template.compile();
+    let stage = |format: bool| {
+        let (store, compiled) = (&store, &compiled);
+        async move {
+            let start = Instant::now();
+            let (mut after, mut lines, mut expected) = (None, 0usize, 0u64);
+            let mut buf = Vec::with_capacity(1 << 21);
+            loop {
+                let page = store.shard_lines(shard_id, after, PAGE).await.unwrap();
+                let Some(last) = page.len().checked_sub(1) else {
+                    break;
+                };
+                after = Some(page.line(last).unwrap().position);
+                lines += page.len();
+                if format {
+                    for item in page.lines() {
+                        let item = item.unwrap();
+                        buf.clear();
+                        compiled.write_line(&mut buf, item.custom_id, item.image);
+                        expected += buf.len() as u64;
+                    }
+                }
+            }
+            assert_eq!(lines, images);
+            (start.elapsed(), expected)
+        }
+    };
+    let (read, _) = stage(false).await;
+    let (read_format, expected) = stage(true).await;
+    assert_eq!(file_len, expected, "the file holds exactly its lines");
     println!("jsonl benchmark: {images} inline images of {kb} KB");
     println!(
         "  file: {:.1} MB in {:.2} s = {:.1} MB/s",
         bytes as f64 / 1e6,
         took.as_secs_f64(),
         bytes as f64 / 1e6 / took.as_secs_f64()
+    );
+    println!(
+        "  stages alone: store reads {:.2} s; reads + formatting {:.2} s (formatting {:.2} s); \
+         the rest of the write (file writes, sync) {:.2} s",
+        read.as_secs_f64(),
+        read_format.as_secs_f64(),
+        (read_format.saturating_sub(read)).as_secs_f64(),
+        took.saturating_sub(read_format).as_secs_f64()
     );
     println!("  RSS before writing: {before:.1} MiB; peak while writing: {peak:.1} MiB (target < 200 MiB)");
 }

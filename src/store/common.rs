@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Leftover, Settled, StoreError, StoreResult};
+use super::{Leftover, Line, LineRows, Settled, StoreError, StoreResult};
 use crate::domain::{
     Analyzer, CostSums, Counts, Event, Item, ItemError, ItemOutcome, ItemReuse, ItemStatus, Job,
     JobStatus, Mode, NewItem, PicoUsd, Rejection, ReusedFrom, Shard, Usage, MAX_STORED_REJECTIONS,
@@ -86,6 +86,9 @@ impl<R: RowGet> Prefixed<'_, R> {
 impl<R: RowGet> RowGet for Prefixed<'_, R> {
     fn text(&self, col: &str) -> StoreResult<String> {
         self.row.text(&self.col(col))
+    }
+    fn text_ref(&self, col: &str) -> StoreResult<&str> {
+        self.row.text_ref(&self.col(col))
     }
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
         self.row.opt_text(&self.col(col))
@@ -208,6 +211,8 @@ pub(crate) fn gauges_from_rows<R: RowGet>(rows: &[R]) -> StoreResult<super::Gaug
 
 pub(crate) trait RowGet {
     fn text(&self, col: &str) -> StoreResult<String>;
+    /// A TEXT column borrowed from the row, not copied out of it.
+    fn text_ref(&self, col: &str) -> StoreResult<&str>;
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
     fn int(&self, col: &str) -> StoreResult<i64>;
     fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
@@ -242,6 +247,22 @@ pub(crate) trait RowGet {
         self.opt_text(col)?
             .map(|s| s.parse().map_err(corrupt))
             .transpose()
+    }
+}
+
+/// The rows of a [`LinePage`], as the database returned them.
+impl<R: RowGet + Send + Sync + 'static> LineRows for Vec<R> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn line(&self, i: usize) -> StoreResult<Line<'_>> {
+        let r = &self[i];
+        Ok(Line {
+            position: r.int("position")?,
+            custom_id: r.text_ref("custom_id")?,
+            image: r.text_ref("image")?,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     truncate_to_micros, DynStore, IdempotencyState, JobCursor, JobLease, LeasedShard, Leftover,
-    NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
+    Line, NewShard, PgStore, Settled, ShardLease, ShardPoll, StoreError, StoreResult, Verdict,
 };
 use crate::domain::{
     Analyzer, Detail, Event, Fetch, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode,
@@ -160,11 +160,16 @@ conformance!(
 
 // ---- fixtures -----------------------------------------------------------------------
 
-fn at(secs: i64) -> DateTime<Utc> {
+pub(crate) fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_795_000_000 + secs, 0).unwrap()
 }
 
-fn new_job(tenant: &str, status: JobStatus, mode: Mode, created_at: DateTime<Utc>) -> NewJob {
+pub(crate) fn new_job(
+    tenant: &str,
+    status: JobStatus,
+    mode: Mode,
+    created_at: DateTime<Utc>,
+) -> NewJob {
     NewJob {
         id: Uuid::new_v4(),
         tenant: tenant.into(),
@@ -189,7 +194,7 @@ fn new_job(tenant: &str, status: JobStatus, mode: Mode, created_at: DateTime<Utc
     }
 }
 
-fn item(custom_id: &str, post_id: Option<&str>) -> NewItem {
+pub(crate) fn item(custom_id: &str, post_id: Option<&str>) -> NewItem {
     NewItem {
         custom_id: custom_id.into(),
         post_id: post_id.map(Into::into),
@@ -223,7 +228,7 @@ fn items(n: usize) -> Vec<NewItem> {
     (0..n).map(|i| item(&format!("item-{i}"), None)).collect()
 }
 
-fn new_shard(positions: Vec<i64>, next_poll_at: DateTime<Utc>) -> NewShard {
+pub(crate) fn new_shard(positions: Vec<i64>, next_poll_at: DateTime<Utc>) -> NewShard {
     NewShard {
         kind: ShardKind::Batch,
         id: Uuid::new_v4(),
@@ -798,6 +803,30 @@ async fn plan_claim_and_create_shards(s: DynStore) {
     let page = s.shard_items(s2.id, Some(3), 10).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].position, 4);
+    // The batch file's reads: the same range, each line read in place from its row.
+    let lines = s.shard_lines(s2.id, None, 10).await.unwrap();
+    let lines: Vec<_> = lines.lines().map(Result::unwrap).collect();
+    let c = "https://cdn.example.com/c.jpg";
+    let d = "https://cdn.example.com/d.jpg";
+    assert_eq!(
+        lines,
+        vec![
+            Line {
+                position: 3,
+                custom_id: "c",
+                image: c
+            },
+            Line {
+                position: 4,
+                custom_id: "d",
+                image: d
+            },
+        ]
+    );
+    let page = s.shard_lines(s2.id, Some(3), 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page.line(0).unwrap().custom_id, "d");
+    assert_eq!(s.shard_lines(s2.id, Some(4), 10).await.unwrap().len(), 0);
 
     // Released, but nothing is left to plan.
     s.release_job(&job_lease(batch.id, token)).await.unwrap();

@@ -21,10 +21,10 @@ use super::common::{
 use super::dialect::{args, Arg, Dialect};
 use super::{
     BilledUsage, CostTotals, EventStore, Gauges, IdempotencyState, IdempotencyStore, ItemStore,
-    JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, ModelLoad, MonthSpend,
-    NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore, ReportStore, Reusable,
-    ReuseStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore, Store, StoreError,
-    StoreResult, StoredKey, WebhookAttempt, WebhookStore,
+    JobCursor, JobLease, JobStore, KeyStore, LeasedShard, Leftover, LinePage, ModelLoad,
+    MonthSpend, NewShard, OpenAiWebhookReceipt, OpenAiWebhookStore, PlanItem, PlanStore,
+    ReportStore, Reusable, ReuseStore, SettleStore, Settled, ShardLease, ShardPoll, ShardStore,
+    Store, StoreError, StoreResult, StoredKey, WebhookAttempt, WebhookStore,
 };
 use crate::domain::{
     Event, Item, ItemError, ItemOutcome, ItemStatus, Job, JobStatus, Mode, NewItem, NewJob,
@@ -719,6 +719,19 @@ impl<D: Dialect> ItemStore for D {
         );
         let list = args![shard_id, after_position.unwrap_or(-1), limit];
         rows_to(&self.read(&sql, list).await?, item_from_row)
+    }
+
+    async fn shard_lines(
+        &self,
+        shard_id: Uuid,
+        after_position: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<LinePage> {
+        // items_shard_position_idx (shard_id, position) serves the range and the order.
+        let sql = "SELECT position, custom_id, image FROM items WHERE shard_id = $1 \
+                   AND position > $2 ORDER BY position LIMIT $3";
+        let list = args![shard_id, after_position.unwrap_or(-1), limit];
+        Ok(LinePage::new(self.read(sql, list).await?))
     }
 
     async fn shard_item_dims(&self, shard_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>> {

@@ -77,7 +77,7 @@ pub(crate) use args;
 /// `write_*` (one statement in its own write transaction) or a [`Dialect::Tx`].
 #[async_trait]
 pub(crate) trait Dialect: Send + Sync + 'static {
-    type Row: RowGet + Send + Sync;
+    type Row: RowGet + Send + Sync + 'static;
     /// An open write transaction (SQLite: `BEGIN IMMEDIATE`, and the time its statements use).
     type Tx: Send;
 

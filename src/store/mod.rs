@@ -22,7 +22,7 @@ use uuid::Uuid;
 mod budget;
 mod common;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod core;
 mod dialect;
 pub mod postgres;
@@ -351,6 +351,47 @@ impl JobLease {
     }
 }
 
+/// A page of [`ItemStore::shard_lines`]: the rows the database returned, read in place.
+pub struct LinePage(Box<dyn LineRows>);
+
+/// One item of a [`LinePage`], borrowed from its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub position: i64,
+    pub custom_id: &'a str,
+    pub image: &'a str,
+}
+
+/// A backend's rows behind a [`LinePage`].
+pub(crate) trait LineRows: Send + Sync {
+    fn len(&self) -> usize;
+    fn line(&self, i: usize) -> StoreResult<Line<'_>>;
+}
+
+impl LinePage {
+    pub(crate) fn new(rows: impl LineRows + 'static) -> Self {
+        Self(Box::new(rows))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th line (below `len`); an error is a row that does not decode.
+    pub fn line(&self, i: usize) -> StoreResult<Line<'_>> {
+        self.0.line(i)
+    }
+
+    /// The page's lines in order.
+    pub fn lines(&self) -> impl Iterator<Item = StoreResult<Line<'_>>> {
+        (0..self.len()).map(|i| self.0.line(i))
+    }
+}
+
 /// The store's methods, for `use crate::store::prelude::*`.
 pub mod prelude {
     pub use super::{
@@ -496,6 +537,16 @@ pub trait ItemStore: Send + Sync {
 
     /// Width and height of every pending item of the job (None for URLs), in position order.
     async fn pending_item_dims(&self, job_id: Uuid) -> StoreResult<Vec<Option<(u32, u32)>>>;
+
+    /// What the batch input file needs of the items assigned to the shard (position,
+    /// custom_id, image), in position order, strictly after `after_position`: the rows
+    /// as read, each line borrowed from its row rather than copied into an [`Item`].
+    async fn shard_lines(
+        &self,
+        shard_id: Uuid,
+        after_position: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<LinePage>;
 
     /// Items assigned to the shard, in position order, strictly after `after_position`.
     async fn shard_items(

@@ -406,6 +406,9 @@ impl RowGet for SqliteRow {
     fn text(&self, col: &str) -> StoreResult<String> {
         Ok(self.try_get(col)?)
     }
+    fn text_ref(&self, col: &str) -> StoreResult<&str> {
+        Ok(self.try_get(col)?)
+    }
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
         Ok(self.try_get(col)?)
     }
