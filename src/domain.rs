@@ -306,7 +306,8 @@ pub struct Job {
     pub mode: Mode,
     pub mode_reason: String,
     pub detail: Detail,
-    pub analyzer: Analyzer,
+    /// Shared: jobs with the same analyzer hold one parsed copy (see the store).
+    pub analyzer: std::sync::Arc<Analyzer>,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
     /// Who downloads the job's `image_url`s (chunks appended later too).

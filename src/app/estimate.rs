@@ -59,7 +59,7 @@ impl App {
         let mut samples = Vec::new();
         for job in recent
             .iter()
-            .filter(|j| j.counts.succeeded > 0 && &j.analyzer == analyzer)
+            .filter(|j| j.counts.succeeded > 0 && *j.analyzer == *analyzer)
             .take(cfg.history_jobs)
         {
             let billed = self
@@ -118,7 +118,7 @@ impl App {
             model: job.model.clone(),
             requested_mode: job.requested_mode,
             detail: job.detail,
-            analyzer: job.analyzer.clone(),
+            analyzer: (*job.analyzer).clone(),
             metadata: None,
             webhook_url: None,
             fetch: job.fetch,

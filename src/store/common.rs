@@ -1,8 +1,10 @@
 //! What both backends share: decoding rows into domain types, the job-row counter and
 //! cost deltas, event payloads and chunking. No SQL dialect lives here beyond column lists.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -117,6 +119,9 @@ impl<R: RowGet> RowGet for Prefixed<'_, R> {
     fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
         self.row.opt_ts(&self.col(col))
     }
+    fn json_text(&self, col: &str) -> StoreResult<String> {
+        self.row.json_text(&self.col(col))
+    }
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
         self.row.opt_json(&self.col(col))
     }
@@ -225,6 +230,8 @@ pub(crate) trait RowGet {
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>>;
     fn float(&self, col: &str) -> StoreResult<f64>;
     fn flag(&self, col: &str) -> StoreResult<bool>;
+    /// A JSON column's text as stored, not parsed.
+    fn json_text(&self, col: &str) -> StoreResult<String>;
 
     fn json(&self, col: &str) -> StoreResult<Value> {
         self.opt_json(col)?
@@ -283,8 +290,27 @@ pub(crate) fn counts_from_row<R: RowGet>(r: &R) -> StoreResult<Counts> {
     })
 }
 
+/// The analyzer stored as `text`, parsed once per distinct text: every job view reads the
+/// job row, and parsing its analyzer (a prompt and a JSON schema of a few KB) was most of
+/// what such a read allocated. Jobs share few analyzers; the memo is emptied past 256.
+fn analyzer_from_text(text: String) -> StoreResult<Arc<Analyzer>> {
+    static PARSED: LazyLock<Mutex<HashMap<String, Arc<Analyzer>>>> =
+        LazyLock::new(Default::default);
+    let memo = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(analyzer) = memo().get(&text) {
+        return Ok(analyzer.clone());
+    }
+    let analyzer: Arc<Analyzer> = Arc::new(serde_json::from_str(&text).map_err(corrupt)?);
+    let mut parsed = memo();
+    if parsed.len() >= 256 {
+        parsed.clear();
+    }
+    parsed.insert(text, analyzer.clone());
+    Ok(analyzer)
+}
+
 pub(crate) fn job_from_row<R: RowGet>(r: &R) -> StoreResult<Job> {
-    let analyzer: Analyzer = serde_json::from_value(r.json("analyzer")?).map_err(corrupt)?;
+    let analyzer = analyzer_from_text(r.json_text("analyzer")?)?;
     Ok(Job {
         id: r.uuid("id")?,
         tenant: r.text("tenant")?,

@@ -545,9 +545,18 @@ impl<D: Dialect> JobStore for D {
     }
 
     async fn job_version(&self, tenant: &str, id: Uuid) -> StoreResult<Option<i64>> {
+        let cache = self.versions();
+        if let Some(version) = cache.and_then(|c| c.get(tenant, id)) {
+            return Ok(Some(version));
+        }
+        let read_at = cache.map(|c| c.before_read());
         let sql = "SELECT version FROM jobs WHERE id = $1 AND tenant = $2";
         let rows = self.read(sql, args![id, tenant]).await?;
-        rows.first().map(|r| r.int("version")).transpose()
+        let version = rows.first().map(|r| r.int("version")).transpose()?;
+        if let (Some(cache), Some(at), Some(version)) = (cache, read_at, version) {
+            cache.keep(at, tenant, id, version);
+        }
+        Ok(version)
     }
 
     async fn list_jobs(
@@ -656,14 +665,16 @@ impl<D: Dialect> ItemStore for D {
         limit: i64,
     ) -> StoreResult<Vec<Item>> {
         let after = after_position.unwrap_or(-1);
-        let rows = match status {
+        match status {
             Some(status) => {
                 let list = args![job_id, status.as_str(), after, limit];
-                self.read(&RESULTS_BY_STATUS_SQL, list).await?
+                self.read_items(&RESULTS_BY_STATUS_SQL, list).await
             }
-            None => self.read(&RESULTS_SQL, args![job_id, after, limit]).await?,
-        };
-        rows_to(&rows, item_from_row)
+            None => {
+                self.read_items(&RESULTS_SQL, args![job_id, after, limit])
+                    .await
+            }
+        }
     }
 
     async fn list_items_by_post(
@@ -674,24 +685,27 @@ impl<D: Dialect> ItemStore for D {
     ) -> StoreResult<Vec<Item>> {
         // Posts in order, then the items without one: each part a range of the index
         // (job_id, post_id, position), so a page reads only its own rows.
-        let mut rows = match &after {
+        let mut items = match &after {
             Some((None, _)) => Vec::new(),
             Some((Some(post), position)) => {
                 let list = args![job_id, post.as_str(), *position, limit];
-                self.read(&POSTS_AFTER_SQL, list).await?
+                self.read_items(&POSTS_AFTER_SQL, list).await?
             }
-            None => self.read(&POSTS_FIRST_SQL, args![job_id, limit]).await?,
+            None => {
+                self.read_items(&POSTS_FIRST_SQL, args![job_id, limit])
+                    .await?
+            }
         };
-        let room = limit - rows.len() as i64;
+        let room = limit - items.len() as i64;
         if room > 0 {
             let after = match &after {
                 Some((None, position)) => *position,
                 _ => -1,
             };
             let list = args![job_id, after, room];
-            rows.extend(self.read(&NO_POST_SQL, list).await?);
+            items.extend(self.read_items(&NO_POST_SQL, list).await?);
         }
-        rows_to(&rows, item_from_row)
+        Ok(items)
     }
 
     async fn get_item(&self, job_id: Uuid, custom_id: &str) -> StoreResult<Option<Item>> {

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::common::RowGet;
+use super::common::{item_from_row, RowGet};
 use super::{NewShard, StoreResult};
-use crate::domain::{ItemOutcome, NewItem};
+use crate::domain::{Item, ItemOutcome, NewItem};
 
 /// One bound parameter, as the core means it; each dialect binds it in its own
 /// representation (SQLite: ids as TEXT, timestamps as INTEGER microseconds, JSON as TEXT).
@@ -100,6 +100,19 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     const GREATEST: &'static str;
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<Self::Row>>;
+    /// The items of an item page: `sql` selects `RESULT_COLS` and ends in `ORDER BY …
+    /// LIMIT …`. One row each; SQLite overrides it to fetch the page as one value.
+    async fn read_items(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<Item>> {
+        self.read(sql, args)
+            .await?
+            .iter()
+            .map(item_from_row)
+            .collect()
+    }
+    /// The job versions this process may answer from memory (SQLite), or None.
+    fn versions(&self) -> Option<&super::versions::VersionCache> {
+        None
+    }
     /// One write statement in its own transaction; returns rows changed.
     async fn write(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64>;
     /// One write statement in its own transaction; returns its RETURNING rows.

@@ -10,7 +10,10 @@
 //! rejections) and its shards, never its items; item pages are keyset ranges of an index
 //! that never read the image. `jobs.version` moves with every change a view shows: each
 //! statement that writes the job row bumps it, and triggers bump it for shard changes
-//! (every item writer also moves the job's counters, so items need none).
+//! (every item writer also moves the job's counters, so items need none). Plain reads run
+//! on read lanes (`lanes`: no pings around each query, unlike sqlx's pool); on SQLite a
+//! matching version is answered from memory until the next commit (`versions`), and an
+//! item page crosses from SQLite as one JSON value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +28,10 @@ mod common;
 pub(crate) mod conformance;
 mod core;
 mod dialect;
+mod lanes;
 pub mod postgres;
 pub mod sqlite;
+mod versions;
 
 pub use common::{job_cancelled_error, truncate_to_micros};
 pub use postgres::PgStore;

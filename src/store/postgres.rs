@@ -7,26 +7,37 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgRow, PgValueFormat};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{reuse_cols, truncate_to_micros, RowGet, OUTCOME_COLS};
+use super::common::{corrupt, reuse_cols, truncate_to_micros, RowGet, OUTCOME_COLS};
 use super::dialect::{Arg, Dialect};
+use super::lanes::{self, Lanes};
 use super::{NewShard, StoreResult};
 use crate::domain::{ItemOutcome, NewItem};
 
 const POOL_SIZE: u32 = 10;
 
-/// The store on PostgreSQL.
-#[derive(Debug, Clone)]
+/// The store on PostgreSQL: a pool for transactions and writes, and as many read lanes
+/// (see `lanes`) for the plain reads.
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    lanes: Arc<Lanes<PgConnection>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool).finish()
+    }
 }
 
 impl PgStore {
-    /// Connects (pool of 10) and runs the migrations.
+    /// Connects (pool of 10, and up to 10 read lanes) and runs the migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
@@ -37,9 +48,12 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Wraps an existing pool; runs no migration.
+    /// Wraps an existing pool (reads get as many lanes, to the same database, as the
+    /// pool has connections); runs no migration.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        let size = pool.options().get_max_connections() as usize;
+        let lanes = Arc::new(Lanes::new((*pool.connect_options()).clone(), size));
+        Self { pool, lanes }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -154,7 +168,7 @@ impl Dialect for PgStore {
     const GREATEST: &'static str = "GREATEST";
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<PgRow>> {
-        Ok(query(sql, args).fetch_all(&self.pool).await?)
+        Ok(lanes::fetch_all(&self.lanes, || query(sql, args)).await?)
     }
 
     async fn write(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
@@ -162,7 +176,7 @@ impl Dialect for PgStore {
     }
 
     async fn write_returning(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<PgRow>> {
-        self.read(sql, args).await
+        Ok(query(sql, args).fetch_all(&self.pool).await?)
     }
 
     async fn begin(&self) -> StoreResult<Tx> {
@@ -395,6 +409,7 @@ impl Dialect for PgStore {
     }
 
     async fn close(&self) {
+        self.lanes.close().await;
         self.pool.close().await;
     }
 }
@@ -441,5 +456,17 @@ impl RowGet for PgRow {
     }
     fn flag(&self, col: &str) -> StoreResult<bool> {
         Ok(self.try_get(col)?)
+    }
+    fn json_text(&self, col: &str) -> StoreResult<String> {
+        let value = self.try_get_raw(col)?;
+        let bytes = value
+            .as_bytes()
+            .map_err(|e| corrupt(format!("{col}: {e}")))?;
+        // A binary jsonb value starts with its format version (1); json's is the text.
+        let text = match (value.format(), bytes.split_first()) {
+            (PgValueFormat::Binary, Some((1, rest))) => rest,
+            _ => bytes,
+        };
+        String::from_utf8(text.to_vec()).map_err(corrupt)
     }
 }

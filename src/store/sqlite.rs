@@ -7,7 +7,9 @@
 //! of failing with SQLITE_BUSY halfway through; a claim is a plain UPDATE inside it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,30 +17,51 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::common::{corrupt, parse_uuid, reuse_cols, RowGet, OUTCOME_COLS};
+use super::common::{
+    corrupt, item_from_row, parse_uuid, reuse_cols, RowGet, OUTCOME_COLS, RESULT_COLS,
+};
 use super::dialect::{Arg, Dialect};
+use super::lanes::{self, Lanes};
+use super::versions::{Commits, VersionCache};
 use super::{NewShard, StoreError, StoreResult};
-use crate::domain::{ItemOutcome, NewItem, ShardStatus};
+use crate::domain::{Item, ItemOutcome, NewItem, ShardStatus};
 
 const POOL_SIZE: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The store on SQLite.
-#[derive(Debug, Clone)]
+/// The store on SQLite: a pool for transactions and writes and, on a file, as many read
+/// lanes (see `lanes`) for the plain reads.
+#[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// None for an in-memory database: it lives in the pool's one connection.
+    lanes: Option<Arc<Lanes<SqliteConnection>>>,
+    /// Every commit to the file, by any store of this process, and the job versions read
+    /// since the last one.
+    commits: Arc<Commits>,
+    versions: Arc<VersionCache>,
 }
 
-/// A write transaction and the time its statements write as `now()`.
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+/// A write transaction, the time its statements write as `now()`, and the file's commit
+/// counter.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
     at: i64,
+    commits: Arc<Commits>,
 }
 
 fn now() -> i64 {
@@ -72,7 +95,8 @@ fn json_array<T: AsRef<str>>(list: impl IntoIterator<Item = T>) -> String {
 
 impl SqliteStore {
     /// Opens (creating the file and its folder when missing) and runs the migrations.
-    /// WAL journal, busy timeout 10 s, foreign keys on, pool of 4 (1 for `:memory:`).
+    /// WAL journal, busy timeout 10 s, foreign keys on, pool of 4 and as many read lanes
+    /// (one connection and no lane for `:memory:`).
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -111,9 +135,21 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Wraps an existing pool; runs no migration.
+    /// Wraps an existing pool; runs no migration. A pool of more than one connection is
+    /// taken to be a file's, and reads get as many lanes to it; a pool of one (what an
+    /// in-memory database needs) reads through the pool.
     pub fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
+        let size = pool.options().get_max_connections() as usize;
+        let options = pool.connect_options();
+        let lanes = (size > 1).then(|| Arc::new(Lanes::new((*options).clone(), size)));
+        let commits = Commits::of_file(options.get_filename());
+        let versions = Arc::new(VersionCache::new(commits.clone()));
+        Self {
+            pool,
+            lanes,
+            commits,
+            versions,
+        }
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -205,7 +241,29 @@ impl Dialect for SqliteStore {
 
     async fn read(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<SqliteRow>> {
         let sql = render(sql, args.len());
-        Ok(query(&sql, args, now()).fetch_all(&self.pool).await?)
+        let at = now();
+        Ok(match &self.lanes {
+            Some(lanes) => lanes::fetch_all(lanes, || query(&sql, args, at)).await?,
+            None => query(&sql, args, at).fetch_all(&self.pool).await?,
+        })
+    }
+
+    /// The whole page as one JSON array of arrays built by SQLite: one value crosses from
+    /// the connection's worker thread instead of a row (and a hand-off) per item.
+    async fn read_items(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<Item>> {
+        let rows = self.read(&packed_page(sql)?, args).await?;
+        let text: String = match rows.first() {
+            Some(row) => row.text("page")?,
+            None => return Ok(Vec::new()),
+        };
+        let page: Vec<Vec<Value>> = serde_json::from_str(&text).map_err(corrupt)?;
+        page.iter()
+            .map(|values| item_from_row(&Packed(values)))
+            .collect()
+    }
+
+    fn versions(&self) -> Option<&VersionCache> {
+        Some(&self.versions)
     }
 
     async fn write(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
@@ -225,10 +283,12 @@ impl Dialect for SqliteStore {
     async fn begin(&self) -> StoreResult<Tx> {
         let at = now();
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx { tx, at })
+        let commits = self.commits.clone();
+        Ok(Tx { tx, at, commits })
     }
 
     async fn commit(tx: Tx) -> StoreResult<()> {
+        let _committing = tx.commits.begin();
         Ok(tx.tx.commit().await?)
     }
 
@@ -398,7 +458,133 @@ impl Dialect for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(lanes) = &self.lanes {
+            lanes.close().await;
+        }
         self.pool.close().await;
+    }
+}
+
+/// The getters SQLite builds on the plain ones (ids are TEXT, times INTEGER microseconds,
+/// JSON is TEXT): the same for a row and a packed row.
+macro_rules! sqlite_derived_getters {
+    () => {
+        fn uuid(&self, col: &str) -> StoreResult<Uuid> {
+            parse_uuid(&self.text(col)?)
+        }
+        fn opt_uuid(&self, col: &str) -> StoreResult<Option<Uuid>> {
+            self.opt_text(col)?.as_deref().map(parse_uuid).transpose()
+        }
+        fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>> {
+            ts_from(self.int(col)?)
+        }
+        fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
+            self.opt_int(col)?.map(ts_from).transpose()
+        }
+        fn json_text(&self, col: &str) -> StoreResult<String> {
+            self.text(col)
+        }
+    };
+}
+
+/// The output names of [`RESULT_COLS`] (`'' AS image` is `image`), and their places.
+static RESULT_NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    RESULT_COLS
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .rsplit_once(" AS ")
+                .map_or(c.trim(), |(_, name)| name)
+        })
+        .collect()
+});
+static RESULT_PLACES: LazyLock<HashMap<&'static str, usize>> = LazyLock::new(|| {
+    RESULT_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i))
+        .collect()
+});
+
+/// An item page's query (selecting [`RESULT_COLS`], ending in `ORDER BY … LIMIT …`) as
+/// one row, `page`: a JSON array of each row's values in its order.
+fn packed_page(sql: &str) -> StoreResult<String> {
+    let order = sql
+        .rsplit_once(" ORDER BY ")
+        .and_then(|(_, rest)| rest.split_once(" LIMIT "))
+        .map(|(order, _)| order)
+        .ok_or_else(|| corrupt("an item page's query has no ORDER BY … LIMIT"))?;
+    Ok(format!(
+        "SELECT json_group_array(json_array({}) ORDER BY {order}) AS page FROM ({sql})",
+        RESULT_NAMES.join(", ")
+    ))
+}
+
+/// One row of a packed page: SQLite's values as JSON (TEXT a string, INTEGER a number,
+/// NULL null), read the way [`SqliteRow`]'s are.
+struct Packed<'a>(&'a [Value]);
+
+impl Packed<'_> {
+    fn get(&self, col: &str) -> StoreResult<&Value> {
+        RESULT_PLACES
+            .get(col)
+            .and_then(|i| self.0.get(*i))
+            .ok_or_else(|| corrupt(format!("a packed item has no {col}")))
+    }
+    fn opt<T>(&self, col: &str, f: impl Fn(&Value) -> Option<T>) -> StoreResult<Option<T>> {
+        match self.get(col)? {
+            Value::Null => Ok(None),
+            v => f(v)
+                .map(Some)
+                .ok_or_else(|| corrupt(format!("{col} has an unexpected value {v}"))),
+        }
+    }
+    fn req<T>(&self, col: &str, f: impl Fn(&Value) -> Option<T>) -> StoreResult<T> {
+        self.opt(col, f)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn as_i32(v: &Value) -> Option<i32> {
+    v.as_i64().and_then(|n| i32::try_from(n).ok())
+}
+
+impl RowGet for Packed<'_> {
+    fn text(&self, col: &str) -> StoreResult<String> {
+        self.req(col, as_string)
+    }
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+        self.opt(col, as_string)
+    }
+    fn int(&self, col: &str) -> StoreResult<i64> {
+        self.req(col, Value::as_i64)
+    }
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+        self.opt(col, Value::as_i64)
+    }
+    fn int32(&self, col: &str) -> StoreResult<i32> {
+        self.req(col, as_i32)
+    }
+    fn opt_int32(&self, col: &str) -> StoreResult<Option<i32>> {
+        self.opt(col, as_i32)
+    }
+    sqlite_derived_getters!();
+    fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
+        match self.get(col)? {
+            Value::Null => Ok(None),
+            Value::String(text) => serde_json::from_str(text).map(Some).map_err(corrupt),
+            v => Err(corrupt(format!("{col} has an unexpected value {v}"))),
+        }
+    }
+    fn float(&self, col: &str) -> StoreResult<f64> {
+        self.req(col, Value::as_f64)
+    }
+    fn flag(&self, col: &str) -> StoreResult<bool> {
+        self.req(col, |v| v.as_i64().map(|n| n != 0))
     }
 }
 
@@ -424,18 +610,7 @@ impl RowGet for SqliteRow {
     fn opt_int32(&self, col: &str) -> StoreResult<Option<i32>> {
         Ok(self.try_get(col)?)
     }
-    fn uuid(&self, col: &str) -> StoreResult<Uuid> {
-        parse_uuid(&self.text(col)?)
-    }
-    fn opt_uuid(&self, col: &str) -> StoreResult<Option<Uuid>> {
-        self.opt_text(col)?.as_deref().map(parse_uuid).transpose()
-    }
-    fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>> {
-        ts_from(self.int(col)?)
-    }
-    fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
-        self.opt_int(col)?.map(ts_from).transpose()
-    }
+    sqlite_derived_getters!();
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
         self.opt_text(col)?
             .map(|s| serde_json::from_str(&s).map_err(corrupt))
