@@ -557,6 +557,13 @@ impl RowGet for Packed<'_> {
     fn text(&self, col: &str) -> StoreResult<String> {
         self.req(col, as_string)
     }
+    fn text_ref(&self, col: &str) -> StoreResult<&str> {
+        match self.get(col)? {
+            Value::String(text) => Ok(text),
+            Value::Null => Err(corrupt(format!("{col} is NULL"))),
+            v => Err(corrupt(format!("{col} has an unexpected value {v}"))),
+        }
+    }
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
         self.opt(col, as_string)
     }
