@@ -80,56 +80,67 @@ pub(crate) struct Prefixed<'a, R> {
 }
 
 impl<R: RowGet> Prefixed<'_, R> {
-    fn col(&self, col: &str) -> String {
-        format!("{}{col}", self.prefix)
+    /// Calls `read` with the prefixed column name, built on the stack: a job GET reads
+    /// some sixty columns this way, and a `format!` each was a heap allocation apiece.
+    fn with_col<T>(&self, col: &str, read: impl FnOnce(&str) -> T) -> T {
+        let mut buf = [0u8; 64];
+        let (prefix, col) = (self.prefix.as_bytes(), col.as_bytes());
+        let len = prefix.len() + col.len();
+        if len > buf.len() {
+            return read(&format!("{}{}", self.prefix, String::from_utf8_lossy(col)));
+        }
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()..len].copy_from_slice(col);
+        // Two &strs joined: valid UTF-8.
+        read(std::str::from_utf8(&buf[..len]).expect("two strs joined"))
     }
 }
 
 impl<R: RowGet> RowGet for Prefixed<'_, R> {
     fn text(&self, col: &str) -> StoreResult<String> {
-        self.row.text(&self.col(col))
+        self.with_col(col, |c| self.row.text(c))
     }
     fn text_ref(&self, col: &str) -> StoreResult<&str> {
-        self.row.text_ref(&self.col(col))
+        self.with_col(col, |c| self.row.text_ref(c))
     }
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
-        self.row.opt_text(&self.col(col))
+        self.with_col(col, |c| self.row.opt_text(c))
     }
     fn int(&self, col: &str) -> StoreResult<i64> {
-        self.row.int(&self.col(col))
+        self.with_col(col, |c| self.row.int(c))
     }
     fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
-        self.row.opt_int(&self.col(col))
+        self.with_col(col, |c| self.row.opt_int(c))
     }
     fn int32(&self, col: &str) -> StoreResult<i32> {
-        self.row.int32(&self.col(col))
+        self.with_col(col, |c| self.row.int32(c))
     }
     fn opt_int32(&self, col: &str) -> StoreResult<Option<i32>> {
-        self.row.opt_int32(&self.col(col))
+        self.with_col(col, |c| self.row.opt_int32(c))
     }
     fn uuid(&self, col: &str) -> StoreResult<Uuid> {
-        self.row.uuid(&self.col(col))
+        self.with_col(col, |c| self.row.uuid(c))
     }
     fn opt_uuid(&self, col: &str) -> StoreResult<Option<Uuid>> {
-        self.row.opt_uuid(&self.col(col))
+        self.with_col(col, |c| self.row.opt_uuid(c))
     }
     fn ts(&self, col: &str) -> StoreResult<DateTime<Utc>> {
-        self.row.ts(&self.col(col))
+        self.with_col(col, |c| self.row.ts(c))
     }
     fn opt_ts(&self, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
-        self.row.opt_ts(&self.col(col))
+        self.with_col(col, |c| self.row.opt_ts(c))
     }
     fn json_text(&self, col: &str) -> StoreResult<String> {
-        self.row.json_text(&self.col(col))
+        self.with_col(col, |c| self.row.json_text(c))
     }
     fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
-        self.row.opt_json(&self.col(col))
+        self.with_col(col, |c| self.row.opt_json(c))
     }
     fn float(&self, col: &str) -> StoreResult<f64> {
-        self.row.float(&self.col(col))
+        self.with_col(col, |c| self.row.float(c))
     }
     fn flag(&self, col: &str) -> StoreResult<bool> {
-        self.row.flag(&self.col(col))
+        self.with_col(col, |c| self.row.flag(c))
     }
 }
 
