@@ -188,8 +188,13 @@ async fn etags_move_with_the_job_and_answer_304(db: Db) {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], id);
     // An unknown job is a 404 whatever the condition.
     let unknown = format!("/v1/jobs/{}", uuid::Uuid::new_v4());
-    let (status, _, _, _) = conditional_get(&app, &unknown, Some("*")).await;
+    let (status, _, _, body) = conditional_get(&app, &unknown, Some("*")).await;
     assert_eq!(status, 404);
+    let problem: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        problem["type"], "https://batchlens.dev/problems/not-found",
+        "{problem}"
+    );
     // The stream of results carries no tag.
     let ndjson = app
         .http
