@@ -83,14 +83,13 @@ impl<R: RowGet> Prefixed<'_, R> {
     /// Calls `read` with the prefixed column name, built on the stack: a job GET reads
     /// some sixty columns this way, and a `format!` each was a heap allocation apiece.
     fn with_col<T>(&self, col: &str, read: impl FnOnce(&str) -> T) -> T {
+        let (split, len) = (self.prefix.len(), self.prefix.len() + col.len());
         let mut buf = [0u8; 64];
-        let (prefix, col) = (self.prefix.as_bytes(), col.as_bytes());
-        let len = prefix.len() + col.len();
         if len > buf.len() {
-            return read(&format!("{}{}", self.prefix, String::from_utf8_lossy(col)));
+            return read(&format!("{}{col}", self.prefix));
         }
-        buf[..prefix.len()].copy_from_slice(prefix);
-        buf[prefix.len()..len].copy_from_slice(col);
+        buf[..split].copy_from_slice(self.prefix.as_bytes());
+        buf[split..len].copy_from_slice(col.as_bytes());
         // Two &strs joined: valid UTF-8.
         read(std::str::from_utf8(&buf[..len]).expect("two strs joined"))
     }
