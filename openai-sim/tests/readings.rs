@@ -536,5 +536,5 @@ async fn duplicate_webhooks_repeat_the_same_event() {
     let v: Value = serde_json::from_str(&events[0].2).unwrap();
     assert_eq!(v["data"]["id"], b["id"]);
     assert_eq!(v["id"], events[0].1);
-    assert_eq!(h.sim().stats().webhooks_sent, 2);
+    h.wait_webhooks_sent(2).await;
 }

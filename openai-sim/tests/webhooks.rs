@@ -95,5 +95,5 @@ async fn terminal_batches_send_signed_events() {
             ("batch.failed".to_string(), bad["id"].clone()),
         ]
     );
-    assert_eq!(h.sim().stats().webhooks_sent, 2);
+    h.wait_webhooks_sent(2).await;
 }

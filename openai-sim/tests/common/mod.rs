@@ -147,6 +147,25 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    /// Waits until the simulator has counted `n` delivered webhooks. A receiver records an
+    /// event before it answers, and the simulator counts it only once the answer is back, so
+    /// the count trails what a receiver has seen.
+    pub async fn wait_webhooks_sent(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let sent = self.sim().stats().webhooks_sent;
+            if sent >= n {
+                assert_eq!(sent, n, "more webhooks counted than expected");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {sent} of {n} webhooks counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
