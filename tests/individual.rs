@@ -76,10 +76,13 @@ async fn small_jobs_run_individually_with_batch_shaped_results(db: Db) {
 }
 
 async fn a_small_job_is_not_starved_by_a_large_one(db: Db) {
-    // 160 calls four at a time take 4 s at 100 ms each: room for a loaded machine to
-    // admit the small job long before the big one is through.
+    // The simulator holds every call: the big job's first shard fills the four call slots
+    // and waits there while the small job arrives and is planned. Released, the calls
+    // arrive in the order the executor claims shards, read off the simulator's record
+    // (the small job's model tells its calls apart): no clock in it, however slow the
+    // machine.
     let sim = openai_sim::SimConfig {
-        chat_latency_ms: 100,
+        chat_hold: true,
         ..fast_sim()
     };
     let Some(app) = TestApp::spawn(
@@ -91,38 +94,64 @@ async fn a_small_job_is_not_starved_by_a_large_one(db: Db) {
     else {
         return;
     };
-    let (_, big) = app
+    let (status, big) = app
         .post(
             "/v1/jobs",
-            &json!({"mode": "individual", "items": mixed_items(160, 0)}),
+            &json!({"mode": "individual", "model": "gpt-4o-mini", "items": mixed_items(160, 0)}),
         )
         .await;
+    assert_eq!(status, 202, "{big}");
     let big_id = big["id"].as_str().unwrap().to_string();
-    // Let the big job get going, then add a small one.
-    wait_until(Duration::from_secs(30), || async {
-        let (_, j) = app.get(&format!("/v1/jobs/{big_id}")).await;
-        j["progress"]["succeeded"].as_i64().unwrap_or(0) > 0
+    let sim = app.sim.sim();
+    let held = sim.clone();
+    wait_until(Duration::from_secs(30), move || {
+        let sim = held.clone();
+        async move { sim.chat_calls().len() == 4 }
     })
     .await;
-    let (_, small) = app
+    let (status, small) = app
         .post(
             "/v1/jobs",
-            &json!({"mode": "individual", "items": mixed_items(3, 0)}),
+            &json!({"name": "small", "mode": "individual", "model": "gpt-4o",
+                    "items": mixed_items(3, 0)}),
         )
         .await;
-    let small_id = small["id"].as_str().unwrap();
-    let done = app.wait_terminal(small_id, Duration::from_secs(60)).await;
-    assert_eq!(done["progress"]["succeeded"], 3);
-    let (_, big_now) = app.get(&format!("/v1/jobs/{big_id}")).await;
-    let left = big_now["progress"]["pending"].as_i64().unwrap()
-        + big_now["progress"]["submitted"].as_i64().unwrap();
-    assert!(
-        left > 40,
-        "the small job waited for most of the big one: {big_now}"
+    assert_eq!(status, 202, "{small}");
+    let small_id = small["id"].as_str().unwrap().to_string();
+    // Planned: its shard is in the database (its items stay pending until a slot runs it).
+    let planned = "SELECT COUNT(*) FROM shards s JOIN jobs j ON j.id = s.job_id \
+                   WHERE j.name = 'small' AND s.kind = 'individual'";
+    wait_until(Duration::from_secs(30), || async {
+        common::sql_i64(&app.db.url, planned).await == 1
+    })
+    .await;
+    assert_eq!(
+        sim.chat_calls().len(),
+        4,
+        "the slots were full while it was planned"
     );
+    let mut config = sim.config();
+    config.chat_hold = false;
+    sim.set_config(config);
+
+    let done = app.wait_terminal(&small_id, Duration::from_secs(60)).await;
+    assert_eq!(done["progress"]["succeeded"], 3, "{done}");
     let big_done = app.wait_terminal(&big_id, Duration::from_secs(120)).await;
-    assert_eq!(big_done["progress"]["succeeded"], 160);
-    assert_eq!(app.sim.sim().stats().chat_calls, 163);
+    assert_eq!(big_done["progress"]["succeeded"], 160, "{big_done}");
+    let models: Vec<String> = sim.chat_calls().into_iter().map(|c| c.model).collect();
+    assert_eq!(models.len(), 163, "{models:?}");
+    let small_at: Vec<usize> = (0..models.len())
+        .filter(|&i| models[i] == "gpt-4o")
+        .collect();
+    assert_eq!(small_at.len(), 3, "{models:?}");
+    // The shard in the slots finishes (8 calls), then the small job's shard is claimed:
+    // next, or after one more of the big job's at most. First come, first served would
+    // put it after all 160.
+    let shard = batchlens::pipeline::INDIVIDUAL_SHARD_ITEMS;
+    assert!(
+        small_at.iter().all(|&i| i < 2 * shard + 3),
+        "the small job's calls came at {small_at:?} of 163"
+    );
     app.shutdown().await;
 }
 
@@ -181,15 +210,20 @@ async fn a_restart_does_not_call_again_for_finished_items(db: Db) {
 /// One 429 asking for 1.5 s holds every sender to the model, not only the call that got it
 /// (a retry inside that call alone would let the others run into the limit too).
 async fn a_429_pauses_every_call_to_the_model(db: Db) {
-    const RETRY_AFTER_MS: u64 = 1_500;
-    const LATENCY_MS: u64 = 200;
+    const RETRY_AFTER_MS: u64 = 3_000;
+    // The simulator holds the first three calls unanswered and throttles the fourth (a
+    // fault, answered at once). The held three are released a second after the 429, when
+    // batchlens has long had it in hand; their slots are then free to send again, and only
+    // the shared pause stops them. Whatever the machine's speed, every call after the
+    // held three must arrive after the pause.
     let sim = SimConfig {
-        chat_latency_ms: LATENCY_MS,
+        chat_hold: true,
         faults: vec![FaultRule {
             path_prefix: "/v1/chat/completions".into(),
             fault_429_rate: 1.0,
             retry_after_ms: RETRY_AFTER_MS,
             remaining: Some(1),
+            skip: 3,
             ..FaultRule::default()
         }],
         ..fast_sim()
@@ -206,6 +240,26 @@ async fn a_429_pauses_every_call_to_the_model(db: Db) {
         .await;
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap();
+    let sim = app.sim.sim();
+    let throttled = |sim: &openai_sim::Sim| {
+        sim.journal()
+            .iter()
+            .find(|e| e.path == "/v1/chat/completions" && e.status == 429)
+            .map(|e| e.at_ms)
+    };
+    let probe = sim.clone();
+    wait_until(Duration::from_secs(30), move || {
+        let sim = probe.clone();
+        async move { sim.chat_calls().len() == 3 && throttled(&sim).is_some() }
+    })
+    .await;
+    let throttled_at = throttled(&sim).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(sim.chat_calls().len(), 3, "nothing sent after the 429");
+    let mut config = sim.config();
+    config.chat_hold = false;
+    sim.set_config(config);
+
     let done = app.wait_terminal(id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["succeeded"], 20, "{done}");
@@ -215,26 +269,19 @@ async fn a_429_pauses_every_call_to_the_model(db: Db) {
         .await
         .iter()
         .all(|r| r["attempts"] == 1));
-
-    let calls: Vec<(u64, u16)> = app
-        .sim
-        .sim()
-        .journal()
+    let calls: Vec<u64> = sim.chat_calls().iter().map(|c| c.at_ms).collect();
+    assert_eq!(calls.len(), 20, "{calls:?}");
+    // Without the shared pause, the three released slots would send the next images at
+    // once, about a second into it.
+    let early: Vec<u64> = calls[3..]
         .iter()
-        .filter(|e| e.path == "/v1/chat/completions")
-        .map(|e| (e.at_ms, e.status))
+        // (less 50 ms for the two processes' clocks)
+        .filter(|at| **at < throttled_at + RETRY_AFTER_MS - 50)
+        .map(|at| at - throttled_at)
         .collect();
-    assert_eq!(calls.len(), 21, "{calls:?}");
-    let throttled_at = calls.iter().find(|(_, s)| *s == 429).unwrap().0;
-    // The other three slots' calls may already be on their way (and be stamped late by a
-    // busy test machine; a slot cannot finish one and start another in that moment, a
-    // call takes 200 ms); nothing else arrives during the pause. Without it those three
-    // slots would go on sending the other images all through it.
-    let pause = throttled_at + 1..throttled_at + RETRY_AFTER_MS - 100;
-    let during: Vec<_> = calls.iter().filter(|(at, _)| pause.contains(at)).collect();
     assert!(
-        during.len() <= 3,
-        "calls during the pause after the 429 at {throttled_at} ms: {during:?}"
+        early.is_empty(),
+        "calls {early:?} ms after the 429, inside its {RETRY_AFTER_MS} ms pause"
     );
     app.shutdown().await;
 }

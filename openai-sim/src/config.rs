@@ -87,6 +87,10 @@ pub struct SimConfig {
     pub bucket_capacity_ms: u64,
     /// Extra delay before every chat completion answer.
     pub chat_latency_ms: u64,
+    /// While true, chat completions are received, limited and recorded (in arrival order)
+    /// but not answered until it turns false: a test holds calls in flight to step the
+    /// client's scheduler by the call, not by the clock.
+    pub chat_hold: bool,
 
     /// Delay added to every `/v1` request.
     pub latency_ms: u64,
@@ -235,6 +239,7 @@ impl Default for SimConfig {
             rate_limiter: RateLimiterKind::TokenBucket,
             bucket_capacity_ms: 60_000,
             chat_latency_ms: 0,
+            chat_hold: false,
             latency_ms: 0,
             fault_5xx_rate: 0.0,
             fault_429_rate: 0.0,
@@ -284,6 +289,9 @@ pub struct FaultRule {
     pub latency_ms: u64,
     /// Fire (inject a fault) at most this many more times; decremented on each firing.
     pub remaining: Option<u64>,
+    /// Let this many matching requests through untouched before the rule may fire
+    /// (decremented on each): a fault for the fourth call, say, with `skip: 3`.
+    pub skip: u64,
 }
 
 impl Default for FaultRule {
@@ -298,6 +306,7 @@ impl Default for FaultRule {
             insufficient_quota: false,
             latency_ms: 0,
             remaining: None,
+            skip: 0,
         }
     }
 }

@@ -437,3 +437,65 @@ async fn auth_is_required() {
     envelope(&r.json::<Value>().await.unwrap());
     assert_eq!(h.sim().stats().unauthorized, 2);
 }
+
+#[tokio::test]
+async fn held_calls_are_recorded_at_once_and_answered_on_release() {
+    let h = Harness::start(SimConfig {
+        chat_hold: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let http = h.http.clone();
+            let (url, body) = (h.url("/chat/completions"), body.clone());
+            tokio::spawn(async move {
+                let r = http.post(url).bearer_auth(KEY).json(&body);
+                r.send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h.sim().chat_calls().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the calls never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Recorded and counted, yet none answered while held.
+    assert_eq!(h.sim().stats().chat_calls, 3);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        calls.iter().all(|c| !c.is_finished()),
+        "a held call answered"
+    );
+    let mut config = h.sim().config();
+    config.chat_hold = false;
+    h.sim().set_config(config);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_fault_rule_may_skip_the_first_requests() {
+    let h = Harness::start(SimConfig {
+        faults: vec![FaultRule {
+            path_prefix: "/v1/chat/completions".into(),
+            fault_429_rate: 1.0,
+            remaining: Some(1),
+            skip: 2,
+            ..FaultRule::default()
+        }],
+        ..SimConfig::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(h.post("/chat/completions", &body).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429, 200]);
+}

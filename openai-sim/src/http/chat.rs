@@ -104,6 +104,9 @@ pub(super) async fn create(State(sim): State<Sim>, headers: HeaderMap, body: Byt
             }
         }
     };
+    while sim.lock().config.chat_hold {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

@@ -115,6 +115,10 @@ fn choose_fault(st: &mut SimState, path: &str, method: &str) -> (u64, Option<Fau
             continue;
         }
         latency += rule.latency_ms;
+        if rule.skip > 0 {
+            st.config.faults[i].skip -= 1;
+            continue;
+        }
         if fault.is_none() {
             let rule = rule.clone();
             fault = fire(&rule, &mut st.rng);
