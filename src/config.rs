@@ -49,6 +49,8 @@ pub struct ServerSettings {
     pub events_heartbeat_ms: u64,
     /// How long an `Idempotency-Key`'s first request holds the key without renewing it.
     pub idempotency_lease_secs: u64,
+    /// Bytes of rendered job views kept per replica, by version (0: none kept).
+    pub job_view_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::auth::KeyRing;
+use crate::api::view_cache::ViewCache;
 use crate::api::{self, AppState};
 use crate::app::fetch::Fetcher;
 use crate::app::App;
@@ -121,6 +122,7 @@ impl Application {
                 Duration::from_secs(settings.auth.key_cache_secs),
             )),
             metrics: crate::metrics::install(),
+            views: Arc::new(ViewCache::new(settings.server.job_view_cache_bytes)),
         };
         let workers = WorkerContext {
             store,

@@ -14,6 +14,7 @@ use crate::common::{b64, fast_sim, mixed_items, Db, TestApp};
 on_both!(
     a_job_with_1600_rejections_answers_its_summary,
     etags_move_with_the_job_and_answer_304,
+    etags_move_alike_with_the_view_cache_off,
     job_listings_match_the_job_views,
 );
 
@@ -148,7 +149,16 @@ async fn all_tagged_alike(app: &TestApp, id: &str) -> String {
 }
 
 async fn etags_move_with_the_job_and_answer_304(db: Db) {
-    let Some(app) = TestApp::spawn(db, fast_sim(), &[]).await else {
+    etags_move(db, &[]).await;
+}
+
+/// The same with no rendered views kept: every 200 renders the row and shards afresh.
+async fn etags_move_alike_with_the_view_cache_off(db: Db) {
+    etags_move(db, &[("BATCHLENS__SERVER__JOB_VIEW_CACHE_BYTES", "0")]).await;
+}
+
+async fn etags_move(db: Db, extra: &[(&str, &str)]) {
+    let Some(app) = TestApp::spawn(db, fast_sim(), extra).await else {
         return;
     };
     // An open job: nothing moves until a chunk arrives.

@@ -195,15 +195,45 @@ pub async fn get_job(
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await? {
-        return Ok(not_modified);
+    if !state.views.enabled() {
+        if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await? {
+            return Ok(not_modified);
+        }
+        let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
+        let version = snapshot.job.version;
+        return Ok(conditional::tagged(
+            version,
+            axum::Json(JobView::from(snapshot)),
+        ));
+    }
+    // With the view cache: the version first (it is the 404 check too), then the view kept
+    // at that version, or the row and shards rendered and kept.
+    let version = match conditional::check(&state, &tenant, id, &headers).await? {
+        Check::NotModified(response) => return Ok(response),
+        Check::Current(version) => version,
+    };
+    if let Some(body) = state.views.get(id, version) {
+        return Ok(conditional::tagged(version, json_bytes(body)));
     }
     let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
     let version = snapshot.job.version;
-    Ok(conditional::tagged(
-        version,
-        axum::Json(JobView::from(snapshot)),
-    ))
+    let body = Bytes::from(
+        serde_json::to_vec(&JobView::from(snapshot))
+            .map_err(|e| ApiError::from(AppError::Internal(format!("job view: {e}"))))?,
+    );
+    state.views.put(id, version, body.clone());
+    Ok(conditional::tagged(version, json_bytes(body)))
+}
+
+/// A JSON body already serialised.
+fn json_bytes(body: Bytes) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
 }
 
 /// Append items to an open job.

@@ -29,6 +29,7 @@ pub mod openai_webhooks;
 pub mod ops;
 pub mod problem;
 pub mod results;
+pub mod view_cache;
 
 use problem::ApiError;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub keys: Arc<auth::KeyRing>,
     /// Renders `/metrics`; None when another recorder took the process first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Rendered `GET /v1/jobs/{id}` bodies by version (`server.job_view_cache_bytes`).
+    pub views: Arc<view_cache::ViewCache>,
 }
 
 #[derive(OpenApi)]
