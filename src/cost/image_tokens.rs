@@ -291,6 +291,18 @@ mod tests {
     }
 
     #[test]
+    fn the_short_side_scales_down_to_768_with_the_long_side_in_proportion() {
+        // 1600×1200 → 1024×768: 2×2 tiles. Both sides scale by 768/1200; were the long one
+        // left as it is, 1600 px would be 4 tiles across (8 in all).
+        assert_eq!(tile_count(1600, 1200), 4);
+        assert_eq!(tile_count(1200, 1600), 4);
+        // 1100×1100 → 768×768: 4 tiles, not the 9 of 1100 px sides.
+        assert_eq!(tile_count(1100, 1100), 4);
+        // 3000×1600 fits 2048 first (2048×1092), then 1440×768: 3×2 tiles.
+        assert_eq!(tile_count(3000, 1600), 6);
+    }
+
+    #[test]
     fn tiles_stay_bounded_for_extreme_shapes() {
         for (w, h) in [(1, 100_000), (100_000, 1), (u32::MAX, u32::MAX), (0, 0)] {
             assert!(tile_count(w, h) <= 8, "{w}x{h}");
