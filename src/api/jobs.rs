@@ -217,10 +217,11 @@ pub async fn get_job(
     }
     let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
     let version = snapshot.job.version;
-    let body = Bytes::from(
-        serde_json::to_vec(&JobView::from(snapshot))
-            .map_err(|e| ApiError::from(AppError::Internal(format!("job view: {e}"))))?,
-    );
+    let mut body = serde_json::to_vec(&JobView::from(snapshot))
+        .map_err(|e| ApiError::from(AppError::Internal(format!("job view: {e}"))))?;
+    // Kept bodies are counted by length: no spare capacity behind them.
+    body.shrink_to_fit();
+    let body = Bytes::from(body);
     state.views.put(id, version, body.clone());
     Ok(conditional::tagged(version, json_bytes(body)))
 }
