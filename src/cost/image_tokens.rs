@@ -255,6 +255,10 @@ mod tests {
         // 30.36×50.60 snaps to 30×50 patches, computed as 50.00000000000001: float noise
         // must not round it up to 51.
         assert_eq!(patch_count(1800, 3000, 1536), 1500);
+        // 1282×1923 shrinks to exactly 32×48 = 1,536 patches (1282·1536 = 1923·1024), the
+        // cap: no second shrink. In floats the width is 31.999…, whose floor would snap it
+        // to 31 patches across (1,457 in all) were an exact fit shrunk again.
+        assert_eq!(patch_count(1282, 1923, 1536), 1536);
         assert_eq!(image_tokens("gpt-4.1-mini", 1800, 2400, Detail::High), 2353);
         assert_eq!(patch_count(128, 64, 1536), 8);
         assert_eq!(image_tokens("gpt-4.1-mini", 128, 64, Detail::Auto), 13);

@@ -455,6 +455,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn settle_takes_what_openai_counted_beyond_the_take_and_gives_back_the_rest() {
+        // 6,000 tokens a minute: 100 a second, 120 at once.
+        let g = governor(10_000, 6_000);
+        let taken = g.acquire("m", 100).await;
+        g.settle("m", 100, taken, taken + 3_000).await;
+        let start = Instant::now();
+        g.acquire("m", 1).await;
+        // 3,000 tokens more than were taken: a debt of 30 s at 100 a second.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_secs(28), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(33), "{elapsed:?}");
+
+        let g = governor(10_000, 6_000);
+        let taken = g.acquire("m", 120).await;
+        g.settle("m", 120, taken, 20).await;
+        // 100 of the 120 come back: the next 80 (68 at the ratio learnt) go at once, not
+        // after the 0.7 s an empty bucket would take.
+        let start = Instant::now();
+        g.acquire("m", 80).await;
+        let elapsed = start.elapsed();
+        assert!(elapsed < Duration::from_millis(200), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_caller() {
         let g = governor(6_000, 1_000_000);
         g.pause("m", Duration::from_secs(5)).await;
