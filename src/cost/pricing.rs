@@ -463,6 +463,12 @@ mod tests {
             "six-decimals".to_string(),
             price([0.123456, 0.0, 0.000001, 0.0, 0.0, 0.0]),
         );
+        // Six decimals whose product with 1e6 is not a whole float (16.69063 × 1e6 =
+        // 16690629.999999998): the allowance scales with the value, so they pass.
+        o.insert(
+            "float-noise".to_string(),
+            price([16.69063, 520.938418, 1.000001, 0.0, 0.0, 0.0]),
+        );
         // The bounds themselves are allowed: free, and at most 1000000 USD per 1M tokens.
         o.insert(
             "bounds".to_string(),
