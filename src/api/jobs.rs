@@ -195,25 +195,18 @@ pub async fn get_job(
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !state.views.enabled() {
-        if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await? {
-            return Ok(not_modified);
+    if state.views.enabled() {
+        // The version first (it is the 404 check too), then the view kept at that version.
+        let version = match conditional::check(&state, &tenant, id, &headers).await? {
+            Check::NotModified(response) => return Ok(response),
+            Check::Current(version) => version,
+        };
+        if let Some(body) = state.views.get(id, version) {
+            return Ok(conditional::tagged(version, json_bytes(body)));
         }
-        let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
-        let version = snapshot.job.version;
-        return Ok(conditional::tagged(
-            version,
-            axum::Json(JobView::from(snapshot)),
-        ));
-    }
-    // With the view cache: the version first (it is the 404 check too), then the view kept
-    // at that version, or the row and shards rendered and kept.
-    let version = match conditional::check(&state, &tenant, id, &headers).await? {
-        Check::NotModified(response) => return Ok(response),
-        Check::Current(version) => version,
-    };
-    if let Some(body) = state.views.get(id, version) {
-        return Ok(conditional::tagged(version, json_bytes(body)));
+    } else if let Some(not_modified) = conditional::unchanged(&state, &tenant, id, &headers).await?
+    {
+        return Ok(not_modified);
     }
     let snapshot = state.app.job_snapshot(&tenant.0, id).await?;
     let version = snapshot.job.version;
