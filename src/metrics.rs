@@ -17,6 +17,8 @@ pub const HTTP_DURATION: &str = "batchlens_http_request_duration_seconds";
 pub const OPENAI_REQUESTS: &str = "batchlens_openai_requests_total";
 pub const OPENAI_DURATION: &str = "batchlens_openai_request_duration_seconds";
 pub const GOVERNOR_WAIT: &str = "batchlens_governor_wait_seconds";
+pub const GOVERNOR_HELD: &str = "batchlens_governor_held_seconds";
+pub const GOVERNOR_TOKEN_RATIO: &str = "batchlens_governor_token_ratio";
 pub const JOBS_CREATED: &str = "batchlens_jobs_created_total";
 pub const JOBS_FINISHED: &str = "batchlens_jobs_finished_total";
 pub const ITEMS_ACCEPTED: &str = "batchlens_items_accepted_total";
@@ -84,6 +86,15 @@ fn describe() {
         GOVERNOR_WAIT,
         Unit::Seconds,
         "Time an individual call waited for the RPM/TPM governor, by model"
+    );
+    describe_histogram!(
+        GOVERNOR_HELD,
+        Unit::Seconds,
+        "Each wait the governor set a model's next call (reason: budget, or a 429's pause); one call per model and replica waits at a time, so the sum's rate is the share of time the model was held at its limit"
+    );
+    describe_gauge!(
+        GOVERNOR_TOKEN_RATIO,
+        "Tokens OpenAI counted per token estimated here, running average by model; the governor scales its estimates by it"
     );
     describe_counter!(JOBS_CREATED, "Jobs accepted, by the mode they got");
     describe_counter!(JOBS_FINISHED, "Jobs that reached a final status, by status");

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{self, b64, fast_sim, in_own_process, mixed_items, png, Db, TestApp};
+use crate::common::{
+    self, b64, fast_sim, in_own_process, metric_sample, mixed_items, png, Db, TestApp,
+};
 use serde_json::{json, Value};
 
 pub async fn problem(r: reqwest::Response) -> (u16, Value) {
@@ -452,20 +454,6 @@ async fn listings_and_events(db: Db) {
     app.shutdown().await;
 }
 
-/// The value of the first sample of `name` whose labels include every `k="v"` of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let metric = l.split(['{', ' ']).next().unwrap_or_default();
-            metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 async fn metrics_count_what_happened(db: Db) {
     // The recorder is process-wide: alone in a process, every count below is this job's.
     if !in_own_process() {
@@ -491,11 +479,11 @@ async fn metrics_count_what_happened(db: Db) {
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
     let text = r.text().await.unwrap();
     let exactly = |name: &str, labels: &[(&str, &str)], n: f64| {
-        let got = sample(&text, name, labels);
+        let got = metric_sample(&text, name, labels);
         assert_eq!(got, Some(n), "{name}{labels:?}\n{text}");
     };
     let at_least = |name: &str, labels: &[(&str, &str)], n: f64| {
-        let got = sample(&text, name, labels);
+        let got = metric_sample(&text, name, labels);
         assert!(
             got.is_some_and(|v| v >= n),
             "{name}{labels:?} = {got:?}, want ≥ {n}\n{text}"
@@ -552,7 +540,7 @@ async fn metrics_count_what_happened(db: Db) {
     );
     exactly("batchlens_jobs", &[("status", "completed")], 1.0);
     assert_eq!(
-        sample(&text, "batchlens_items_waiting", &[("status", "pending")]),
+        metric_sample(&text, "batchlens_items_waiting", &[("status", "pending")]),
         Some(0.0)
     );
     // Routes are templates: no series per job.

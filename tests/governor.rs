@@ -1,7 +1,7 @@
 //! The governor at the limit against each of openai-sim's limiter kinds (a token bucket, a
 //! 60 s sliding window, a window that resets on the minute), with requests and then tokens
-//! as the binding limit: at least 90% of that limit used over the steady part of the run,
-//! under 1% of calls answered 429, every item exactly once.
+//! as the binding limit: while the governor holds calls back, the model's calls use at least
+//! 90% of that limit; under 1% of calls are answered 429; every item is called exactly once.
 //!
 //! Utilisation is read from the simulator's own call log (`Sim::chat_calls`, the clock its
 //! limiter counted with): the steady part runs from 2 s after the first accepted call (past
@@ -11,11 +11,21 @@
 //! equivalent) with 50 ms calls, rather than a few hundred RPM over minutes. The simulator's
 //! clock is moved so that a minute boundary falls inside each run, where a fixed window
 //! resets. The paced-clock unit tests in `governor.rs` cover runs of several minutes.
+//!
+//! A low share has two causes, and only one is the governor's: it held calls back when the
+//! limit had room, or the service (the debug binary, beside every other test on two loaded
+//! cores) prepared calls more slowly than the limit allows and the governor had nothing to
+//! hold. The service tells them apart at `/metrics`: `batchlens_governor_held_seconds` sums
+//! the waits the governor set (one caller per model waits at a time, so the sum is the time
+//! the model was held at its limit). Each test runs alone in a process so that the sum is
+//! its own, and requires the share to be at least 90% of the time held, as a share of the
+//! run: a governor that holds calls and sends below the limit fails, a starved service with
+//! an idle governor does not.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::common::{fast_sim, submit, Db, TestApp};
+use crate::common::{fast_sim, in_own_process, metric_sample, submit, Db, TestApp};
 use openai_sim::{ChatCall, RateLimiterKind, SimConfig};
 
 const ITEMS: usize = 280;
@@ -63,7 +73,24 @@ pub(crate) async fn tokens_per_call() -> u64 {
     most
 }
 
+/// The seconds the governors of this process held calls back for their budget
+/// (`batchlens_governor_held_seconds`, every model and replica: alone in a process, a test
+/// has one model).
+pub(crate) async fn governor_held_seconds(app: &TestApp) -> f64 {
+    let text = app.metrics().await;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("batchlens_governor_held_seconds_sum{") && l.contains("reason=\"budget\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
+    // The governor's metrics are process-wide: alone in a process, they are this run's.
+    if !in_own_process() {
+        return;
+    }
     // TPM-bound: the limit in tokens is what 1,200 of the largest calls a minute count, and
     // requests are left unlimited (0: the simulator reports 30,000).
     let (rpm, tpm) = match binding {
@@ -99,6 +126,7 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         .sim()
         .advance_clock(Duration::from_millis(to_boundary));
 
+    let held_before = governor_held_seconds(&app).await;
     let id = &submit(&app, "individual", ITEMS).await;
     let done = app.wait_terminal(id, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -109,34 +137,43 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         .map(|r| r["custom_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!((results.len(), ids.len()), (ITEMS, ITEMS));
+    let held_after = governor_held_seconds(&app).await;
+    let token_ratio = metric_sample(&app.metrics().await, "batchlens_governor_token_ratio", &[]);
 
     let calls = app.sim.sim().chat_calls();
     let accepted: Vec<_> = calls.iter().filter(|c| c.outcome == "accepted").collect();
     let limited = calls.iter().filter(|c| c.outcome == "rate_limited").count();
     assert_eq!(accepted.len(), ITEMS, "every item called once");
     let (share, span_minutes) = steady_share(&accepted, binding, rpm, tpm);
+    let run_secs = (accepted.last().unwrap().at_ms - accepted[0].at_ms) as f64 / 1_000.0;
+    let held = ((held_after - held_before) / run_secs).min(1.0);
     let limited_share = limited as f64 / calls.len() as f64;
-    eprintln!(
-        "{kind:?} {binding:?}: {:.1}% of the limit over {:.1} s, {limited} 429s of {} calls",
+    let summary = format!(
+        "{kind:?} {binding:?}: {:.1}% of the limit over {:.1} s, the governor held the model \
+         {:.1}% of the {run_secs:.1} s run, learnt token ratio {token_ratio:?}, {limited} 429s \
+         of {} calls",
         100.0 * share,
         span_minutes * 60.0,
+        100.0 * held,
         calls.len()
     );
-    // In the debug test binary, beside every other test, the service itself can be slower
-    // than the limit (73% was seen on a clean CI run with 0 429s): the 90% goal is checked
-    // where the governor alone decides, on tokio's paused clock in the governor's unit tests
-    // and in release by `benches/individual.rs` (96% on each limiter kind). Here a share
-    // this low means the governor held calls back for no reason.
-    assert!(share >= 0.6, "{kind:?} {binding:?}: {share}");
+    eprintln!("{summary}");
+    // While the governor holds calls it sends at its pace (96% of the limit): the share is
+    // at least 90% of the time held. Idle, it holds the model for nearly the whole run.
+    assert!(share >= 0.9 * held, "held back below the limit: {summary}");
+    // And a run at the limit is one the governor held (16 callers would send 320 a second):
+    // the reading above is the governor's, not a metric that is never recorded.
+    assert!(share < 0.9 || held >= 0.5, "{summary}");
     // Over a ~11 s span the governor's burst allowance (2% of a minute's budget, spent
     // after a stall on a loaded machine) can add a few percent; what the account enforces
     // is checked by the 429 share below.
-    assert!(share <= 1.1, "{kind:?} {binding:?}: {share}");
+    assert!(share <= 1.1, "{summary}");
+    // openai-sim's default reading counts these prompts as the service estimates them.
     assert!(
-        limited_share < 0.01,
-        "{kind:?} {binding:?}: {limited} of {}",
-        calls.len()
+        token_ratio.is_some_and(|r| (0.9..=1.1).contains(&r)),
+        "{summary}"
     );
+    assert!(limited_share < 0.01, "{summary}");
     app.shutdown().await;
 }
 

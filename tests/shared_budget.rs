@@ -16,16 +16,17 @@
 //! into the run: replicas pacing alone fill the first window before it resets.
 //!
 //! Utilisation is read from the simulator's call log as in `governor.rs` (accepted calls
-//! from 2 s after the first to the last, over what the limit allows in that span) and only
-//! bounded loosely here: in the debug test binary beside every other test the service can be
-//! slower than the limit. The 90% goal with 3 replicas is measured by `benches/individual.rs`
+//! from 2 s after the first to the last, over what the limit allows in that span) and
+//! judged as there: against the time the governors held calls back, so that a debug service
+//! slower than the limit beside every other test is not counted against the governor. The
+//! 90% goal with 3 replicas in release is measured by `benches/individual.rs`
 //! (`BENCH_REPLICAS`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::common::{fast_sim, submit, Db, TestApp};
-use crate::governor::{steady_share, tokens_per_call, Binding};
+use crate::common::{fast_sim, in_own_process, submit, Db, TestApp};
+use crate::governor::{governor_held_seconds, steady_share, tokens_per_call, Binding};
 use openai_sim::{ChatCall, RateLimiterKind, SimConfig};
 
 const RPM: u64 = 300;
@@ -34,6 +35,9 @@ struct Run {
     calls: usize,
     limited: usize,
     share: f64,
+    /// The time the replicas' governors held calls back, as a share of the run's time on
+    /// all three (`batchlens_governor_held_seconds`; alone in a process).
+    held: f64,
     /// Accepted calls per replica (the prefix of their `x-client-request-id`).
     per_replica: BTreeMap<String, usize>,
 }
@@ -84,6 +88,7 @@ async fn three_replicas(
             .sim()
             .advance_clock(Duration::from_millis(to_boundary));
     }
+    let held_before = governor_held_seconds(&a).await;
     let id = submit(&a, "individual", items).await;
     // Twice the time the limit needs for the items, and a minute more.
     let deadline = Duration::from_secs(60 + 2 * 60 * items as u64 / RPM);
@@ -104,6 +109,7 @@ async fn three_replicas(
             calls: calls.len(),
             limited,
             share: 0.0,
+            held: 0.0,
             per_replica,
         });
     }
@@ -118,11 +124,16 @@ async fn three_replicas(
     assert_eq!(accepted.len(), items, "every item called once");
 
     let (share, span_minutes) = steady_share(&accepted, binding, rpm, tpm);
+    let run_secs = (accepted.last().unwrap().at_ms - accepted[0].at_ms) as f64 / 1_000.0;
+    let held_secs = governor_held_seconds(&a).await - held_before;
+    let held = (held_secs / (3.0 * run_secs)).min(1.0);
     eprintln!(
         "3 replicas, {kind:?} {binding:?}, shared_budget {shared_budget}: {:.1}% of the limit \
-         over {:.1} s, {limited} 429s of {} calls; accepted per replica {:?}",
+         over {:.1} s, held {:.1}% of the run, {limited} 429s of {} calls; accepted per \
+         replica {:?}",
         100.0 * share,
         span_minutes * 60.0,
+        100.0 * held,
         calls.len(),
         per_replica.values().collect::<Vec<_>>()
     );
@@ -133,14 +144,20 @@ async fn three_replicas(
         calls: calls.len(),
         limited,
         share,
+        held,
         per_replica,
     })
 }
 
 /// What holds on a loaded machine: under 1% 429s, each of the three replicas made calls,
-/// and the replicas did not stall each other far below the limit (nor, over the run,
-/// exceeded it by more than the burst).
+/// while their governors held calls back the replicas together used at least 90% of the
+/// limit (they did not stall each other below it, see `governor.rs`), and over the run they
+/// did not exceed it by more than the burst.
 async fn shares_the_limit(kind: RateLimiterKind, binding: Binding, items: usize) {
+    // The governor's metrics are process-wide: alone in a process, they are this run's.
+    if !in_own_process() {
+        return;
+    }
     // The default ("auto") shares the budget on PostgreSQL.
     let Some(run) = three_replicas(kind, binding, items, "auto").await else {
         return;
@@ -163,7 +180,18 @@ async fn shares_the_limit(kind: RateLimiterKind, binding: Binding, items: usize)
         run.per_replica
     );
     assert!(run.share <= 1.1, "{kind:?} {binding:?}: {}", run.share);
-    assert!(run.share >= 0.6, "{kind:?} {binding:?}: {}", run.share);
+    assert!(
+        run.share >= 0.9 * run.held,
+        "{kind:?} {binding:?}: {} while held {}",
+        run.share,
+        run.held
+    );
+    assert!(
+        run.share < 0.9 || run.held >= 0.5,
+        "{kind:?} {binding:?}: {} at the limit, held only {}",
+        run.share,
+        run.held
+    );
 }
 
 macro_rules! shares_the_limit {

@@ -51,8 +51,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     }
 }
 
-/// Prometheus metrics in the text exposition format: this replica's counters and
-/// histograms (`batchlens_http_*`, `batchlens_openai_*`, `batchlens_governor_wait_seconds`,
+/// Prometheus metrics in the text exposition format: this replica's counters, histograms
+/// and governor readings (`batchlens_http_*`, `batchlens_openai_*`, `batchlens_governor_*`,
 /// `batchlens_jobs_*_total`, `batchlens_items_*_total`, `batchlens_batches_*_total`) and
 /// gauges read from the database at each scrape (`batchlens_jobs{status}`,
 /// `batchlens_items_waiting{status}`, the same on every replica). No API key needed, like

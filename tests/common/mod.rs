@@ -249,6 +249,13 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// `GET /metrics`: the process-wide recorder's text (see [`in_own_process`]).
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
@@ -347,6 +354,20 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
             }
         })
         .collect()
+}
+
+/// The value of the first sample of `name` whose labels include every `k="v"` of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or_default();
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Submits a batch-mode job of `n` mixed images and returns its id.

@@ -313,21 +313,25 @@ impl Governor {
                     (tokens as f64 * s.token_ratio).ceil(),
                 )
             });
-            let wait = if paused.is_zero() {
+            let (wait, reason) = if paused.is_zero() {
                 match self.budget.take(model, rates, charge).await {
                     Ok(()) => {
                         metrics::histogram!(crate::metrics::GOVERNOR_WAIT, "model" => model.to_string())
                             .record((Instant::now() - started).as_secs_f64());
                         return charge as u32;
                     }
-                    Err(wait) => wait,
+                    Err(wait) => (wait, "budget"),
                 }
             } else {
-                paused
+                (paused, "pause")
             };
             // Small jitter spreads waiters that woke for the same refill.
-            let jitter = Duration::from_millis(rand::random::<u64>() % 5);
-            tokio::time::sleep(wait + jitter).await;
+            let wait = wait + Duration::from_millis(rand::random::<u64>() % 5);
+            // One caller per model and replica waits here at a time: the sum is the time the
+            // model was held at its limit, however late the wake-ups then came.
+            metrics::histogram!(crate::metrics::GOVERNOR_HELD, "model" => model.to_string(), "reason" => reason)
+                .record(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -341,6 +345,8 @@ impl Governor {
         let rates = self.learnt(model, |s| {
             let ratio = (counted as f64 / estimated as f64).clamp(0.25, 4.0);
             s.token_ratio += RATIO_WEIGHT * (ratio - s.token_ratio);
+            metrics::gauge!(crate::metrics::GOVERNOR_TOKEN_RATIO, "model" => model.to_string())
+                .set(s.token_ratio);
             Rates::paced(s.limits)
         });
         if counted != taken {
