@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::common::{fast_sim, in_own_process, metric_sample, submit, Db, TestApp};
+use crate::common::{fast_sim, in_own_process, metric_sample, metric_samples, submit, Db, TestApp};
 use openai_sim::{ChatCall, RateLimiterKind, SimConfig};
 
 const ITEMS: usize = 280;
@@ -75,15 +75,21 @@ pub(crate) async fn tokens_per_call() -> u64 {
 
 /// The seconds the governors of this process held calls back for their budget
 /// (`batchlens_governor_held_seconds`, every model and replica: alone in a process, a test
-/// has one model).
-pub(crate) async fn governor_held_seconds(app: &TestApp) -> f64 {
-    let text = app.metrics().await;
-    text.lines()
-        .filter(|l| {
-            l.starts_with("batchlens_governor_held_seconds_sum{") && l.contains("reason=\"budget\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// has one model), read from `/metrics` text.
+pub(crate) fn governor_held_seconds(metrics: &str) -> f64 {
+    metric_samples(
+        metrics,
+        "batchlens_governor_held_seconds_sum",
+        &[("reason", "budget")],
+    )
+    .sum()
+}
+
+/// The share of the run, from the first accepted call to the last, that `held_secs` of
+/// governor waits on each of `replicas` cover (at most 1).
+pub(crate) fn held_share(accepted: &[&ChatCall], held_secs: f64, replicas: u32) -> f64 {
+    let run_secs = (accepted.last().unwrap().at_ms - accepted[0].at_ms) as f64 / 1_000.0;
+    (held_secs / (f64::from(replicas) * run_secs)).min(1.0)
 }
 
 async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
@@ -126,7 +132,7 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         .sim()
         .advance_clock(Duration::from_millis(to_boundary));
 
-    let held_before = governor_held_seconds(&app).await;
+    let held_before = governor_held_seconds(&app.metrics().await);
     let id = &submit(&app, "individual", ITEMS).await;
     let done = app.wait_terminal(id, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -137,20 +143,20 @@ async fn at_the_limit(kind: RateLimiterKind, binding: Binding) {
         .map(|r| r["custom_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!((results.len(), ids.len()), (ITEMS, ITEMS));
-    let held_after = governor_held_seconds(&app).await;
-    let token_ratio = metric_sample(&app.metrics().await, "batchlens_governor_token_ratio", &[]);
+    let metrics = app.metrics().await;
+    let held_secs = governor_held_seconds(&metrics) - held_before;
+    let token_ratio = metric_sample(&metrics, "batchlens_governor_token_ratio", &[]);
 
     let calls = app.sim.sim().chat_calls();
     let accepted: Vec<_> = calls.iter().filter(|c| c.outcome == "accepted").collect();
     let limited = calls.iter().filter(|c| c.outcome == "rate_limited").count();
     assert_eq!(accepted.len(), ITEMS, "every item called once");
     let (share, span_minutes) = steady_share(&accepted, binding, rpm, tpm);
-    let run_secs = (accepted.last().unwrap().at_ms - accepted[0].at_ms) as f64 / 1_000.0;
-    let held = ((held_after - held_before) / run_secs).min(1.0);
+    let held = held_share(&accepted, held_secs, 1);
     let limited_share = limited as f64 / calls.len() as f64;
     let summary = format!(
         "{kind:?} {binding:?}: {:.1}% of the limit over {:.1} s, the governor held the model \
-         {:.1}% of the {run_secs:.1} s run, learnt token ratio {token_ratio:?}, {limited} 429s \
+         {:.1}% of the run, learnt token ratio {token_ratio:?}, {limited} 429s \
          of {} calls",
         100.0 * share,
         span_minutes * 60.0,

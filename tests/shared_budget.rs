@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::common::{fast_sim, in_own_process, submit, Db, TestApp};
-use crate::governor::{governor_held_seconds, steady_share, tokens_per_call, Binding};
+use crate::governor::{governor_held_seconds, held_share, steady_share, tokens_per_call, Binding};
 use openai_sim::{ChatCall, RateLimiterKind, SimConfig};
 
 const RPM: u64 = 300;
@@ -88,7 +88,7 @@ async fn three_replicas(
             .sim()
             .advance_clock(Duration::from_millis(to_boundary));
     }
-    let held_before = governor_held_seconds(&a).await;
+    let held_before = governor_held_seconds(&a.metrics().await);
     let id = submit(&a, "individual", items).await;
     // Twice the time the limit needs for the items, and a minute more.
     let deadline = Duration::from_secs(60 + 2 * 60 * items as u64 / RPM);
@@ -124,9 +124,8 @@ async fn three_replicas(
     assert_eq!(accepted.len(), items, "every item called once");
 
     let (share, span_minutes) = steady_share(&accepted, binding, rpm, tpm);
-    let run_secs = (accepted.last().unwrap().at_ms - accepted[0].at_ms) as f64 / 1_000.0;
-    let held_secs = governor_held_seconds(&a).await - held_before;
-    let held = (held_secs / (3.0 * run_secs)).min(1.0);
+    let held_secs = governor_held_seconds(&a.metrics().await) - held_before;
+    let held = held_share(&accepted, held_secs, 3);
     eprintln!(
         "3 replicas, {kind:?} {binding:?}, shared_budget {shared_budget}: {:.1}% of the limit \
          over {:.1} s, held {:.1}% of the run, {limited} 429s of {} calls; accepted per \

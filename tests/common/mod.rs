@@ -356,18 +356,27 @@ pub fn mixed_items(n: usize, invalid_every: usize) -> Vec<Value> {
         .collect()
 }
 
-/// The value of the first sample of `name` whose labels include every `k="v"` of `labels`.
-pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+/// The values of the samples of `name` whose labels include every `k="v"` of `labels`.
+pub fn metric_samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = f64> + 'a {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
+        .filter(move |l| {
             let metric = l.split(['{', ' ']).next().unwrap_or_default();
             metric == name
                 && labels
                     .iter()
                     .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The value of the first sample of `name` whose labels include every `k="v"` of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_samples(text, name, labels).next()
 }
 
 /// Submits a batch-mode job of `n` mixed images and returns its id.
